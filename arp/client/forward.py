@@ -1,0 +1,112 @@
+"""arpc forward mode: each tunnel that gets traffic is spliced to a new local connection."""
+
+from __future__ import annotations
+
+import json
+
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from arp import http, wire
+from arp.splice import SpliceEnd, tune
+
+CONNECT_TIMEOUT = 10
+
+
+def backend_endpoint(reactor: object, host: str, port: int) -> IStreamClientEndpoint:
+    """A client endpoint for the local service (no name lookup for IP literals)."""
+    if isIPAddress(host):
+        return TCP4ClientEndpoint(reactor, host, port, timeout=CONNECT_TIMEOUT)
+    if isIPv6Address(host):
+        return TCP6ClientEndpoint(reactor, host, port, timeout=CONNECT_TIMEOUT)
+    return HostnameEndpoint(reactor, host, port, timeout=CONNECT_TIMEOUT)
+
+
+class BackendProtocol(SpliceEnd):
+    """Our connection to the local service."""
+
+    def connectionMade(self) -> None:
+        tune(self.transport)
+
+
+_backend_factory = Factory.forProtocol(BackendProtocol)
+_backend_factory.noisy = False
+
+
+class ForwardTunnel(SpliceEnd):
+    """A tunnel to arps that, on its first bytes, connects to the local service and splices."""
+
+    log = Logger()
+
+    def __init__(self, header: bytes, backend: IStreamClientEndpoint, raw_tcp: bool, tunnels: set) -> None:
+        self.header = header
+        self.backend = backend
+        self.raw_tcp = raw_tcp
+        self.tunnels = tunnels
+        self._pending: list[bytes] | None = None
+
+    def connectionMade(self) -> None:
+        tune(self.transport, keepalive=True)
+        self.tunnels.add(self)
+        self.transport.write(self.header)
+
+    def dataReceived(self, data: bytes) -> None:
+        peer = self.peer
+        if peer is not None:
+            peer.transport.write(data)
+        elif self._pending is not None:
+            self._pending.append(data)
+        else:
+            if self.raw_tcp:
+                if data[:1] != wire.TCP_START:
+                    self.log.warn("raw TCP tunnel got a bad start marker; closing it")
+                    self.transport.abortConnection()
+                    return
+                data = data[1:]
+            self._pending = [data]
+            self.transport.pauseProducing()
+            d = self.backend.connect(_backend_factory)
+            d.addCallbacks(self._backend_connected, self._backend_failed)
+
+    def _backend_connected(self, backend: BackendProtocol) -> None:
+        if self._lost:
+            backend.transport.loseConnection()
+            return
+        self.splice_to(backend)
+        pending, self._pending = self._pending, None
+        for chunk in pending:
+            if chunk:
+                backend.transport.write(chunk)
+        if self._eof_in:
+            backend.transport.loseWriteConnection()
+        self.transport.resumeProducing()
+
+    def _backend_failed(self, failure: Failure) -> None:
+        self._pending = None
+        why = failure.getErrorMessage()
+        self.log.warn("local service unreachable: {why}", why=why)
+        if self._lost:
+            return
+        if self.raw_tcp:
+            self.transport.abortConnection()
+            return
+        body = json.dumps(
+            {"error": "the service behind this tunnel is unreachable", "status": 502, "detail": why}
+        ).encode()
+        self.transport.write(http.json_response(502, body))
+        self.transport.loseConnection()
+
+    def readConnectionLost(self) -> None:
+        if self.peer is None and self._pending is None:
+            self.transport.loseConnection()
+            return
+        super().readConnectionLost()
+
+    def connectionLost(self, reason: Failure = ConnectionDone()) -> None:  # noqa: B008
+        self.tunnels.discard(self)
+        super().connectionLost(reason)

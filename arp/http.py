@@ -1,0 +1,325 @@
+"""Just enough HTTP/1.1 to route, rewrite and frame messages without buffering bodies.
+
+arps parses each request and response *head* (strictly: a malformed or
+ambiguous head is refused, which also shuts the door on request smuggling) and
+then only tracks where a body ends, chunk header by chunk header, while the
+body bytes themselves are passed on untouched.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+_TOKEN_RE = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_VALUE_BAD_RE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_TARGET_BAD_RE = re.compile(rb"[\x00-\x20\x7f]")
+
+#: Hop-by-hop headers (RFC 9110 7.6.1) that never cross a hop.  Transfer-Encoding
+#: is hop-by-hop too, but arps passes bodies through with their framing intact.
+HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade"})
+MAX_CHUNK_LINE = 4096
+MAX_TRAILERS = 64
+
+
+class HTTPError(Exception):
+    """A message that cannot be accepted; ``status`` is what the sender should get."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(slots=True)
+class Head:
+    """A parsed request or response head.  Header names keep their case."""
+
+    start: tuple[bytes, bytes, bytes]
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+    def get(self, name: bytes) -> bytes | None:
+        """The last value of header ``name`` (lower case), or None."""
+        value = None
+        for key, val in self.headers:
+            if key.lower() == name:
+                value = val
+        return value
+
+    def get_all(self, name: bytes) -> list[bytes]:
+        """Every value of header ``name`` (lower case)."""
+        return [val for key, val in self.headers if key.lower() == name]
+
+    def remove(self, *names: bytes) -> None:
+        """Drop every header named in ``names`` (lower case)."""
+        self.headers = [(k, v) for k, v in self.headers if k.lower() not in names]
+
+    def connection_tokens(self) -> set[bytes]:
+        """The lower-cased tokens of all Connection headers."""
+        tokens: set[bytes] = set()
+        for value in self.get_all(b"connection"):
+            tokens.update(t.strip().lower() for t in value.split(b","))
+        return tokens
+
+    def serialize(self) -> bytes:
+        """The head as bytes, including the blank line that ends it."""
+        lines = [b" ".join(self.start)]
+        lines.extend(k + b": " + v for k, v in self.headers)
+        lines.append(b"\r\n")
+        return b"\r\n".join(lines)
+
+    # Request helpers
+    @property
+    def method(self) -> bytes:
+        return self.start[0]
+
+    @property
+    def target(self) -> bytes:
+        return self.start[1]
+
+    @property
+    def version(self) -> bytes:
+        return self.start[0] if self.start[0].startswith(b"HTTP/") else self.start[2]
+
+    @property
+    def status(self) -> int:
+        return int(self.start[1])
+
+
+def find_head_end(buf: bytes | bytearray, start: int = 0) -> int:
+    """Index just past the blank line ending a head in ``buf``, or -1."""
+    i = buf.find(b"\r\n\r\n", start)
+    j = buf.find(b"\n\n", start)
+    if i < 0:
+        return -1 if j < 0 else j + 2
+    if 0 <= j < i:
+        return j + 2
+    return i + 4
+
+
+def _split_lines(raw: bytes) -> list[bytes]:
+    lines = raw.split(b"\n")
+    return [line[:-1] if line.endswith(b"\r") else line for line in lines]
+
+
+def _parse_headers(lines: list[bytes]) -> list[tuple[bytes, bytes]]:
+    headers = []
+    for line in lines:
+        if not line:
+            continue
+        if line[0] in b" \t":
+            raise HTTPError(400, "obsolete header line folding is not allowed")
+        name, sep, value = line.partition(b":")
+        if not sep or not _TOKEN_RE.match(name):
+            raise HTTPError(400, "malformed header line")
+        value = value.strip(b" \t")
+        if _VALUE_BAD_RE.search(value):
+            raise HTTPError(400, "control character in header value")
+        headers.append((name, value))
+    return headers
+
+
+def parse_request_head(raw: bytes) -> Head:
+    """Parse a request head (everything up to and including the blank line)."""
+    lines = _split_lines(raw.lstrip(b"\r\n"))
+    parts = lines[0].split(b" ")
+    if len(parts) != 3:
+        raise HTTPError(400, "malformed request line")
+    method, target, version = parts
+    if not _TOKEN_RE.match(method):
+        raise HTTPError(400, "malformed request method")
+    if not target or _TARGET_BAD_RE.search(target):
+        raise HTTPError(400, "malformed request target")
+    if version not in (b"HTTP/1.1", b"HTTP/1.0"):
+        if version.startswith(b"HTTP/"):
+            raise HTTPError(505, "only HTTP/1.0 and HTTP/1.1 are supported")
+        raise HTTPError(400, "malformed HTTP version")
+    head = Head((method, target, version), _parse_headers(lines[1:]))
+    request_framing(head)  # validate now, before anything is forwarded
+    return head
+
+
+def parse_response_head(raw: bytes) -> Head:
+    """Parse a response head (everything up to and including the blank line)."""
+    lines = _split_lines(raw.lstrip(b"\r\n"))
+    version, _, rest = lines[0].partition(b" ")
+    status, _, reason = rest.partition(b" ")
+    if not version.startswith(b"HTTP/1.") or len(status) != 3 or not status.isdigit():
+        raise HTTPError(502, "malformed response status line")
+    return Head((version, status, reason), _parse_headers(lines[1:]))
+
+
+def _content_length(head: Head) -> int | None:
+    values = head.get_all(b"content-length")
+    if not values:
+        return None
+    lengths = {v.strip() for value in values for v in value.split(b",")}
+    if len(lengths) != 1:
+        raise HTTPError(400, "conflicting Content-Length headers")
+    (text,) = lengths
+    if not text.isdigit() or len(text) > 18:
+        raise HTTPError(400, "malformed Content-Length")
+    return int(text)
+
+
+def _is_chunked(head: Head) -> bool | None:
+    values = head.get_all(b"transfer-encoding")
+    if not values:
+        return None
+    codings = [c.strip().lower() for value in values for c in value.split(b",")]
+    if codings[-1] != b"chunked":
+        raise HTTPError(400, "unsupported Transfer-Encoding (chunked must come last)")
+    return True
+
+
+def request_framing(head: Head) -> BodyFramer:
+    """How the body of request ``head`` is framed."""
+    chunked = _is_chunked(head)
+    length = _content_length(head)
+    if chunked:
+        if length is not None:
+            raise HTTPError(400, "both Transfer-Encoding and Content-Length given")
+        if head.version == b"HTTP/1.0":
+            raise HTTPError(400, "chunked encoding in an HTTP/1.0 request")
+        return BodyFramer(CHUNKED)
+    return BodyFramer(LENGTH, length or 0)
+
+
+def response_framing(head: Head, request_method: bytes) -> BodyFramer:
+    """How the body of response ``head`` to a ``request_method`` request is framed."""
+    status = head.status
+    if request_method == b"HEAD" or status < 200 or status in (204, 304):
+        return BodyFramer(LENGTH, 0)
+    try:
+        if _is_chunked(head):
+            return BodyFramer(CHUNKED)
+        length = _content_length(head)
+    except HTTPError as e:
+        raise HTTPError(502, "backend sent " + e.message)
+    if length is not None:
+        return BodyFramer(LENGTH, length)
+    return BodyFramer(UNTIL_CLOSE)
+
+
+def wants_keep_alive(head: Head) -> bool:
+    """Whether the sender of ``head`` wants the connection kept open afterwards."""
+    tokens = head.connection_tokens()
+    if head.version == b"HTTP/1.1":
+        return b"close" not in tokens
+    return b"keep-alive" in tokens and b"close" not in tokens
+
+
+LENGTH, CHUNKED, UNTIL_CLOSE = "length", "chunked", "until-close"
+_DATA, _SIZE, _DATA_END, _TRAILER, _DONE = range(5)
+
+
+class BodyFramer:
+    """Finds where one message body ends in a stream of bytes, without copying it.
+
+    ``feed(data)`` returns how many leading bytes of ``data`` belong to the
+    body; once the body is complete ``done`` is true and the rest of ``data``
+    belongs to whatever comes next.
+    """
+
+    __slots__ = ("kind", "remaining", "_state", "_line", "_trailers")
+
+    def __init__(self, kind: str, length: int = 0) -> None:
+        self.kind = kind
+        self.remaining = length
+        self._line = b""
+        self._trailers = 0
+        if kind == LENGTH:
+            self._state = _DATA if length else _DONE
+        elif kind == CHUNKED:
+            self._state = _SIZE
+        else:
+            self._state = _DATA
+
+    @property
+    def done(self) -> bool:
+        return self._state == _DONE
+
+    def feed(self, data: bytes) -> int:
+        """Consume body bytes from the start of ``data``; return how many were body."""
+        if self.kind == UNTIL_CLOSE:
+            return len(data)
+        pos, end = 0, len(data)
+        while pos < end and self._state != _DONE:
+            if self._state == _DATA:
+                take = min(self.remaining, end - pos)
+                pos += take
+                self.remaining -= take
+                if not self.remaining:
+                    self._state = _DATA_END if self.kind == CHUNKED else _DONE
+                continue
+            nl = data.find(b"\n", pos)
+            if nl < 0:
+                self._line += data[pos:]
+                if len(self._line) > MAX_CHUNK_LINE:
+                    raise HTTPError(400, "chunk header line too long")
+                return end
+            line = self._line + data[pos:nl]
+            self._line = b""
+            pos = nl + 1
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            self._line_complete(line)
+        return pos
+
+    def _line_complete(self, line: bytes) -> None:
+        if self._state == _SIZE:
+            size = line.split(b";", 1)[0].strip()
+            if not size or len(size) > 16 or not all(c in b"0123456789abcdefABCDEF" for c in size):
+                raise HTTPError(400, "malformed chunk size")
+            self.remaining = int(size, 16)
+            self._state = _DATA if self.remaining else _TRAILER
+        elif self._state == _DATA_END:
+            if line:
+                raise HTTPError(400, "chunk data longer than its size")
+            self._state = _SIZE
+        elif self._state == _TRAILER:
+            if not line:
+                self._state = _DONE
+            else:
+                self._trailers += 1
+                if self._trailers > MAX_TRAILERS:
+                    raise HTTPError(400, "too many trailer lines")
+
+
+def json_response(
+    status: int,
+    body: bytes,
+    extra: list[tuple[bytes, bytes]] = (),
+    close: bool = True,  # type: ignore[assignment]
+) -> bytes:
+    """A complete HTTP/1.1 response carrying a JSON ``body``."""
+    reason = REASONS.get(status, b"Error")
+    lines = [
+        b"HTTP/1.1 %d %s" % (status, reason),
+        b"Content-Type: application/json",
+        b"Content-Length: %d" % len(body),
+        b"Cache-Control: no-store",
+    ]
+    lines.extend(k + b": " + v for k, v in extra)
+    if close:
+        lines.append(b"Connection: close")
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+REASONS = {
+    200: b"OK",
+    302: b"Found",
+    400: b"Bad Request",
+    401: b"Unauthorized",
+    403: b"Forbidden",
+    404: b"Not Found",
+    408: b"Request Timeout",
+    413: b"Content Too Large",
+    429: b"Too Many Requests",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+    505: b"HTTP Version Not Supported",
+}

@@ -1,0 +1,673 @@
+"""The public HTTP front: route each request by token to a client's tunnel.
+
+One :class:`PublicHTTPProtocol` per public connection handles its requests one
+after another (keep-alive, pipelining).  For each it parses the head, finds the
+token, takes a tunnel from the client's pool, sends the rewritten head and then
+streams the body both ways, tracking only where each body ends.  When both
+messages are complete the tunnel goes back to the pool.  A ``101 Switching
+Protocols`` answer turns the connection into a raw splice for its lifetime.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from dataclasses import dataclass
+from urllib.parse import unquote_to_bytes
+
+from twisted.internet.defer import CancelledError
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from arp import http
+from arp.server.pool import PoolClosed, PoolTimeout
+from arp.server.registry import ClientRecord, Registry
+from arp.server.tunnel import TunnelOwner, TunnelServerProtocol
+from arp.splice import half_close, join, tune, unjoin
+
+TOKEN_COOKIE = b"arp_token"
+TOKEN_HEADER = b"x-arp-token"
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+MAX_RETRIES = 2
+
+# request-side states
+R_HEAD, R_WAIT, R_BODY, R_DONE = range(4)
+# response-side states
+S_NONE, S_HEAD, S_BODY = range(3)
+
+
+@dataclass(frozen=True)
+class PublicConfig:
+    """Limits and timeouts of the public front (seconds, bytes)."""
+
+    scheme: str = "http"
+    domain: str | None = None
+    max_head: int = 64 * 1024
+    head_timeout: float = 30.0
+    idle_timeout: float = 75.0
+    response_timeout: float = 300.0
+    body_timeout: float = 60.0
+    guess_limit: int = 30
+    guess_window: float = 60.0
+
+
+class GuessLimiter:
+    """Counts unknown-token requests per source address in a sliding window."""
+
+    def __init__(self, limit: int, window: float, clock: object, max_addresses: int = 10000) -> None:
+        self.limit = limit
+        self.window = window
+        self.clock = clock
+        self.max_addresses = max_addresses
+        self._seen: OrderedDict[str, tuple[float, int]] = OrderedDict()
+
+    def blocked(self, address: str) -> bool:
+        """Whether ``address`` is over its limit (without counting a new miss)."""
+        entry = self._seen.get(address)
+        if entry is None:
+            return False
+        start, count = entry
+        if self.clock.seconds() - start > self.window:
+            del self._seen[address]
+            return False
+        return count >= self.limit
+
+    def miss(self, address: str) -> None:
+        """Count one unknown-token request from ``address``."""
+        now = self.clock.seconds()
+        start, count = self._seen.pop(address, (now, 0))
+        if now - start > self.window:
+            start, count = now, 0
+        self._seen[address] = (start, count + 1)
+        while len(self._seen) > self.max_addresses:
+            self._seen.popitem(last=False)
+
+
+def error_body(status: int, message: str, **extra: object) -> bytes:
+    """The JSON body of an error answer."""
+    return json.dumps({"error": message, "status": status, **extra}).encode()
+
+
+def extract_token(head: http.Head, domain: bytes | None) -> tuple[bytes | None, str]:
+    """Find and remove the token in ``head``; return it and where it was found.
+
+    The token is removed from the query (``token=``), the ``X-ARP-Token``
+    header and the ``arp_token`` cookie, so the backend never sees it.
+    """
+    token: bytes | None = None
+    source = ""
+    target = head.target
+    path, sep, query = target.partition(b"?")
+    if sep and b"token=" in query:
+        kept = []
+        for param in query.split(b"&"):
+            if param.startswith(b"token="):
+                if token is None:
+                    token = unquote_to_bytes(param[6:])
+                    source = "query"
+            else:
+                kept.append(param)
+        head.start = (head.start[0], path + (b"?" + b"&".join(kept) if kept else b""), head.start[2])
+    header = head.get(TOKEN_HEADER)
+    if header is not None:
+        head.remove(TOKEN_HEADER)
+        if token is None:
+            token, source = header.strip(), "header"
+    if token is None and domain:
+        host = (
+            (head.get(b"host") or b"").rsplit(b":", 1)[0] if b"]" not in (head.get(b"host") or b"") else b""
+        )
+        suffix = b"." + domain
+        if host.lower().endswith(suffix) and len(host) > len(suffix):
+            token, source = host[: -len(suffix)], "host"
+    cookies = head.get_all(b"cookie")
+    if cookies and TOKEN_COOKIE in b"".join(cookies):
+        kept_cookies = []
+        for value in cookies:
+            for part in value.split(b";"):
+                name, _, val = part.strip().partition(b"=")
+                if name == TOKEN_COOKIE:
+                    if token is None:
+                        token, source = val.strip(), "cookie"
+                elif part.strip():
+                    kept_cookies.append(part.strip())
+        head.remove(b"cookie")
+        if kept_cookies:
+            head.headers.append((b"Cookie", b"; ".join(kept_cookies)))
+    return token, source
+
+
+@implementer(IHalfCloseableProtocol)
+class PublicHTTPProtocol(Protocol, TunnelOwner):
+    """One public connection: requests in, routed through tunnels, responses out."""
+
+    log = Logger()
+
+    def __init__(self, factory: PublicFactory) -> None:
+        self.factory = factory
+        self.registry: Registry = factory.registry
+        self.config: PublicConfig = factory.config
+        self.clock = factory.clock
+        self._buf = bytearray()
+        self._req = R_HEAD
+        self._resp = S_NONE
+        self._upgraded = False
+        self._tunnel: TunnelServerProtocol | None = None
+        self._record: ClientRecord | None = None
+        self._waiting = None
+        self._timer = None
+        self._resp_timer = None
+        self._closed = False
+        self._eof = False
+        self._keep_alive = True
+        self._public_close = False
+        self._sent_response = False
+        self._head: http.Head | None = None
+        self._head_bytes = b""
+        self._req_framer: http.BodyFramer | None = None
+        self._resp_framer: http.BodyFramer | None = None
+        self._resp_buf = b""
+        self._reusable = True
+        self._retries = 0
+        self._peer = ""
+
+    # -- connection life
+    def connectionMade(self) -> None:
+        tune(self.transport)
+        peer = self.transport.getPeer()
+        self._peer = getattr(peer, "host", str(peer))
+        self.factory.open_connections += 1
+        self._set_timer(self.config.idle_timeout, self._idle_timeout)
+
+    def connectionLost(self, reason: Failure = ConnectionDone()) -> None:  # noqa: B008
+        self._closed = True
+        self.factory.open_connections -= 1
+        self._cancel_timers()
+        if self._waiting is not None:
+            waiting, self._waiting = self._waiting, None
+            waiting.cancel()
+        tunnel = self._tunnel
+        if tunnel is not None:
+            self._tunnel = None
+            tunnel.detach()
+            if self._upgraded:
+                if self._eof:
+                    tunnel.transport.loseConnection()
+                else:
+                    tunnel.transport.abortConnection()
+            else:
+                tunnel.transport.abortConnection()  # mid-exchange: its stream is not reusable
+        if self._record is not None:
+            self._record.open_connections -= 1
+            self._record = None
+
+    def readConnectionLost(self) -> None:
+        self._eof = True
+        if self._upgraded and self._tunnel is not None:
+            half_close(self._tunnel.transport)
+        elif self._req == R_HEAD and not self._buf and self._resp == S_NONE:
+            self.transport.loseConnection()
+        else:
+            self._public_close = True
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    # -- timers
+    def _set_timer(self, seconds: float, func: callable) -> None:  # type: ignore[valid-type]
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = self.clock.callLater(seconds, func)
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._timer, self._resp_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._timer = self._resp_timer = None
+
+    def _idle_timeout(self) -> None:
+        self._timer = None
+        if self._buf:
+            self._refuse(408, "request head not received in time")
+        else:
+            self.transport.loseConnection()
+
+    def _head_timeout(self) -> None:
+        self._timer = None
+        self._refuse(408, "request head not received in time")
+
+    def _body_timeout(self) -> None:
+        self._timer = None
+        self._fail(408, "request body stalled")
+
+    def _response_timeout(self) -> None:
+        self._resp_timer = None
+        self._fail(504, "the service behind the tunnel did not answer in time")
+
+    # -- public bytes in
+    def dataReceived(self, data: bytes) -> None:
+        if self._req == R_BODY:
+            self._request_body(data)
+            return
+        if self._upgraded:
+            self._tunnel.transport.write(data)
+            if self._record is not None:
+                self._record.bytes_in += len(data)
+            return
+        if self._req == R_HEAD and not self._buf:
+            self._set_timer(self.config.head_timeout, self._head_timeout)
+        self._buf += data
+        if self._req == R_HEAD:
+            self._parse_head()
+        elif len(self._buf) > self.config.max_head:
+            self.transport.pauseProducing()  # pipelined data waits for the current exchange
+
+    def _parse_head(self) -> None:
+        buf = self._buf
+        end = http.find_head_end(buf)
+        if end < 0:
+            if len(buf) > self.config.max_head:
+                self._refuse(431, "request head too large", limit=self.config.max_head)
+            return
+        if end > self.config.max_head:
+            self._refuse(431, "request head too large", limit=self.config.max_head)
+            return
+        raw = bytes(buf[:end])
+        del buf[:end]
+        try:
+            head = http.parse_request_head(raw)
+        except http.HTTPError as e:
+            self._refuse(e.status, e.message)
+            return
+        self._dispatch(head)
+
+    # -- routing
+    def _dispatch(self, head: http.Head) -> None:
+        self._cancel_timers()
+        self._keep_alive = http.wants_keep_alive(head)
+        self._req_framer = http.request_framing(head)
+        domain = self.config.domain.encode() if self.config.domain else None
+        token, source = extract_token(head, domain)
+        if not token:
+            self._refuse(401, "missing token: add ?token=<token> to the URL", keep=True)
+            return
+        limiter = self.factory.limiter
+        try:
+            client_id = token.decode("ascii")
+        except UnicodeDecodeError:
+            client_id = ""
+        record = self.registry.clients.get(client_id)
+        if record is None:
+            if limiter.blocked(self._peer):
+                self.log.warn("too many unknown tokens from {peer}", peer=self._peer)
+                self._refuse(429, "too many requests with unknown tokens", retry_after=60)
+                return
+            limiter.miss(self._peer)
+            self._refuse(404, "unknown token: no client is registered with it", keep=True)
+            return
+        if not record.online:
+            self._refuse(
+                503,
+                "client is offline; its registration is kept while it reconnects",
+                retry_after=5,
+                keep=True,
+            )
+            return
+        if (
+            source == "query"
+            and head.method == b"GET"
+            and b"text/html" in (head.get(b"accept") or b"")
+            and head.get(b"upgrade") is None
+        ):
+            self._redirect_with_cookie(head.target, token)
+            return
+        if self._record is not record:
+            if self._record is not None:
+                self._record.open_connections -= 1
+            self._record = record
+            record.open_connections += 1
+        self._rewrite(head)
+        self._head = head
+        self._head_bytes = head.serialize()
+        self._resp = S_NONE
+        self._retries = 0
+        record.requests += 1
+        self._acquire()
+
+    def _rewrite(self, head: http.Head) -> None:
+        upgrade = head.get(b"upgrade")
+        listed = head.connection_tokens() - {b"close", b"keep-alive", b"upgrade"}
+        head.remove(*http.HOP_BY_HOP, *listed)
+        if upgrade is not None:
+            head.headers.append((b"Connection", b"Upgrade"))
+            head.headers.append((b"Upgrade", upgrade))
+        elif head.version == b"HTTP/1.0":
+            head.headers.append((b"Connection", b"keep-alive"))
+        forwarded_for = head.get(b"x-forwarded-for")
+        head.remove(b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host")
+        peer = self._peer.encode()
+        head.headers.append((b"X-Forwarded-For", forwarded_for + b", " + peer if forwarded_for else peer))
+        head.headers.append((b"X-Forwarded-Proto", self.config.scheme.encode()))
+        host = head.get(b"host")
+        if host is not None:
+            head.headers.append((b"X-Forwarded-Host", host))
+
+    def _redirect_with_cookie(self, target: bytes, token: bytes) -> None:
+        cookie = TOKEN_COOKIE + b"=" + token + b"; Path=/; HttpOnly; SameSite=Lax"
+        if self.config.scheme == "https":
+            cookie += b"; Secure"
+        body = b""
+        extra = [(b"Location", target), (b"Set-Cookie", cookie)]
+        self._answer(302, body, extra, keep=True)
+
+    # -- the tunnel
+    def _acquire(self) -> None:
+        self._req = R_WAIT
+        self.transport.pauseProducing()
+        d = self._record.pool.acquire()
+        self._waiting = d
+        d.addCallbacks(self._got_tunnel, self._no_tunnel)
+
+    def _no_tunnel(self, failure: Failure) -> None:
+        self._waiting = None
+        if failure.check(CancelledError) or self._closed:
+            return
+        if failure.check(PoolTimeout):
+            self._fail(504, "no tunnel from the client in time: " + failure.getErrorMessage())
+        elif failure.check(PoolClosed):
+            self._fail(503, "client went offline", retry_after=5)
+        else:
+            self.log.failure("acquiring a tunnel failed", failure)
+            self._fail(502, "could not get a tunnel")
+
+    def _got_tunnel(self, tunnel: TunnelServerProtocol) -> None:
+        self._waiting = None
+        if self._closed:
+            self._record.pool.release(tunnel) if self._record else tunnel.close()
+            return
+        self._tunnel = tunnel
+        self._reusable = True
+        tunnel.attach(self)
+        join(self.transport, tunnel.transport)
+        tunnel.transport.write(self._head_bytes)
+        self._resp = S_HEAD
+        self._resp_buf = b""
+        self._resp_timer = self.clock.callLater(self.config.response_timeout, self._response_timeout)
+        if self._req_framer.done:
+            self._req = R_DONE
+        else:
+            self._req = R_BODY
+            self._set_timer(self.config.body_timeout, self._body_timeout)
+            if self._buf:
+                data = bytes(self._buf)
+                self._buf.clear()
+                self._request_body(data)
+        if self._tunnel is not None:
+            self.transport.resumeProducing()
+
+    def _request_body(self, data: bytes) -> None:
+        try:
+            n = self._req_framer.feed(data)
+        except http.HTTPError as e:
+            self._fail(e.status, e.message)
+            return
+        if self._timer is not None:
+            self._timer.reset(self.config.body_timeout)
+        if n:
+            self._tunnel.transport.write(data if n == len(data) else data[:n])
+            self._record.bytes_in += n
+        if self._req_framer.done:
+            self._req = R_DONE
+            if self._timer is not None and self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+            if n < len(data):
+                self._buf += data[n:]
+                self.transport.pauseProducing()
+            if self._resp == S_NONE:  # the response ended before the request body did
+                self._exchange_done()
+
+    # -- tunnel bytes in (TunnelOwner)
+    def tunnel_data(self, data: bytes) -> None:
+        if self._resp == S_BODY:
+            self._response_body(data)
+        elif self._upgraded:
+            self.transport.write(data)
+            self._record.bytes_out += len(data)
+        elif self._resp == S_HEAD:
+            self._response_head(data)
+        else:
+            self._reusable = False  # bytes nobody asked for
+            self._tunnel.transport.abortConnection()
+
+    def _response_head(self, data: bytes) -> None:
+        buf = self._resp_buf + data
+        end = http.find_head_end(buf)
+        if end < 0:
+            self._resp_buf = buf
+            if len(buf) > self.config.max_head:
+                self._fail(502, "response head from the service too large")
+            return
+        self._resp_buf = b""
+        try:
+            head = http.parse_response_head(buf[:end])
+            framer = http.response_framing(head, self._head.method)
+        except http.HTTPError as e:
+            self._fail(502, e.message)
+            return
+        rest = buf[end:]
+        status = head.status
+        statuses = self._record.statuses
+        statuses[status] = statuses.get(status, 0) + 1
+        if status == 101 and self._head.get(b"upgrade") is not None:
+            self._switch_protocols(head, rest)
+            return
+        if 100 <= status < 200:  # 100 Continue and friends: pass on, wait for the final one
+            self.transport.write(buf[:end])
+            self._sent_response = True
+            if rest:
+                self._response_head(rest)
+            return
+        if self._resp_timer is not None and self._resp_timer.active():
+            self._resp_timer.cancel()
+        self._resp_timer = None
+        if not http.wants_keep_alive(head) or framer.kind == http.UNTIL_CLOSE:
+            self._reusable = False
+        close = (
+            not self._keep_alive
+            or self._public_close
+            or framer.kind == http.UNTIL_CLOSE
+            or self.factory.stopping
+        )
+        self._public_close = close
+        listed = head.connection_tokens() - {b"close", b"keep-alive"}
+        head.remove(*http.HOP_BY_HOP, *listed)
+        if close:
+            head.headers.append((b"Connection", b"close"))
+        elif self._head.version == b"HTTP/1.0":
+            head.headers.append((b"Connection", b"keep-alive"))
+        self.transport.write(head.serialize())
+        self._sent_response = True
+        self._resp_framer = framer
+        self._resp = S_BODY
+        if rest or framer.done:
+            self._response_body(rest)
+
+    def _response_body(self, data: bytes) -> None:
+        framer = self._resp_framer
+        try:
+            n = framer.feed(data)
+        except http.HTTPError as e:
+            self._fail(502, "service sent " + e.message)
+            return
+        if n:
+            self.transport.write(data if n == len(data) else data[:n])
+            self._record.bytes_out += n
+        if framer.done:
+            if n < len(data):
+                self._reusable = False
+            self._resp = S_NONE
+            if self._req == R_DONE:
+                self._exchange_done()
+            else:
+                self._reusable = False  # answered before reading the whole request
+                self._public_close = True
+                self._exchange_done()
+
+    def _switch_protocols(self, head: http.Head, rest: bytes) -> None:
+        if self._resp_timer is not None and self._resp_timer.active():
+            self._resp_timer.cancel()
+        self._resp_timer = None
+        self._cancel_timers()
+        self._upgraded = True
+        self._req = R_DONE
+        self._resp = S_NONE
+        self._sent_response = True
+        self._record.pool.forget(self._tunnel)  # this tunnel never comes back
+        self._tunnel.record = None
+        self.transport.write(head.serialize())
+        if rest:
+            self.transport.write(rest)
+        if self._buf:
+            data = bytes(self._buf)
+            self._buf.clear()
+            self._tunnel.transport.write(data)
+        self.transport.resumeProducing()
+
+    def tunnel_eof(self) -> None:
+        self.tunnel_lost(Failure(ConnectionDone("tunnel closed")))
+
+    def tunnel_lost(self, reason: Failure) -> None:
+        tunnel, self._tunnel = self._tunnel, None
+        if tunnel is None or self._closed:
+            return
+        tunnel.detach()
+        if tunnel.transport.connected:
+            tunnel.transport.loseConnection()
+        if self._upgraded:
+            self.transport.loseConnection()
+            return
+        if self._resp == S_BODY and self._resp_framer.kind == http.UNTIL_CLOSE:
+            self._resp = S_NONE
+            self.transport.loseConnection()
+            return
+        if self._resp == S_HEAD and not self._sent_response and not self._resp_buf:
+            if self._can_retry(tunnel):
+                self._retries += 1
+                self.log.info(
+                    "tunnel of {client_id} closed as a request went out; retrying",
+                    client_id=self._record.client_id,
+                )
+                self._unjoin_gone(tunnel)
+                self._acquire()
+                return
+            self._fail(502, "the tunnel closed before the service answered")
+            return
+        self.transport.abortConnection()
+
+    def _can_retry(self, tunnel: TunnelServerProtocol) -> bool:
+        return (
+            self._retries < MAX_RETRIES
+            and self._head.method in IDEMPOTENT
+            and self._req_framer.kind == http.LENGTH
+            and self._req_framer.remaining == 0
+            and self._head.get(b"upgrade") is None
+            and self._record is not None
+            and self._record.online
+        )
+
+    def _unjoin_gone(self, tunnel: TunnelServerProtocol) -> None:
+        self.transport.unregisterProducer()
+        tunnel.transport.unregisterProducer()
+        self.transport.resumeProducing()
+
+    # -- ends of exchanges
+    def _exchange_done(self) -> None:
+        tunnel, self._tunnel = self._tunnel, None
+        if tunnel is not None:
+            tunnel.detach()
+            unjoin(self.transport, tunnel.transport)
+            if self._reusable and self._record is not None:
+                self._record.pool.release(tunnel)
+            else:
+                self._record.pool.forget(tunnel)
+                tunnel.transport.loseConnection()
+        self._head = None
+        if self._public_close or self._eof:
+            self.transport.loseConnection()
+            return
+        self._req = R_HEAD
+        self._resp = S_NONE
+        self._sent_response = False
+        self._set_timer(self.config.idle_timeout, self._idle_timeout)
+        self.transport.resumeProducing()
+        if self._buf:
+            self._set_timer(self.config.head_timeout, self._head_timeout)
+            self._parse_head()
+
+    def _answer(self, status: int, body: bytes, extra: list[tuple[bytes, bytes]], keep: bool) -> None:
+        """Send an answer of our own; keep the connection only if nothing is left unread."""
+        framer = self._req_framer
+        unread_body = framer is not None and not framer.done
+        close = not keep or not self._keep_alive or self._eof or unread_body
+        self.transport.write(http.json_response(status, body, extra, close=close))
+        self._sent_response = True
+        if close:
+            self._req = R_DONE
+            self.transport.loseConnection()
+        else:
+            self._req = R_HEAD
+            self._sent_response = False
+            self._set_timer(self.config.idle_timeout, self._idle_timeout)
+            if self._buf:
+                self._parse_head()
+
+    def _refuse(self, status: int, message: str, keep: bool = False, **extra: object) -> None:
+        """Answer a request that never reached a tunnel."""
+        headers = []
+        retry_after = extra.get("retry_after")
+        if retry_after:
+            headers.append((b"Retry-After", str(retry_after).encode()))
+        if status >= 500 or status in (408, 429, 431):
+            self.log.info("{status} to {peer}: {message}", status=status, peer=self._peer, message=message)
+        self._answer(status, error_body(status, message, **extra), headers, keep)
+
+    def _fail(self, status: int, message: str, **extra: object) -> None:
+        """Give up on the current exchange: a JSON error if nothing was sent yet, else abort."""
+        tunnel, self._tunnel = self._tunnel, None
+        if tunnel is not None:
+            tunnel.detach()
+            if self._record is not None:
+                self._record.pool.forget(tunnel)
+            self._unjoin_gone(tunnel)
+            tunnel.transport.abortConnection()
+        if self._record is not None:
+            self._record.last_error = f"{status} {message}"
+            statuses = self._record.statuses
+            statuses[status] = statuses.get(status, 0) + 1
+        self._cancel_timers()
+        if self._sent_response or self._closed:
+            self.transport.abortConnection()
+            return
+        self._refuse(status, message, keep=False, **extra)
+
+
+class PublicFactory(Factory):
+    """Builds :class:`PublicHTTPProtocol`; holds what all public connections share."""
+
+    noisy = False
+
+    def __init__(self, registry: Registry, config: PublicConfig, clock: object) -> None:
+        self.registry = registry
+        self.config = config
+        self.clock = clock
+        self.limiter = GuessLimiter(config.guess_limit, config.guess_window, clock)
+        self.open_connections = 0
+        self.stopping = False
+
+    def buildProtocol(self, addr: object) -> PublicHTTPProtocol:
+        return PublicHTTPProtocol(self)

@@ -1,0 +1,254 @@
+"""Who is registered: client records, retention after a disconnect, and routing by token."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+from twisted.application.service import Service
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from arp import wire
+from arp.control import AuthFailed, BadRegistration, ClientIdInUse
+from arp.server.pool import TunnelPool
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    """The relay's tunables (all times in seconds)."""
+
+    pool_size: int = 5
+    max_tunnels: int = 200
+    retention: float = 300.0
+    tunnel_timeout: float = 10.0
+    heartbeat: float = 10.0
+    tunnel_max_idle: float = 600.0
+    surplus_idle: float = 30.0
+    public_url: str = "http://{host}:17003"
+    tcp_ports: tuple[int, int] | None = None
+
+
+@dataclass(eq=False)
+class ClientRecord:
+    """One registered client, online or within retention."""
+
+    client_id: str
+    instance_token: bytes
+    mode: str
+    pool: TunnelPool
+    tunnel_secret: str = ""
+    control: object | None = None
+    remote_address: str = ""
+    connected_since: float = 0.0
+    offline_since: float | None = None
+    expiry: object | None = None
+    remote_port: int = 0
+    tcp_listener: object | None = None
+    requests: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    open_connections: int = 0
+    last_error: str = ""
+    statuses: dict = field(default_factory=dict)
+
+    @property
+    def online(self) -> bool:
+        return self.control is not None
+
+    def snapshot(self) -> dict:
+        """The record as JSON-able data (no secrets)."""
+        return {
+            "clientId": self.client_id,
+            "mode": self.mode,
+            "online": self.online,
+            "remoteAddress": self.remote_address,
+            "connectedSince": self.connected_since,
+            "offlineSince": self.offline_since,
+            "remotePort": self.remote_port or None,
+            "pool": self.pool.snapshot(),
+            "openConnections": self.open_connections,
+            "requests": self.requests,
+            "bytesIn": self.bytes_in,
+            "bytesOut": self.bytes_out,
+            "lastError": self.last_error,
+        }
+
+
+class Registry(Service):
+    """The relay's table of clients, keyed by client id (which is also the token)."""
+
+    log = Logger()
+
+    def __init__(self, config: RelayConfig, auth_key: str, clock: object) -> None:
+        self.config = config
+        self.key = wire.key_bytes(auth_key)
+        self.clock = clock
+        self.clients: dict[str, ClientRecord] = {}
+        self.tcp_opener = None  # set by the tap: (record) -> port number, raises BadRegistration
+        self._reaper = LoopingCall(self._reap)
+        self._reaper.clock = clock
+        self.started_at = time.time()
+
+    def startService(self) -> None:
+        super().startService()
+        self._reaper.start(5.0, now=False)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._reaper.running:
+            self._reaper.stop()
+        for record in list(self.clients.values()):
+            self._drop(record, "relay stopping")
+
+    def _reap(self) -> None:
+        for record in self.clients.values():
+            record.pool.reap(self.config.tunnel_max_idle, self.config.surplus_idle)
+
+    def new_nonce(self) -> bytes:
+        """A fresh challenge for one registration."""
+        return os.urandom(wire.NONCE_SIZE)
+
+    def register(
+        self,
+        control: object,
+        nonce: bytes,
+        client_id: str,
+        sealed: bytes,
+        proof: bytes,
+        mode: str,
+        remote_port: int,
+        remote_address: str,
+    ) -> ClientRecord:
+        """Check a registration and bring the client online; raise an AMP error to refuse it."""
+        if not wire.CLIENT_ID_RE.match(client_id):
+            raise BadRegistration("client id must be 1-64 of A-Z a-z 0-9 _ . - (starting alnum)")
+        if mode not in ("http", "tcp"):
+            raise BadRegistration(f"unknown mode {mode!r}")
+        if not wire.check_proof(self.key, nonce, client_id, sealed, proof):
+            self.log.warn(
+                "refused registration for {client_id} from {address}: wrong auth key",
+                client_id=client_id,
+                address=remote_address,
+            )
+            raise AuthFailed("wrong auth key")
+        token = wire.unseal_token(self.key, nonce, sealed)
+        record = self.clients.get(client_id)
+        if record is not None:
+            if not wire.secrets_equal(record.instance_token.hex(), token.hex()):
+                self.log.warn(
+                    "refused registration for {client_id} from {address}: id held by another instance",
+                    client_id=client_id,
+                    address=remote_address,
+                )
+                raise ClientIdInUse("this client id is registered by another arpc instance")
+            if record.control is not None and record.control is not control:
+                old = record.control
+                self._offline(record)
+                old.drop("replaced by a new connection of the same client")
+            if record.expiry is not None and record.expiry.active():
+                record.expiry.cancel()
+            record.expiry = None
+            if record.mode != mode or (mode == "tcp" and remote_port not in (0, record.remote_port)):
+                self._remove(record)
+                record = None
+        if record is None:
+            pool = TunnelPool(
+                client_id,
+                self.config.pool_size,
+                self.config.max_tunnels,
+                self.config.tunnel_timeout,
+                self.clock,
+                lambda n, cid=client_id: self._request_tunnels(cid, n),
+            )
+            record = ClientRecord(client_id, token, mode, pool)
+            if mode == "tcp":
+                if self.tcp_opener is None:
+                    raise BadRegistration("this relay does not offer TCP ports (see arps --tcp-ports)")
+                record.remote_port = remote_port
+                self.tcp_opener(record)  # raises BadRegistration if no port can be had
+            self.clients[client_id] = record
+        record.tunnel_secret = wire.random_hex(32)
+        record.control = control
+        record.remote_address = remote_address
+        record.connected_since = time.time()
+        record.offline_since = None
+        self.log.info(
+            "client {client_id} registered from {address} ({mode} mode)",
+            client_id=client_id,
+            address=remote_address,
+            mode=mode,
+        )
+        return record
+
+    def start_pool(self, record: ClientRecord) -> None:
+        """Fill the pool of a freshly registered client (after it has its tunnel secret)."""
+        if record.online:
+            record.pool.set_online(True)
+
+    def _request_tunnels(self, client_id: str, count: int) -> None:
+        record = self.clients.get(client_id)
+        if record is not None and record.control is not None:
+            record.control.open_tunnels(count)
+
+    def control_lost(self, record: ClientRecord, control: object) -> None:
+        """The control channel of ``record`` closed; keep the record for the retention time."""
+        if record.control is not control:
+            return
+        self._offline(record)
+        self.log.info(
+            "client {client_id} disconnected; keeping its registration for {retention:g}s",
+            client_id=record.client_id,
+            retention=self.config.retention,
+        )
+        record.expiry = self.clock.callLater(self.config.retention, self._expire, record)
+
+    def _offline(self, record: ClientRecord) -> None:
+        record.control = None
+        record.offline_since = time.time()
+        record.pool.set_online(False)
+
+    def _expire(self, record: ClientRecord) -> None:
+        record.expiry = None
+        if self.clients.get(record.client_id) is record and not record.online:
+            self.log.info("registration of {client_id} expired", client_id=record.client_id)
+            self._remove(record)
+
+    def _remove(self, record: ClientRecord) -> None:
+        if self.clients.get(record.client_id) is record:
+            del self.clients[record.client_id]
+        if record.expiry is not None and record.expiry.active():
+            record.expiry.cancel()
+        record.expiry = None
+        if record.tcp_listener is not None:
+            listener, record.tcp_listener = record.tcp_listener, None
+            listener.stopService()
+
+    def _drop(self, record: ClientRecord, reason: str) -> None:
+        control = record.control
+        if control is not None:
+            self._offline(record)
+            control.drop(reason)
+        self._remove(record)
+
+    def disconnect(self, client_id: str, reason: str = "disconnected by the relay operator") -> bool:
+        """Drop a client now and release its id.  False if it is unknown."""
+        record = self.clients.get(client_id)
+        if record is None:
+            return False
+        self._drop(record, reason)
+        return True
+
+    def check_tunnel(self, client_id: str, secret: str) -> ClientRecord | None:
+        """The online record a tunnel header claims, if its secret is right."""
+        record = self.clients.get(client_id)
+        if record is None or not record.online:
+            return None
+        if not wire.secrets_equal(record.tunnel_secret, secret):
+            return None
+        return record
+
+    def public_url(self, client_id: str) -> str:
+        """The URL arpc prints (``{host}`` is filled in by arpc)."""
+        return self.config.public_url

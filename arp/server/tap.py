@@ -1,0 +1,218 @@
+"""``twistd arps``: the options and the service tree of the relay."""
+
+from __future__ import annotations
+
+import socket
+
+from twisted.application.service import MultiService
+from twisted.logger import Logger
+from twisted.python import usage
+
+from arp import files, options
+from arp.listen import Listener
+from arp.server.control import ControlFactory
+from arp.server.public import PublicConfig, PublicFactory
+from arp.server.registry import Registry, RelayConfig
+from arp.server.tunnel import TunnelFactory
+from arp.wire import random_hex
+
+log = Logger()
+
+
+class Options(usage.Options):
+    """Command line of ``twistd arps``."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "The ARP relay.  arpc clients register on the control port and keep warm "
+        "tunnels open to the proxy port; requests to the public port carrying a "
+        "client's token (?token=, X-ARP-Token header, arp_token cookie or "
+        "<token>.<domain> host) are routed through those tunnels.  Every "
+        "--*-endpoint takes a Twisted endpoint string, e.g. "
+        "ssl:443:privateKey=key.pem:certKey=cert.pem for TLS."
+    )
+    optParameters = [
+        ["control-port", None, 17001, "Port where arpc clients register.", options.port_number],
+        ["proxy-port", None, 17002, "Port where arpc clients open tunnels.", options.port_number],
+        ["public-port", None, 17003, "Port where browsers and API clients connect.", options.port_number],
+        ["control-endpoint", None, None, "Endpoint string for the control port (overrides --control-port)."],
+        ["proxy-endpoint", None, None, "Endpoint string for the proxy port (overrides --proxy-port)."],
+        ["public-endpoint", None, None, "Endpoint string for the public port (overrides --public-port)."],
+        [
+            "auth-key",
+            None,
+            None,
+            "Secret arpc must prove to register (env ARP_AUTH_KEY). Default: generated once "
+            "and kept in the data directory.",
+        ],
+        ["pool-size", None, 5, "Warm idle tunnels kept per client.", options.positive_int],
+        ["max-tunnels", None, 200, "Most tunnels one client may hold open.", options.positive_int],
+        [
+            "retention",
+            None,
+            300.0,
+            "Seconds a disconnected client's registration is kept (requests get 503 meanwhile).",
+            options.seconds,
+        ],
+        [
+            "tunnel-timeout",
+            None,
+            10.0,
+            "Seconds a request waits for a tunnel when the pool is empty (then 504).",
+            options.seconds,
+        ],
+        [
+            "response-timeout",
+            None,
+            300.0,
+            "Seconds to wait for the service's response head (then 504).",
+            options.seconds,
+        ],
+        [
+            "heartbeat",
+            None,
+            10.0,
+            "Seconds between control-channel heartbeats; a peer silent for 3 of them is dropped.",
+            options.seconds,
+        ],
+        [
+            "head-timeout",
+            None,
+            30.0,
+            "Seconds a public client has to send a complete request head (then 408).",
+            options.seconds,
+        ],
+        [
+            "idle-timeout",
+            None,
+            75.0,
+            "Seconds an idle keep-alive public connection is kept.",
+            options.seconds,
+        ],
+        [
+            "max-head-size",
+            None,
+            65536,
+            "Largest request head accepted, in bytes (then 431).",
+            options.positive_int,
+        ],
+        [
+            "public-url",
+            None,
+            None,
+            "Base URL clients print, e.g. https://relay.example.com. Default: "
+            "<scheme>://<server address arpc used>:<public port>.",
+        ],
+        ["domain", None, None, "Also route by host name: <token>.<domain> (wildcard DNS needed)."],
+        [
+            "tcp-ports",
+            None,
+            None,
+            "Port range offered to arpc --tcp clients, e.g. 20000-20100 (default: none).",
+            options.port_range,
+        ],
+        ["tcp-interface", None, "", "Interface the TCP ports listen on (default: all)."],
+        [
+            "guess-limit",
+            None,
+            30,
+            "Unknown-token requests allowed per source address per minute (then 429).",
+            options.positive_int,
+        ],
+        ["data-dir", None, None, "Where arps keeps its generated auth key (default: ~/.local/share/arps)."],
+        [
+            "log-level",
+            None,
+            None,
+            "debug, info, warn or error (env ARP_LOG_LEVEL; default info).",
+            options.log_level,
+        ],
+    ]
+
+    def postOptions(self) -> None:
+        if self["pool-size"] > 1000:
+            raise usage.UsageError("--pool-size must be at most 1000")
+        if self["pool-size"] > self["max-tunnels"]:
+            raise usage.UsageError("--pool-size cannot exceed --max-tunnels")
+        if self["heartbeat"] <= 0:
+            raise usage.UsageError("--heartbeat must be positive")
+        for name, port in (("control", "control-port"), ("proxy", "proxy-port"), ("public", "public-port")):
+            if not self[f"{name}-endpoint"]:
+                self[f"{name}-endpoint"] = f"tcp:{self[port]}"
+        if self["auth-key"] is None:
+            self["auth-key"] = options.env_default("ARP_AUTH_KEY")
+        if self["log-level"] is None:
+            self["log-level"] = options.log_level(options.env_default("ARP_LOG_LEVEL", "info"))
+
+
+def _scheme(endpoint: str) -> str:
+    return "https" if endpoint.split(":", 1)[0] in ("ssl", "tls", "le", "lets") else "http"
+
+
+def makeService(config: Options) -> MultiService:
+    """Build the relay's service tree from its options."""
+    from twisted.internet import reactor
+
+    reactor.callWhenRunning(options.install_log_level, config["log-level"])
+    top = MultiService()
+    auth_key = config["auth-key"]
+    if not auth_key:
+        data_dir = files.ensure_dir(config["data-dir"] or files.default_data_dir("arps"))
+        path = data_dir / "auth-key"
+        auth_key, created = files.read_or_create_secret(path, lambda: random_hex(24))
+        if created:
+            log.info(
+                "generated an auth key in {path}; start clients with:\n"
+                "    twistd -n arpc --server-addr {host} --auth-key {key} --local-port PORT",
+                path=str(path),
+                host=socket.gethostname(),
+                key=auth_key,
+            )
+        else:
+            log.info("using the auth key kept in {path} (give it to arpc as --auth-key)", path=str(path))
+    public_endpoint = config["public-endpoint"]
+    scheme = _scheme(public_endpoint)
+    public_url = config["public-url"]
+    relay_config = RelayConfig(
+        pool_size=config["pool-size"],
+        max_tunnels=config["max-tunnels"],
+        retention=config["retention"],
+        tunnel_timeout=config["tunnel-timeout"],
+        heartbeat=config["heartbeat"],
+        public_url=(public_url.rstrip("/") if public_url else ""),
+        tcp_ports=config["tcp-ports"],
+    )
+    registry = Registry(relay_config, auth_key, reactor)
+    registry.setServiceParent(top)
+    if config["tcp-ports"]:
+        from arp.server.tcp import TCPPorts
+
+        first, last = config["tcp-ports"]
+        ports = TCPPorts(first, last, config["tcp-interface"], reactor)
+        registry.tcp_opener = lambda record: ports.open_for(record, registry)
+    public_config = PublicConfig(
+        scheme=scheme,
+        domain=config["domain"],
+        max_head=config["max-head-size"],
+        head_timeout=config["head-timeout"],
+        idle_timeout=config["idle-timeout"],
+        response_timeout=config["response-timeout"],
+        guess_limit=config["guess-limit"],
+    )
+    public_factory = PublicFactory(registry, public_config, reactor)
+    Listener(
+        "control", config["control-endpoint"], ControlFactory(registry, reactor), reactor
+    ).setServiceParent(top)
+    Listener("proxy", config["proxy-endpoint"], TunnelFactory(registry, reactor), reactor).setServiceParent(
+        top
+    )
+    public = Listener("public", public_endpoint, public_factory, reactor)
+    public.setServiceParent(top)
+    if not relay_config.public_url:
+        # filled in once the public port is known (it may be tcp:0)
+        def base_url(client_id: str) -> str:
+            port = public.port.getHost().port if public.port is not None else config["public-port"]
+            return f"{scheme}://{{host}}:{port}"
+
+        registry.public_url = base_url  # type: ignore[method-assign]
+    return top

@@ -1,0 +1,159 @@
+"""Raw TCP forwarding: a dedicated public port per ``arpc --tcp`` client."""
+
+from __future__ import annotations
+
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from arp import wire
+from arp.control import BadRegistration
+from arp.listen import Listener
+from arp.server.registry import ClientRecord, Registry
+from arp.server.tunnel import TunnelOwner, TunnelServerProtocol
+from arp.splice import close, half_close, join, tune
+
+
+@implementer(IHalfCloseableProtocol)
+class PublicTCPProtocol(Protocol, TunnelOwner):
+    """One connection to a client's TCP port, spliced raw onto a tunnel."""
+
+    log = Logger()
+
+    def __init__(self, record: ClientRecord) -> None:
+        self.record = record
+        self.tunnel: TunnelServerProtocol | None = None
+        self._waiting = None
+        self._eof_in = False
+        self._eof_out = False
+        self._lost = False
+
+    def connectionMade(self) -> None:
+        tune(self.transport)
+        self.record.open_connections += 1
+        if not self.record.online:
+            self.transport.loseConnection()
+            return
+        self.transport.pauseProducing()
+        self._waiting = self.record.pool.acquire()
+        self._waiting.addCallbacks(self._got_tunnel, self._no_tunnel)
+
+    def _no_tunnel(self, failure: Failure) -> None:
+        self._waiting = None
+        if not self._lost:
+            self.log.info(
+                "no tunnel for a TCP connection to {client_id}: {why}",
+                client_id=self.record.client_id,
+                why=failure.getErrorMessage(),
+            )
+            self.transport.abortConnection()
+
+    def _got_tunnel(self, tunnel: TunnelServerProtocol) -> None:
+        self._waiting = None
+        self.record.pool.forget(tunnel)  # a raw splice never returns to the pool
+        tunnel.record = None
+        if self._lost:
+            tunnel.close()
+            return
+        self.tunnel = tunnel
+        tunnel.attach(self)
+        self.record.requests += 1
+        tunnel.transport.write(wire.TCP_START)
+        join(self.transport, tunnel.transport)
+        self.transport.resumeProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.tunnel.transport.write(data)
+        self.record.bytes_in += len(data)
+
+    def tunnel_data(self, data: bytes) -> None:
+        self.transport.write(data)
+        self.record.bytes_out += len(data)
+
+    def readConnectionLost(self) -> None:
+        self._eof_in = True
+        if self.tunnel is not None:
+            half_close(self.tunnel.transport)
+        if self._eof_out:
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def tunnel_eof(self) -> None:
+        self._eof_out = True
+        half_close(self.transport)
+        if self._eof_in:
+            self.transport.loseConnection()
+            if self.tunnel is not None:
+                self.tunnel.transport.loseConnection()
+
+    def tunnel_lost(self, reason: Failure) -> None:
+        self.tunnel = None
+        if not self._lost:
+            close(self.transport, None if self._eof_out else reason)
+
+    def connectionLost(self, reason: Failure = ConnectionDone()) -> None:  # noqa: B008
+        self._lost = True
+        self.record.open_connections -= 1
+        if self._waiting is not None:
+            self._waiting.cancel()
+        tunnel, self.tunnel = self.tunnel, None
+        if tunnel is not None:
+            tunnel.detach()
+            close(tunnel.transport, None if self._eof_in else reason)
+
+
+class PublicTCPFactory(Factory):
+    """Connections to one client's dedicated port."""
+
+    noisy = False
+
+    def __init__(self, record: ClientRecord) -> None:
+        self.record = record
+
+    def buildProtocol(self, addr: object) -> PublicTCPProtocol:
+        return PublicTCPProtocol(self.record)
+
+
+class TCPPorts:
+    """Hands out public TCP ports from the range arps allows (``--tcp-ports``)."""
+
+    log = Logger()
+
+    def __init__(self, first: int, last: int, interface: str, reactor: object) -> None:
+        self.first = first
+        self.last = last
+        self.interface = interface
+        self.reactor = reactor
+
+    def open_for(self, record: ClientRecord, registry: Registry) -> None:
+        """Listen on the record's wanted port (or any free one in range); raise BadRegistration."""
+        used = {r.remote_port for r in registry.clients.values() if r.tcp_listener is not None}
+        if record.remote_port:
+            if not self.first <= record.remote_port <= self.last:
+                raise BadRegistration(
+                    f"port {record.remote_port} is outside the relay's TCP range {self.first}-{self.last}"
+                )
+            candidates = [record.remote_port]
+        else:
+            candidates = [p for p in range(self.first, self.last + 1) if p not in used]
+        for port in candidates:
+            if port in used:
+                continue
+            description = f"tcp:{port}:interface={self.interface}" if self.interface else f"tcp:{port}"
+            listener = Listener(
+                f"tcp port of {record.client_id}", description, PublicTCPFactory(record), self.reactor
+            )
+            try:
+                listener.startService()
+            except SystemExit as e:
+                self.log.info("{why}", why=str(e))
+                continue
+            record.tcp_listener = listener
+            record.remote_port = port
+            return
+        raise BadRegistration(f"no free TCP port for this client in {self.first}-{self.last}")

@@ -1,0 +1,108 @@
+"""Joining two connections so bytes flow both ways, with flow control and half-close.
+
+Each side is registered as the other's streaming producer: when one side's
+write buffer fills, Twisted pauses reading on the other, so a slow reader never
+makes memory grow without bound.  End of stream travels as a half-close where
+the transports support it.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IHalfCloseableProtocol, ITransport
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+
+def tune(transport: ITransport, keepalive: bool = False) -> None:
+    """Turn on TCP_NODELAY (and optionally keep-alive probes) on the socket under ``transport``."""
+    target = transport
+    for _ in range(3):  # a TLS transport wraps the TCP one
+        if hasattr(target, "setTcpNoDelay"):
+            try:
+                target.setTcpNoDelay(True)
+                if keepalive:
+                    target.setTcpKeepAlive(True)
+                    sock = target.getHandle()
+                    for opt, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
+                        if hasattr(socket, opt):
+                            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, opt), value)
+            except OSError:
+                pass
+            return
+        inner = getattr(target, "transport", None)
+        if inner is None:
+            return
+        target = inner
+
+
+def join(a: ITransport, b: ITransport) -> None:
+    """Make each transport the streaming producer of the other."""
+    a.registerProducer(b, True)
+    b.registerProducer(a, True)
+
+
+def unjoin(a: ITransport, b: ITransport) -> None:
+    """Undo :func:`join` and make sure neither side is left paused."""
+    a.unregisterProducer()
+    b.unregisterProducer()
+    a.resumeProducing()
+    b.resumeProducing()
+
+
+def half_close(transport: ITransport) -> None:
+    """Send EOF on ``transport`` if it can half-close, else close it after flushing."""
+    lose_write = getattr(transport, "loseWriteConnection", None)
+    if lose_write is not None:
+        lose_write()
+    else:
+        transport.loseConnection()
+
+
+def close(transport: ITransport, reason: Failure | None) -> None:
+    """Close ``transport``: flush on a clean end, abort after an error."""
+    if reason is None or reason.check(ConnectionDone):
+        transport.loseConnection()
+    else:
+        transport.abortConnection()
+
+
+@implementer(IHalfCloseableProtocol)
+class SpliceEnd(Protocol):
+    """One end of a splice: what arrives here is written to ``peer``."""
+
+    peer: SpliceEnd | None = None
+    _eof_in = False
+    _eof_out = False
+    _lost = False
+
+    def splice_to(self, other: SpliceEnd) -> None:
+        """Join this connection with ``other`` (both already connected)."""
+        self.peer = other
+        other.peer = self
+        join(self.transport, other.transport)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.peer.transport.write(data)
+
+    def readConnectionLost(self) -> None:
+        self._eof_in = True
+        if self.peer is not None and not self.peer._lost:
+            half_close(self.peer.transport)
+            self.peer._eof_out = True
+            if self.peer._eof_in:
+                self.peer.transport.loseConnection()
+        if self._eof_out:
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        self._eof_out = True
+
+    def connectionLost(self, reason: Failure = ConnectionDone()) -> None:  # noqa: B008
+        self._lost = True
+        peer = self.peer
+        if peer is not None and not peer._lost:
+            close(peer.transport, None if self._eof_in else reason)

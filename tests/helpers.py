@@ -1,0 +1,357 @@
+"""Test helpers: real twistd processes, a local backend, and simple HTTP clients."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import sys
+from hashlib import sha256
+
+from twisted.internet import defer, protocol, reactor
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.web import resource, server
+from twisted.web.client import Agent, HTTPConnectionPool, readBody
+from twisted.web.http_headers import Headers
+
+AUTH_KEY = "test-auth-key-0123456789"
+TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile="]
+LISTEN_RE = re.compile(r"(\w+) listening on (?:\[?[\d.:a-f]+\]?):(\d+)")
+URL_RE = re.compile(r"Public URL: (\S+)")
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05) -> defer.Deferred:
+    """Poll ``predicate`` until true; fail after ``timeout`` seconds."""
+    d = defer.Deferred()
+    deadline = reactor.seconds() + timeout
+
+    def check() -> None:
+        try:
+            ok = predicate()
+        except Exception:
+            d.errback()
+            return
+        if ok:
+            d.callback(ok)
+        elif reactor.seconds() > deadline:
+            d.errback(AssertionError(f"condition not met within {timeout}s"))
+        else:
+            reactor.callLater(interval, check)
+
+    check()
+    return d
+
+
+def sleep(seconds: float) -> defer.Deferred:
+    return defer.Deferred.fromCoroutine(_sleep(seconds))
+
+
+async def _sleep(seconds: float) -> None:
+    d = defer.Deferred()
+    reactor.callLater(seconds, d.callback, None)
+    await d
+
+
+class TwistdProcess(protocol.ProcessProtocol):
+    """A ``twistd -n`` child whose output we watch."""
+
+    def __init__(self, name: str, args: list[str], env: dict | None = None) -> None:
+        self.name = name
+        self.args = args
+        self.env = env
+        self.output = ""
+        self.ended: defer.Deferred = defer.Deferred()
+        self.exit_code: int | None = None
+        self._watchers: list[tuple[re.Pattern, int, defer.Deferred]] = []
+        self.transport = None
+
+    def start(self) -> TwistdProcess:
+        env = dict(os.environ)
+        env.update(self.env or {})
+        if "ARP_AUTH_KEY" not in (self.env or {}):
+            env.pop("ARP_AUTH_KEY", None)
+        env["PYTHONUNBUFFERED"] = "1"
+        reactor.spawnProcess(self, sys.executable, TWISTD + self.args, env=env)
+        return self
+
+    @property
+    def pid(self) -> int | None:
+        return self.transport.pid if self.transport else None
+
+    def outReceived(self, data: bytes) -> None:
+        self.output += data.decode("utf-8", "replace")
+        self._check()
+
+    errReceived = outReceived
+
+    def _check(self) -> None:
+        for entry in list(self._watchers):
+            pattern, start, d = entry
+            match = pattern.search(self.output, start)
+            if match:
+                self._watchers.remove(entry)
+                d.callback(match)
+
+    def wait_for(self, pattern: str, timeout: float = 20.0, since: int = 0) -> defer.Deferred:
+        """Fire with the first match of ``pattern`` in the output after offset ``since``."""
+        d: defer.Deferred = defer.Deferred()
+        self._watchers.append((re.compile(pattern), since, d))
+        self._check()
+
+        def expired(failure, t):
+            raise AssertionError(f"{self.name}: {pattern!r} not seen in {t}s; output:\n{self.output[-3000:]}")
+
+        d.addTimeout(timeout, reactor, onTimeoutCancel=expired)
+        return d
+
+    def processEnded(self, reason) -> None:
+        self.exit_code = reason.value.exitCode if reason.check(ProcessDone, ProcessTerminated) else None
+        for _, _, d in self._watchers:
+            if not d.called:
+                d.errback(AssertionError(f"{self.name} exited; output:\n{self.output[-3000:]}"))
+        self._watchers = []
+        self.ended.callback(None)
+
+    def signal(self, name: str) -> None:
+        if not self.ended.called:
+            self.transport.signalProcess(name)
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL if it does not end in time."""
+        if self.ended.called:
+            return
+        self.signal("TERM")
+        timer = reactor.callLater(timeout, self.signal, "KILL")
+        await self.ended
+        if timer.active():
+            timer.cancel()
+
+    async def kill(self) -> None:
+        if not self.ended.called:
+            self.signal("KILL")
+        await self.ended
+
+
+class Relay:
+    """A running arps with the ports it listens on."""
+
+    def __init__(self, proc: TwistdProcess, ports: dict[str, int]) -> None:
+        self.proc = proc
+        self.ports = ports
+
+    @property
+    def public(self) -> str:
+        return f"http://127.0.0.1:{self.ports['public']}"
+
+
+async def start_arps(
+    test, *extra: str, data_dir: str | None = None, ports: dict | None = None, auth_key: str = AUTH_KEY
+) -> Relay:
+    """Start arps on loopback (free ports unless ``ports`` given) and wait until it listens."""
+    ports = ports or {"control": 0, "proxy": 0, "public": 0}
+    args = ["arps"]
+    for name in ("control", "proxy", "public"):
+        args += [f"--{name}-endpoint", f"tcp:{ports[name]}:interface=127.0.0.1"]
+    if auth_key:
+        args += ["--auth-key", auth_key]
+    args += ["--data-dir", data_dir or test.mktemp()]
+    args += list(extra)
+    proc = TwistdProcess("arps", args).start()
+    test.addCleanup(proc.stop)
+    found = {}
+    for name in ("control", "proxy", "public"):
+        match = await proc.wait_for(rf"{name} listening on \S+:(\d+)")
+        found[name] = int(match.group(1))
+    return Relay(proc, found)
+
+
+async def start_arpc(
+    test,
+    relay: Relay,
+    *extra: str,
+    local_port: int | None = None,
+    data_dir: str | None = None,
+    auth_key: str = AUTH_KEY,
+    wait: bool = True,
+) -> TwistdProcess:
+    """Start arpc against ``relay``; wait for its Public URL line unless ``wait`` is false."""
+    args = [
+        "arpc",
+        "--server-addr",
+        "127.0.0.1",
+        "--control-port",
+        str(relay.ports["control"]),
+        "--proxy-port",
+        str(relay.ports["proxy"]),
+        "--data-dir",
+        data_dir or test.mktemp(),
+    ]
+    if auth_key:
+        args += ["--auth-key", auth_key]
+    if local_port is not None:
+        args += ["--local-port", str(local_port)]
+    args += list(extra)
+    proc = TwistdProcess("arpc", args).start()
+    test.addCleanup(proc.stop)
+    if wait:
+        match = await proc.wait_for(r"Public URL: (\S+)")
+        proc.url = match.group(1)
+        proc.token = proc.url.rsplit("token=", 1)[1]
+    return proc
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+# -- a local backend -------------------------------------------------------------
+
+
+class Echo(resource.Resource):
+    """Answers with what it received: method, path, headers, body size and hash."""
+
+    isLeaf = True
+
+    def render(self, request):
+        body = request.content.read()
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps(
+            {
+                "method": request.method.decode(),
+                "uri": request.uri.decode(),
+                "headers": {
+                    k.decode().lower(): [v.decode() for v in vs]
+                    for k, vs in request.requestHeaders.getAllRawHeaders()
+                },
+                "length": len(body),
+                "sha256": sha256(body).hexdigest(),
+            }
+        ).encode()
+
+
+class Big(resource.Resource):
+    """``/big/<n>``: n deterministic bytes."""
+
+    isLeaf = True
+
+    def render_GET(self, request):
+        n = int(request.postpath[0]) if request.postpath and request.postpath[0] else 1024
+        return pattern_bytes(n)
+
+
+def pattern_bytes(n: int) -> bytes:
+    block = bytes(range(256)) * 256
+    return (block * (n // len(block) + 1))[:n]
+
+
+class Stream(resource.Resource):
+    """``/stream``: chunked response, one chunk every 50 ms, 5 chunks."""
+
+    isLeaf = True
+
+    def render_GET(self, request):
+        request.setHeader(b"content-type", b"text/event-stream")
+        count = [0]
+
+        def tick():
+            if request.finished or getattr(request, "_gone", False):
+                return
+            count[0] += 1
+            request.write(b"data: tick %d\n\n" % count[0])
+            if count[0] < 5:
+                reactor.callLater(0.05, tick)
+            else:
+                request.finish()
+
+        request.notifyFinish().addErrback(lambda f: setattr(request, "_gone", True))
+        reactor.callLater(0, tick)
+        return server.NOT_DONE_YET
+
+
+def backend_site() -> server.Site:
+    root = resource.Resource()
+    root.putChild(b"echo", Echo())
+    root.putChild(b"big", Big())
+    root.putChild(b"stream", Stream())
+    site = server.Site(root)
+    site.noisy = False
+    return site
+
+
+def listen_backend(test, site=None) -> int:
+    port = reactor.listenTCP(0, site or backend_site(), interface="127.0.0.1")
+    test.addCleanup(port.stopListening)
+    return port.getHost().port
+
+
+# -- clients ---------------------------------------------------------------------
+
+
+class HTTPClient:
+    """Twisted's Agent with a pool that is closed at cleanup."""
+
+    def __init__(self, test, persistent: bool = True) -> None:
+        self.pool = HTTPConnectionPool(reactor, persistent=persistent)
+        self.pool.maxPersistentPerHost = 50
+        self.agent = Agent(reactor, pool=self.pool)
+        test.addCleanup(self.pool.closeCachedConnections)
+
+    async def request(self, method: str, url: str, headers: dict | None = None, body=None):
+        import io
+
+        from twisted.web.client import FileBodyProducer
+
+        producer = None
+        if body is not None:
+            producer = body if not isinstance(body, bytes) else FileBodyProducer(io.BytesIO(body))
+        h = Headers({k: [v] for k, v in (headers or {}).items()})
+        response = await self.agent.request(method.encode(), url.encode(), h, producer)
+        data = await readBody(response)
+        return response, data
+
+
+class RawResponse(protocol.Protocol):
+    def __init__(self, payload: bytes, chunks: list[bytes] | None = None) -> None:
+        self.payload = payload
+        self.data = b""
+        self.done = defer.Deferred()
+
+    def connectionMade(self):
+        if self.payload:
+            self.transport.write(self.payload)
+
+    def dataReceived(self, data):
+        self.data += data
+
+    def connectionLost(self, reason):
+        self.done.callback(self.data)
+
+
+async def raw_exchange(port: int, payload: bytes, timeout: float = 15.0) -> bytes:
+    """Send ``payload`` on a new connection and return everything read until the server closes."""
+    from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+
+    proto = RawResponse(payload)
+    await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), proto)
+    timer = reactor.callLater(timeout, proto.transport.abortConnection)
+    data = await proto.done
+    if timer.active():
+        timer.cancel()
+    return data
+
+
+def status_of(raw: bytes) -> int:
+    return int(raw.split(b" ", 2)[1]) if raw.startswith(b"HTTP/") else 0
+
+
+def kill_pid(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
