@@ -163,7 +163,9 @@ def main(argv: list[str] | None = None) -> int:
         return proc, lines
 
     try:
-        app, app_lines = spawn([sys.executable, "-m", "arp.demo", "--app", "--app-port", str(args.app_port)], False)
+        app, app_lines = spawn(
+            [sys.executable, "-m", "arp.demo", "--app", "--app-port", str(args.app_port)], False
+        )
         arps, arps_lines = spawn(
             _twistd(
                 "arps",
