@@ -20,23 +20,21 @@ from zope.interface import implementer
 def tune(transport: ITransport, keepalive: bool = False) -> None:
     """Turn on TCP_NODELAY (and optionally keep-alive probes) on the socket under ``transport``."""
     target = transport
-    for _ in range(3):  # a TLS transport wraps the TCP one
-        if hasattr(target, "setTcpNoDelay"):
-            try:
-                target.setTcpNoDelay(True)
-                if keepalive:
-                    target.setTcpKeepAlive(True)
-                    sock = target.getHandle()
-                    for opt, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
-                        if hasattr(socket, opt):
-                            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, opt), value)
-            except OSError:
-                pass
-            return
+    for _ in range(4):  # a TLS transport wraps the TCP one
         inner = getattr(target, "transport", None)
-        if inner is None:
-            return
+        if inner is None or inner is target:
+            break
         target = inner
+    try:
+        target.setTcpNoDelay(True)
+        if keepalive:
+            target.setTcpKeepAlive(True)
+            sock = target.getHandle()
+            for opt, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
+                if hasattr(socket, opt):
+                    sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, opt), value)
+    except (AttributeError, OSError):
+        pass
 
 
 def join(a: ITransport, b: ITransport) -> None:

@@ -12,6 +12,7 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from arp import wire
 from arp.control import (
@@ -82,6 +83,28 @@ class ControlClientProtocol(amp.AMP, TimeoutMixin):
         super().connectionLost(reason)
 
 
+@implementer(IStreamClientEndpoint)
+class LoggedEndpoint:
+    """Wraps the control endpoint so that every failed attempt says why."""
+
+    log = Logger()
+
+    def __init__(self, endpoint: IStreamClientEndpoint, description: str) -> None:
+        self.endpoint = endpoint
+        self.description = description
+
+    def connect(self, factory: Factory) -> Deferred:
+        def failed(failure: Failure) -> Failure:
+            self.log.warn(
+                "cannot reach the relay at {where}: {why}",
+                where=self.description,
+                why=failure.getErrorMessage(),
+            )
+            return failure
+
+        return self.endpoint.connect(factory).addErrback(failed)
+
+
 class RelayLink(MultiService):
     """Keeps arpc registered with arps and answers its requests for tunnels."""
 
@@ -92,6 +115,7 @@ class RelayLink(MultiService):
         *,
         clock: object,
         control_endpoint: IStreamClientEndpoint,
+        control_description: str = "the control port",
         proxy_endpoint: IStreamClientEndpoint,
         tunnel_protocol: callable,  # type: ignore[valid-type]
         client_id: str,
@@ -120,7 +144,7 @@ class RelayLink(MultiService):
         factory = Factory.forProtocol(lambda: ControlClientProtocol(self))
         factory.noisy = False
         self.service = ClientService(
-            control_endpoint,
+            LoggedEndpoint(control_endpoint, control_description),
             factory,
             retryPolicy=backoffPolicy(0.5, max_backoff),
             clock=clock,
@@ -156,6 +180,9 @@ class RelayLink(MultiService):
             raise
         except BadRegistration as e:
             self.log.error("the relay refused the registration: {why}", why=str(e))
+            raise
+        except Exception as e:
+            self.log.warn("could not register with the relay: {why}", why=str(e) or repr(e))
             raise
         self.tunnel_secret = result["tunnel_secret"]
         self.control = proto

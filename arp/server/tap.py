@@ -69,6 +69,13 @@ class Options(usage.Options):
             options.seconds,
         ],
         [
+            "tunnel-max-idle",
+            None,
+            600.0,
+            "Seconds an idle tunnel is kept before it is replaced by a fresh one.",
+            options.seconds,
+        ],
+        [
             "heartbeat",
             None,
             10.0,
@@ -179,6 +186,7 @@ def makeService(config: Options) -> MultiService:
         retention=config["retention"],
         tunnel_timeout=config["tunnel-timeout"],
         heartbeat=config["heartbeat"],
+        tunnel_max_idle=config["tunnel-max-idle"],
         public_url=(public_url.rstrip("/") if public_url else ""),
         tcp_ports=config["tcp-ports"],
     )
