@@ -1,0 +1,141 @@
+"""Unit tests of request/response head parsing and body framing."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.trial import unittest
+
+from arp import http
+
+
+class HeadParsingTests(unittest.TestCase):
+    """Heads are parsed strictly; anything ambiguous is refused with a status."""
+
+    def test_request_head(self):
+        """Method, target, version and headers (case kept) come out as sent."""
+        head = http.parse_request_head(b"GET /a?b=1 HTTP/1.1\r\nHost: h\r\nX-Y:  z \r\n\r\n")
+        self.assertEqual(head.start, (b"GET", b"/a?b=1", b"HTTP/1.1"))
+        self.assertEqual(head.headers, [(b"Host", b"h"), (b"X-Y", b"z")])
+        self.assertEqual(head.get(b"x-y"), b"z")
+        self.assertEqual(head.version, b"HTTP/1.1")
+
+    def test_serialize_round_trip(self):
+        """A parsed head serializes back to an equivalent head."""
+        raw = b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\n"
+        self.assertEqual(http.parse_request_head(raw).serialize(), raw)
+
+    def assertRefused(self, raw: bytes, status: int) -> None:
+        with self.assertRaises(http.HTTPError) as ctx:
+            http.parse_request_head(raw)
+        self.assertEqual(ctx.exception.status, status)
+
+    def test_bad_heads(self):
+        """Malformed lines, smuggling vectors and odd versions are refused."""
+        self.assertRefused(b"GET /\r\n\r\n", 400)
+        self.assertRefused(b"GET / HTTP/2.0\r\n\r\n", 505)
+        self.assertRefused(b"GET / FOO\r\n\r\n", 400)
+        self.assertRefused(b"G(T / HTTP/1.1\r\n\r\n", 400)
+        self.assertRefused(b"GET / HTTP/1.1\r\nBad Header: x\r\n\r\n", 400)
+        self.assertRefused(b"GET / HTTP/1.1\r\nNoColon\r\n\r\n", 400)
+        self.assertRefused(b"GET / HTTP/1.1\r\nA: b\r\n folded\r\n\r\n", 400)
+        self.assertRefused(b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400)
+        self.assertRefused(b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400)
+        self.assertRefused(b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", 400)
+        self.assertRefused(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", 400)
+        self.assertRefused(b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400)
+
+    def test_keep_alive_rules(self):
+        """HTTP/1.1 keeps alive unless told to close; HTTP/1.0 only when asked."""
+
+        def ka(raw):
+            return http.wants_keep_alive(http.parse_request_head(raw))
+
+        self.assertTrue(ka(b"GET / HTTP/1.1\r\n\r\n"))
+        self.assertFalse(ka(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n"))
+        self.assertFalse(ka(b"GET / HTTP/1.0\r\n\r\n"))
+        self.assertTrue(ka(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"))
+
+    def test_response_framing(self):
+        """Responses to HEAD, 1xx/204/304 have no body; otherwise chunked, length or until close."""
+
+        def framing(raw, method=b"GET"):
+            return http.response_framing(http.parse_response_head(raw), method)
+
+        self.assertTrue(framing(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", b"HEAD").done)
+        self.assertTrue(framing(b"HTTP/1.1 204 No Content\r\n\r\n").done)
+        self.assertTrue(framing(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n").done)
+        self.assertEqual(framing(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n").kind, http.CHUNKED)
+        self.assertEqual(framing(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n").remaining, 5)
+        self.assertEqual(framing(b"HTTP/1.0 200 OK\r\n\r\n").kind, http.UNTIL_CLOSE)
+        with self.assertRaises(http.HTTPError):
+            http.parse_response_head(b"HTTX/1.1 200 OK\r\n\r\n")
+
+    def test_find_head_end(self):
+        """Both CRLF and bare LF blank lines end a head."""
+        self.assertEqual(http.find_head_end(b"GET / HTTP/1.1\r\n\r\nrest"), 18)
+        self.assertEqual(http.find_head_end(b"GET / HTTP/1.1\n\nrest"), 16)
+        self.assertEqual(http.find_head_end(b"GET / HTTP/1.1\r\n"), -1)
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.binary(max_size=300))
+    def test_parser_never_crashes(self, data):
+        """Any bytes either parse or raise HTTPError with a 4xx/5xx status."""
+        try:
+            http.parse_request_head(data + b"\r\n\r\n")
+        except http.HTTPError as e:
+            self.assertTrue(400 <= e.status < 600)
+
+
+def chunked(pieces: list[bytes], trailers: bytes = b"") -> bytes:
+    body = b"".join(b"%x;ext=1\r\n%s\r\n" % (len(p), p) for p in pieces if p)
+    return body + b"0\r\n" + trailers + b"\r\n"
+
+
+class FramerTests(unittest.TestCase):
+    """The framer finds the end of a body however the bytes are split."""
+
+    def test_length(self):
+        """A Content-Length body ends after exactly that many bytes."""
+        framer = http.BodyFramer(http.LENGTH, 5)
+        self.assertEqual(framer.feed(b"abc"), 3)
+        self.assertFalse(framer.done)
+        self.assertEqual(framer.feed(b"deNEXT"), 2)
+        self.assertTrue(framer.done)
+
+    def test_chunked_with_trailers(self):
+        """Chunk extensions and trailers are accepted; the next message is left alone."""
+        data = chunked([b"hello", b"world"], b"X-Trailer: 1\r\n") + b"GET /next"
+        framer = http.BodyFramer(http.CHUNKED)
+        n = framer.feed(data)
+        self.assertTrue(framer.done)
+        self.assertEqual(data[n:], b"GET /next")
+
+    def test_chunked_lies(self):
+        """A chunk longer than its size, or a bad size line, is an error."""
+        with self.assertRaises(http.HTTPError):
+            http.BodyFramer(http.CHUNKED).feed(b"3\r\nabcdef\r\n")
+        with self.assertRaises(http.HTTPError):
+            http.BodyFramer(http.CHUNKED).feed(b"zz\r\n")
+        with self.assertRaises(http.HTTPError):
+            http.BodyFramer(http.CHUNKED).feed(b"1" * (http.MAX_CHUNK_LINE + 10))
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        st.lists(st.binary(min_size=1, max_size=50), max_size=8),
+        st.lists(st.integers(min_value=1, max_value=40), min_size=1, max_size=30),
+    )
+    def test_chunked_any_split(self, pieces, cuts):
+        """Fed in arbitrary pieces, the framer ends exactly where the body ends."""
+        body = chunked(pieces)
+        data = body + b"TAIL"
+        framer = http.BodyFramer(http.CHUNKED)
+        consumed, pos, i = 0, 0, 0
+        while pos < len(data) and not framer.done:
+            step = cuts[i % len(cuts)]
+            piece = data[pos : pos + step]
+            consumed += framer.feed(piece)
+            pos += len(piece)
+            i += 1
+        self.assertTrue(framer.done)
+        self.assertEqual(consumed, len(body))

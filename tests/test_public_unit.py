@@ -1,0 +1,211 @@
+"""Unit tests of the public front, tunnels and control registration, without sockets."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.trial import unittest
+
+from arp import wire
+from arp.control import AuthFailed, ClientIdInUse
+from arp.server.public import PublicConfig, PublicFactory
+from arp.server.registry import Registry, RelayConfig
+from arp.server.tunnel import TunnelServerProtocol
+
+KEY = "unit-key"
+
+
+class FakeControl:
+    def __init__(self) -> None:
+        self.asked: list[int] = []
+        self.dropped: list[str] = []
+
+    def open_tunnels(self, count: int) -> None:
+        self.asked.append(count)
+
+    def drop(self, reason: str) -> None:
+        self.dropped.append(reason)
+
+
+def register(registry: Registry, client_id: str, token: bytes, key: str = KEY, control=None):
+    nonce = registry.new_nonce()
+    kb = wire.key_bytes(key)
+    sealed = wire.seal_token(kb, nonce, token)
+    proof = wire.register_proof(kb, nonce, client_id, sealed)
+    control = control or FakeControl()
+    record = registry.register(control, nonce, client_id, sealed, proof, "http", 0, "1.2.3.4:5")
+    registry.start_pool(record)
+    return record, control
+
+
+class RegistryTests(unittest.TestCase):
+    """Registration: proofs, hijack refusal, retention."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.registry = Registry(RelayConfig(pool_size=2, retention=60), KEY, self.clock)
+
+    def test_wrong_key(self):
+        """A proof made with another key is refused."""
+        self.assertRaises(AuthFailed, register, self.registry, "abc", os.urandom(32), key="bad")
+
+    def test_replayed_registration(self):
+        """A registration replayed against a new nonce fails."""
+        nonce = self.registry.new_nonce()
+        kb = wire.key_bytes(KEY)
+        sealed = wire.seal_token(kb, nonce, os.urandom(32))
+        proof = wire.register_proof(kb, nonce, "abc", sealed)
+        other_nonce = self.registry.new_nonce()
+        self.assertRaises(
+            AuthFailed,
+            self.registry.register,
+            FakeControl(),
+            other_nonce,
+            "abc",
+            sealed,
+            proof,
+            "http",
+            0,
+            "x",
+        )
+
+    def test_hijack_refused_owner_returns(self):
+        """Another instance cannot take a held id; the owner gets it back after a disconnect."""
+        owner = os.urandom(32)
+        record, control = register(self.registry, "abc", owner)
+        self.assertEqual(control.asked, [2])
+        self.assertRaises(ClientIdInUse, register, self.registry, "abc", os.urandom(32))
+        self.registry.control_lost(record, control)
+        self.assertFalse(record.online)
+        self.assertRaises(ClientIdInUse, register, self.registry, "abc", os.urandom(32))
+        again, _ = register(self.registry, "abc", owner)
+        self.assertIs(again, record)
+        self.assertTrue(again.online)
+
+    def test_retention_expires(self):
+        """After the retention time the id is free again."""
+        record, control = register(self.registry, "abc", os.urandom(32))
+        self.registry.control_lost(record, control)
+        self.clock.advance(61)
+        self.assertNotIn("abc", self.registry.clients)
+        register(self.registry, "abc", os.urandom(32))
+
+
+class PublicFrontTests(unittest.TestCase):
+    """Requests are rewritten, streamed with flow control, and tunnels go back to the pool."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.registry = Registry(RelayConfig(pool_size=2, retention=60), KEY, self.clock)
+        self.record, self.control = register(self.registry, "client1", os.urandom(32))
+        self.factory = PublicFactory(self.registry, PublicConfig(), self.clock)
+
+    def tunnel(self) -> TunnelServerProtocol:
+        proto = TunnelServerProtocol(self.registry, self.clock)
+        proto.makeConnection(StringTransport())
+        proto.dataReceived(wire.tunnel_header("client1", self.record.tunnel_secret))
+        return proto
+
+    def public(self):
+        proto = self.factory.buildProtocol(None)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def test_request_goes_through_and_tunnel_returns(self):
+        """A GET is rewritten onto a pooled tunnel; after the response the tunnel is idle again."""
+        _, t2 = self.tunnel(), self.tunnel()
+        public, transport = self.public()
+        public.dataReceived(
+            b"GET /x?token=client1&y=2 HTTP/1.1\r\nHost: relay\r\nConnection: keep-alive\r\n\r\n"
+        )
+        sent = t2.transport.value()
+        self.assertTrue(sent.startswith(b"GET /x?y=2 HTTP/1.1\r\nHost: relay\r\n"))
+        self.assertIn(b"X-Forwarded-For: 192.168.1.1\r\n", sent)
+        self.assertNotIn(b"keep-alive", sent)
+        # flow control both ways while the exchange runs
+        self.assertIs(transport.producer, t2.transport)
+        self.assertIs(t2.transport.producer, transport)
+        t2.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nKeep-Alive: timeout=5\r\n\r\nhel")
+        t2.dataReceived(b"lo")
+        self.assertEqual(transport.value(), b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+        self.assertIsNone(transport.producer)
+        self.assertIsNone(t2.transport.producer)
+        self.assertIn(t2, self.record.pool.idle)
+        self.assertFalse(transport.disconnecting)
+
+    def test_pipelined_requests_are_serialized(self):
+        """Two requests in one packet: the second goes out after the first response."""
+        t = self.tunnel()
+        public, transport = self.public()
+        public.dataReceived(
+            b"GET /1 HTTP/1.1\r\nX-ARP-Token: client1\r\n\r\nGET /2 HTTP/1.1\r\nX-ARP-Token: client1\r\n\r\n"
+        )
+        self.assertIn(b"GET /1 ", t.transport.value())
+        self.assertNotIn(b"GET /2 ", t.transport.value())
+        t.dataReceived(b"HTTP/1.1 204 No Content\r\n\r\n")
+        self.assertIn(b"GET /2 ", t.transport.value())
+
+    def test_closed_tunnel_retried_for_idempotent_request(self):
+        """A pooled tunnel that dies as a GET goes out is replaced; the GET is sent again."""
+        t1, t2 = self.tunnel(), self.tunnel()
+        public, transport = self.public()
+        public.dataReceived(b"GET / HTTP/1.1\r\nX-ARP-Token: client1\r\n\r\n")
+        t2.connectionLost(Failure(ConnectionDone()))
+        self.assertIn(b"GET / HTTP/1.1", t1.transport.value())
+        self.assertEqual(transport.value(), b"")
+
+    def test_closed_tunnel_fails_post(self):
+        """A POST whose tunnel dies before an answer gets 502, not a retry."""
+        self.tunnel()
+        public, transport = self.public()
+        public.dataReceived(b"POST / HTTP/1.1\r\nX-ARP-Token: client1\r\nContent-Length: 2\r\n\r\nhi")
+        (t,) = self.record.pool.busy
+        t.connectionLost(Failure(ConnectionLost()))
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 502 "))
+
+    def test_upgrade_becomes_raw_splice(self):
+        """A 101 answer switches both sides to a raw splice; the tunnel leaves the pool for good."""
+        t = self.tunnel()
+        public, transport = self.public()
+        public.dataReceived(
+            b"GET /ws HTTP/1.1\r\nX-ARP-Token: client1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+        )
+        self.assertIn(b"Connection: Upgrade\r\nUpgrade: websocket\r\n", t.transport.value())
+        t.dataReceived(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nRAW"
+        )
+        self.assertTrue(transport.value().endswith(b"\r\n\r\nRAW"))
+        public.dataReceived(b"\x81\x00frame")
+        self.assertTrue(t.transport.value().endswith(b"\x81\x00frame"))
+        self.assertNotIn(t, self.record.pool.busy)
+        self.assertNotIn(t, self.record.pool.idle)
+
+    def test_pool_miss_timeout_gives_504(self):
+        """With no tunnel, the request waits for --tunnel-timeout, then gets 504 JSON."""
+        public, transport = self.public()
+        public.dataReceived(b"GET / HTTP/1.1\r\nX-ARP-Token: client1\r\n\r\n")
+        self.assertEqual(transport.value(), b"")
+        self.assertEqual(transport.producerState, "paused")
+        self.clock.advance(11)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 504 "))
+
+    def test_slowloris_gets_408(self):
+        """A head trickled slower than --head-timeout gets 408 and the connection closes."""
+        public, transport = self.public()
+        for byte in b"GET / HTTP/1.1\r\nHost":
+            public.dataReceived(bytes([byte]))
+            self.clock.advance(1)
+        self.clock.advance(30)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 408 "))
+        self.assertTrue(transport.disconnecting)
+
+    def test_idle_tunnel_sending_data_is_dropped(self):
+        """A tunnel that talks while idle in the pool is closed."""
+        t = self.tunnel()
+        t.dataReceived(b"junk")
+        self.assertTrue(t.transport.disconnected or t.transport.disconnecting)
