@@ -145,6 +145,10 @@ class Relay:
     def public(self) -> str:
         return f"http://127.0.0.1:{self.ports['public']}"
 
+    @property
+    def admin(self) -> str:
+        return f"http://127.0.0.1:{self.ports['admin']}"
+
 
 async def start_arps(
     test, *extra: str, data_dir: str | None = None, ports: dict | None = None, auth_key: str = AUTH_KEY
@@ -154,6 +158,7 @@ async def start_arps(
     args = ["arps"]
     for name in ("control", "proxy", "public"):
         args += [f"--{name}-endpoint", f"tcp:{ports[name]}:interface=127.0.0.1"]
+    args += ["--admin-endpoint", f"tcp:{ports.get('admin', 0)}:interface=127.0.0.1"]
     if auth_key:
         args += ["--auth-key", auth_key]
     args += ["--data-dir", data_dir or test.mktemp()]
@@ -161,7 +166,7 @@ async def start_arps(
     proc = TwistdProcess("arps", args).start()
     test.addCleanup(proc.stop)
     found = {}
-    for name in ("control", "proxy", "public"):
+    for name in ("control", "proxy", "public", "admin"):
         match = await proc.wait_for(rf"{name} listening on \S+:(\d+)")
         found[name] = int(match.group(1))
     return Relay(proc, found)

@@ -111,8 +111,13 @@ class ForwardModeTests(unittest.TestCase):
                 "GET", f"{self.relay.public}/echo/{i}?token={token}", {"Connection": "close"}
             )
             self.assertEqual(response.code, 200)
-        # the pool has 5 tunnels; 30 requests one after another must not open 30 tunnels
-        self.assertLess(self.relay.proc.output.count("refused tunnel"), 1)
+        # tunnels go back to the pool after each exchange: 30 requests, no new tunnels
+        response, body = await self.client.request("GET", f"{self.relay.admin}/admin/api/clients/{token}")
+        pool = json.loads(body)["pool"]
+        self.assertEqual(pool["hits"], 30)
+        self.assertEqual(pool["misses"], 0)
+        # 5 for the pool, plus the one replacement asked for at the first hit
+        self.assertLessEqual(pool["opened"], 6)
 
     async def test_streaming_response_arrives_incrementally(self):
         """Chunked/SSE responses are passed on as produced, not buffered to the end."""

@@ -235,6 +235,8 @@ class RelayBehaviourTests(unittest.TestCase):
                 "tcp:0:interface=127.0.0.1",
                 "--public-endpoint",
                 f"tcp:{taken}:interface=127.0.0.1",
+                "--admin-endpoint",
+                "none",
             ],
         ).start()
         self.addCleanup(proc.stop)
@@ -260,6 +262,8 @@ class RelayBehaviourTests(unittest.TestCase):
             f"ssl:{ports['proxy']}:{tls}",
             "--public-endpoint",
             f"ssl:{ports['public']}:{tls}",
+            "--admin-endpoint",
+            "none",
         ]
         relay = TwistdProcess("arps", relay_args).start()
         self.addCleanup(relay.stop)

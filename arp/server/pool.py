@@ -61,6 +61,9 @@ class TunnelPool:
         self.hits = 0
         self.misses = 0
         self.timeouts = 0
+        self.waits = 0
+        self.wait_seconds = 0.0
+        self.opened = 0
         self.online = False
 
     # -- the request side
@@ -81,6 +84,7 @@ class TunnelPool:
                 self.waiters.remove(d)
 
         d = Deferred(cancel)
+        d.started = self.clock.seconds()  # type: ignore[attr-defined]
         self.waiters.append(d)
         self._top_up()
 
@@ -116,6 +120,7 @@ class TunnelPool:
             self.pending.popleft()
         if not self.online or self.total >= self.max_tunnels:
             return False
+        self.opened += 1
         self._offer(tunnel)
         return True
 
@@ -124,6 +129,8 @@ class TunnelPool:
             d = self.waiters.popleft()
             if not d.called:
                 self.busy.add(tunnel)
+                self.waits += 1
+                self.wait_seconds += self.clock.seconds() - d.started
                 d.callback(tunnel)
                 return
         tunnel.idle_since = self.clock.seconds()
@@ -192,6 +199,7 @@ class TunnelPool:
             "hits": self.hits,
             "misses": self.misses,
             "timeouts": self.timeouts,
+            "opened": self.opened,
         }
 
 

@@ -288,6 +288,9 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
     # -- routing
     def _dispatch(self, head: http.Head) -> None:
         self._cancel_timers()
+        if self._record is not None:  # the previous request's client
+            self._record.open_connections -= 1
+            self._record = None
         self._keep_alive = http.wants_keep_alive(head)
         self._req_framer = http.request_framing(head)
         domain = self.config.domain.encode() if self.config.domain else None
@@ -325,11 +328,8 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         ):
             self._redirect_with_cookie(head.target, token)
             return
-        if self._record is not record:
-            if self._record is not None:
-                self._record.open_connections -= 1
-            self._record = record
-            record.open_connections += 1
+        self._record = record
+        record.open_connections += 1
         self._rewrite(head)
         self._head = head
         self._head_bytes = head.serialize()
@@ -461,8 +461,8 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
             return
         rest = buf[end:]
         status = head.status
-        statuses = self._record.statuses
-        statuses[status] = statuses.get(status, 0) + 1
+        if status >= 200 or status == 101:
+            self._count(status)
         if status == 101 and self._head.get(b"upgrade") is not None:
             self._switch_protocols(head, rest)
             return
@@ -626,8 +626,13 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
             if self._buf:
                 self._parse_head()
 
+    def _count(self, status: int) -> None:
+        statuses = self._record.statuses if self._record is not None else self.registry.unrouted
+        statuses[status] = statuses.get(status, 0) + 1
+
     def _refuse(self, status: int, message: str, keep: bool = False, **extra: object) -> None:
         """Answer a request that never reached a tunnel."""
+        self._count(status)
         headers = []
         retry_after = extra.get("retry_after")
         if retry_after:
@@ -647,8 +652,6 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
             tunnel.transport.abortConnection()
         if self._record is not None:
             self._record.last_error = f"{status} {message}"
-            statuses = self._record.statuses
-            statuses[status] = statuses.get(status, 0) + 1
         self._cancel_timers()
         if self._sent_response or self._closed:
             self.transport.abortConnection()

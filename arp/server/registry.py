@@ -87,6 +87,18 @@ class Registry(Service):
         self.clock = clock
         self.clients: dict[str, ClientRecord] = {}
         self.tcp_opener = None  # set by the tap: (record) -> port number, raises BadRegistration
+        self.unrouted: dict[int, int] = {}  # statuses of answers that reached no client
+        self.retired: dict = {
+            "requests": 0,
+            "bytes_in": 0,
+            "bytes_out": 0,
+            "hits": 0,
+            "misses": 0,
+            "timeouts": 0,
+            "waits": 0,
+            "wait_seconds": 0.0,
+            "statuses": {},
+        }
         self._reaper = LoopingCall(self._reap)
         self._reaper.clock = clock
         self.started_at = time.time()
@@ -218,12 +230,61 @@ class Registry(Service):
     def _remove(self, record: ClientRecord) -> None:
         if self.clients.get(record.client_id) is record:
             del self.clients[record.client_id]
+            self._retire(record)
         if record.expiry is not None and record.expiry.active():
             record.expiry.cancel()
         record.expiry = None
         if record.tcp_listener is not None:
             listener, record.tcp_listener = record.tcp_listener, None
             listener.stopService()
+
+    def _retire(self, record: ClientRecord) -> None:
+        """Keep a removed client's counts so that relay-wide counters never go down."""
+        retired = self.retired
+        for name, value in self._counts(record).items():
+            if name == "statuses":
+                for status, count in value.items():
+                    retired["statuses"][status] = retired["statuses"].get(status, 0) + count
+            else:
+                retired[name] += value
+
+    @staticmethod
+    def _counts(record: ClientRecord) -> dict:
+        pool = record.pool
+        return {
+            "requests": record.requests,
+            "bytes_in": record.bytes_in,
+            "bytes_out": record.bytes_out,
+            "hits": pool.hits,
+            "misses": pool.misses,
+            "timeouts": pool.timeouts,
+            "waits": pool.waits,
+            "wait_seconds": pool.wait_seconds,
+            "statuses": record.statuses,
+        }
+
+    def totals(self) -> dict:
+        """Relay-wide counters (monotonic) and gauges, for the admin API and metrics."""
+        totals = {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.retired.items()}
+        for record in self.clients.values():
+            for name, value in self._counts(record).items():
+                if name == "statuses":
+                    for status, count in value.items():
+                        totals["statuses"][status] = totals["statuses"].get(status, 0) + count
+                else:
+                    totals[name] += value
+        for status, count in self.unrouted.items():
+            totals["statuses"][status] = totals["statuses"].get(status, 0) + count
+        online = [r for r in self.clients.values() if r.online]
+        totals.update(
+            clients_online=len(online),
+            clients_retained=len(self.clients) - len(online),
+            tunnels_idle=sum(len(r.pool.idle) for r in self.clients.values()),
+            tunnels_busy=sum(len(r.pool.busy) for r in self.clients.values()),
+            open_connections=sum(r.open_connections for r in self.clients.values()),
+            uptime=time.time() - self.started_at,
+        )
+        return totals
 
     def _drop(self, record: ClientRecord, reason: str) -> None:
         control = record.control

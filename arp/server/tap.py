@@ -126,6 +126,18 @@ class Options(usage.Options):
             "Unknown-token requests allowed per source address per minute (then 429).",
             options.positive_int,
         ],
+        [
+            "admin-endpoint",
+            None,
+            "tcp:17004:interface=127.0.0.1",
+            "Endpoint of the admin panel, JSON API and /metrics ('none' to disable).",
+        ],
+        [
+            "admin-token",
+            None,
+            None,
+            "Token the admin endpoint requires (env ARP_ADMIN_TOKEN); required unless it is loopback-only.",
+        ],
         ["data-dir", None, None, "Where arps keeps its generated auth key (default: ~/.local/share/arps)."],
         [
             "log-level",
@@ -148,6 +160,17 @@ class Options(usage.Options):
                 self[f"{name}-endpoint"] = f"tcp:{self[port]}"
         if self["auth-key"] is None:
             self["auth-key"] = options.env_default("ARP_AUTH_KEY")
+        if self["admin-token"] is None:
+            self["admin-token"] = options.env_default("ARP_ADMIN_TOKEN")
+        if self["admin-endpoint"].lower() in ("none", "off", ""):
+            self["admin-endpoint"] = None
+        elif not self["admin-token"]:
+            from arp.server.admin import is_loopback
+
+            if not is_loopback(self["admin-endpoint"]):
+                raise usage.UsageError(
+                    "--admin-endpoint is reachable from other hosts: set --admin-token (or ARP_ADMIN_TOKEN)"
+                )
         if self["log-level"] is None:
             self["log-level"] = options.log_level(options.env_default("ARP_LOG_LEVEL", "info"))
 
@@ -216,6 +239,11 @@ def makeService(config: Options) -> MultiService:
     )
     public = Listener("public", public_endpoint, public_factory, reactor)
     public.setServiceParent(top)
+    if config["admin-endpoint"]:
+        from arp.server.admin import admin_site
+
+        site = admin_site(registry, public_factory, config["admin-token"])
+        Listener("admin", config["admin-endpoint"], site, reactor).setServiceParent(top)
     if not relay_config.public_url:
         # filled in once the public port is known (it may be tcp:0)
         def base_url(client_id: str) -> str:
