@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.logger import Logger
@@ -68,3 +68,49 @@ class Listener(Service):
             port, self.port = self.port, None
             return port.stopListening()
         return None
+
+
+class DrainingListener(Listener):
+    """A Listener that, on stop, lets open connections finish for up to ``grace`` seconds.
+
+    The factory provides ``drain()`` (close idle connections, finish busy ones),
+    ``open_connections`` and ``abort_all()``.
+    """
+
+    def __init__(
+        self, label: str, description: str, factory: IProtocolFactory, reactor: object, grace: float
+    ) -> None:
+        super().__init__(label, description, factory, reactor)
+        self.grace = grace
+
+    def stopService(self) -> Deferred:
+        stopped = super().stopService()
+        self.factory.drain()
+        done: Deferred = Deferred()
+        deadline = self.reactor.seconds() + self.grace
+        if self.factory.open_connections:
+            self.log.info(
+                "{label}: letting {n} open connections finish (up to {grace:g}s)",
+                label=self.label,
+                n=self.factory.open_connections,
+                grace=self.grace,
+            )
+
+        def check() -> None:
+            if not self.factory.open_connections:
+                done.callback(None)
+            elif self.reactor.seconds() >= deadline:
+                self.log.warn(
+                    "{label}: grace period over; aborting {n} connections",
+                    label=self.label,
+                    n=self.factory.open_connections,
+                )
+                self.factory.abort_all()
+                done.callback(None)
+            else:
+                self.reactor.callLater(0.05, check)
+
+        check()
+        if stopped is not None:
+            return gatherResults([stopped, done])
+        return done

@@ -64,6 +64,7 @@ class TwistdProcess(protocol.ProcessProtocol):
         self.output = ""
         self.ended: defer.Deferred = defer.Deferred()
         self.exit_code: int | None = None
+        self.exit_signal: int | None = None
         self._watchers: list[tuple[re.Pattern, int, defer.Deferred]] = []
         self.transport = None
 
@@ -108,11 +109,17 @@ class TwistdProcess(protocol.ProcessProtocol):
 
     def processEnded(self, reason) -> None:
         self.exit_code = reason.value.exitCode if reason.check(ProcessDone, ProcessTerminated) else None
+        self.exit_signal = getattr(reason.value, "signal", None)
         for _, _, d in self._watchers:
             if not d.called:
                 d.errback(AssertionError(f"{self.name} exited; output:\n{self.output[-3000:]}"))
         self._watchers = []
         self.ended.callback(None)
+
+    @property
+    def stopped_cleanly(self) -> bool:
+        """Exit status 0, or twistd's own re-raise of the SIGTERM it handled."""
+        return self.exit_code == 0 or self.exit_signal == signal.SIGTERM
 
     def signal(self, name: str) -> None:
         if not self.ended.called:
@@ -279,11 +286,32 @@ class Stream(resource.Resource):
         return server.NOT_DONE_YET
 
 
+class Slow(resource.Resource):
+    """``/slow/<seconds>``: sends a first line at once and the rest after ``seconds``."""
+
+    isLeaf = True
+
+    def render_GET(self, request):
+        delay = float(request.postpath[0]) if request.postpath and request.postpath[0] else 1.0
+        request.setHeader(b"content-length", b"21")
+        request.write(b"first half......\n")
+
+        def finish():
+            if not request.finished and not getattr(request, "_gone", False):
+                request.write(b"end\n")
+                request.finish()
+
+        request.notifyFinish().addErrback(lambda f: setattr(request, "_gone", True))
+        reactor.callLater(delay, finish)
+        return server.NOT_DONE_YET
+
+
 def backend_site() -> server.Site:
     root = resource.Resource()
     root.putChild(b"echo", Echo())
     root.putChild(b"big", Big())
     root.putChild(b"stream", Stream())
+    root.putChild(b"slow", Slow())
     site = server.Site(root)
     site.noisy = False
     return site

@@ -50,6 +50,11 @@ class ForwardTunnel(SpliceEnd):
         self.tunnels = tunnels
         self._pending: list[bytes] | None = None
 
+    @property
+    def in_use(self) -> bool:
+        """Whether this tunnel has carried traffic (it is spliced to the local service)."""
+        return self.peer is not None or self._pending is not None
+
     def connectionMade(self) -> None:
         tune(self.transport, keepalive=True)
         self.tunnels.add(self)

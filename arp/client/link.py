@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
@@ -125,6 +125,7 @@ class RelayLink(MultiService):
         remote_port: int = 0,
         public_host: str = "localhost",
         max_backoff: float = 30.0,
+        grace: float = 10.0,
     ) -> None:
         super().__init__()
         self.clock = clock
@@ -136,6 +137,7 @@ class RelayLink(MultiService):
         self.mode = mode
         self.remote_port = remote_port
         self.public_host = public_host
+        self.grace = grace
         self.tunnel_secret = ""
         self.public_url = ""
         self.tunnels: set[Protocol] = set()
@@ -216,7 +218,24 @@ class RelayLink(MultiService):
         self.log.warn("could not open a tunnel: {why}", why=failure.getErrorMessage())
 
     def stopService(self) -> Deferred:
-        d = super().stopService()
+        """Leave the relay; let tunnels that are carrying traffic finish for up to ``grace`` s."""
+        stopped = super().stopService()
         for tunnel in list(self.tunnels):
-            tunnel.transport.loseConnection()
-        return d
+            if not tunnel.in_use:
+                tunnel.transport.loseConnection()
+        done: Deferred = Deferred()
+        deadline = self.clock.seconds() + self.grace
+
+        def check() -> None:
+            if not self.tunnels:
+                done.callback(None)
+            elif self.clock.seconds() >= deadline:
+                self.log.warn("grace period over; cutting {n} tunnels", n=len(self.tunnels))
+                for tunnel in list(self.tunnels):
+                    tunnel.transport.abortConnection()
+                done.callback(None)
+            else:
+                self.clock.callLater(0.05, check)
+
+        check()
+        return gatherResults([stopped, done]) if stopped is not None else done

@@ -180,12 +180,12 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         tune(self.transport)
         peer = self.transport.getPeer()
         self._peer = getattr(peer, "host", str(peer))
-        self.factory.open_connections += 1
+        self.factory.connections.add(self)
         self._set_timer(self.config.idle_timeout, self._idle_timeout)
 
     def connectionLost(self, reason: Failure = ConnectionDone()) -> None:  # noqa: B008
         self._closed = True
-        self.factory.open_connections -= 1
+        self.factory.connections.discard(self)
         self._cancel_timers()
         if self._waiting is not None:
             waiting, self._waiting = self._waiting, None
@@ -216,6 +216,12 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
 
     def writeConnectionLost(self) -> None:
         pass
+
+    def finish_and_close(self) -> None:
+        """Close now if idle, otherwise once the current exchange is complete."""
+        self._public_close = True
+        if self._req == R_HEAD and not self._buf and self._tunnel is None and self._waiting is None:
+            self.transport.loseConnection()
 
     # -- timers
     def _set_timer(self, seconds: float, func: callable) -> None:  # type: ignore[valid-type]
@@ -669,8 +675,24 @@ class PublicFactory(Factory):
         self.config = config
         self.clock = clock
         self.limiter = GuessLimiter(config.guess_limit, config.guess_window, clock)
-        self.open_connections = 0
+        self.connections: set[PublicHTTPProtocol] = set()
         self.stopping = False
+
+    @property
+    def open_connections(self) -> int:
+        """Public connections open now."""
+        return len(self.connections)
 
     def buildProtocol(self, addr: object) -> PublicHTTPProtocol:
         return PublicHTTPProtocol(self)
+
+    def drain(self) -> None:
+        """Shutting down: close idle connections, close the others after their current response."""
+        self.stopping = True
+        for proto in list(self.connections):
+            proto.finish_and_close()
+
+    def abort_all(self) -> None:
+        """The grace period is over: abort whatever is still open."""
+        for proto in list(self.connections):
+            proto.transport.abortConnection()

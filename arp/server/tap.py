@@ -9,7 +9,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from arp import files, options
-from arp.listen import Listener
+from arp.listen import DrainingListener, Listener
 from arp.server.control import ControlFactory
 from arp.server.public import PublicConfig, PublicFactory
 from arp.server.registry import Registry, RelayConfig
@@ -127,6 +127,13 @@ class Options(usage.Options):
             options.positive_int,
         ],
         [
+            "grace",
+            None,
+            10.0,
+            "On shutdown, seconds in-flight requests get to finish before they are cut.",
+            options.seconds,
+        ],
+        [
             "admin-endpoint",
             None,
             "tcp:17004:interface=127.0.0.1",
@@ -237,7 +244,7 @@ def makeService(config: Options) -> MultiService:
     Listener("proxy", config["proxy-endpoint"], TunnelFactory(registry, reactor), reactor).setServiceParent(
         top
     )
-    public = Listener("public", public_endpoint, public_factory, reactor)
+    public = DrainingListener("public", public_endpoint, public_factory, reactor, config["grace"])
     public.setServiceParent(top)
     if config["admin-endpoint"]:
         from arp.server.admin import admin_site
