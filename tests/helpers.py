@@ -214,6 +214,26 @@ async def start_arpc(
     return proc
 
 
+async def admin_json(relay: Relay, path: str) -> object:
+    """GET a JSON document from the relay's admin API."""
+    from twisted.web.client import Agent, readBody
+
+    response = await Agent(reactor).request(b"GET", f"{relay.admin}{path}".encode())
+    return json.loads(await readBody(response))
+
+
+async def wait_pool_warm(relay: Relay, client_id: str, idle: int = 5, timeout: float = 15.0) -> None:
+    """Wait until the relay holds ``idle`` idle tunnels for ``client_id``."""
+    deadline = reactor.seconds() + timeout
+    while True:
+        record = await admin_json(relay, f"/admin/api/clients/{client_id}")
+        if record.get("pool", {}).get("idle", 0) >= idle:
+            return
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"pool of {client_id} not warm: {record}")
+        await sleep(0.05)
+
+
 def free_port() -> int:
     s = socket.socket()
     s.bind(("127.0.0.1", 0))

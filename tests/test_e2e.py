@@ -16,6 +16,7 @@ from tests.helpers import (
     start_arpc,
     start_arps,
     status_of,
+    wait_pool_warm,
 )
 
 
@@ -105,6 +106,7 @@ class ForwardModeTests(unittest.TestCase):
     async def test_new_connection_per_request(self):
         """Clients that close after every request are served and reuse tunnels."""
         token = await self._setup()
+        await wait_pool_warm(self.relay, token)
         client = HTTPClient(self, persistent=False)
         for i in range(30):
             response, body = await client.request(

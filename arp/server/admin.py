@@ -202,10 +202,10 @@ class AdminRoot(resource.Resource):
         return hmac.compare_digest(given, self.token.encode())
 
     def getChildWithDefault(self, path: bytes, request: server.Request) -> resource.Resource:
+        if path in (b"", b"admin.html") and not request.postpath:
+            return self  # the page holds no data; it asks the API, which checks the token
         if not self._authorized(request):
             return JSONError(401, "admin token required (Authorization: Bearer <token> or ?token=)")
-        if path in (b"", b"admin.html") and not request.postpath:
-            return self
         child = self.children.get(path)
         if child is None:
             return JSONError(404, "no such admin resource")
