@@ -57,10 +57,11 @@ async def _sleep(seconds: float) -> None:
 class TwistdProcess(protocol.ProcessProtocol):
     """A ``twistd -n`` child whose output we watch."""
 
-    def __init__(self, name: str, args: list[str], env: dict | None = None) -> None:
+    def __init__(self, name: str, args: list[str], env: dict | None = None, prefix: list[str] = ()) -> None:
         self.name = name
         self.args = args
         self.env = env
+        self.prefix = list(prefix)
         self.output = ""
         self.ended: defer.Deferred = defer.Deferred()
         self.exit_code: int | None = None
@@ -74,7 +75,8 @@ class TwistdProcess(protocol.ProcessProtocol):
         if "ARP_AUTH_KEY" not in (self.env or {}):
             env.pop("ARP_AUTH_KEY", None)
         env["PYTHONUNBUFFERED"] = "1"
-        reactor.spawnProcess(self, sys.executable, TWISTD + self.args, env=env)
+        argv = self.prefix + TWISTD + self.args
+        reactor.spawnProcess(self, argv[0], argv, env=env)
         return self
 
     @property
