@@ -90,6 +90,11 @@ def parse_tunnel_header(line: bytes) -> tuple[str, str]:
     return client_id, secret
 
 
+def redact(client_id: str) -> str:
+    """A client id as logs show it: the id is the token that reaches a service, so only a prefix."""
+    return client_id if len(client_id) <= 8 else client_id[:6] + "..."
+
+
 def secrets_equal(a: str, b: str) -> bool:
     """Compare two secrets in constant time."""
     return hmac.compare_digest(a.encode("utf-8"), b.encode("utf-8"))

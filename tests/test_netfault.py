@@ -164,7 +164,7 @@ class BlackholeTests(unittest.TestCase):
 
         ns.link(False)
         start = reactor.seconds()
-        await relay.wait_for(r"control connection of \w+ timed out", timeout=15)
+        await relay.wait_for(r"control connection of \S+ timed out", timeout=15)
         await arpc.wait_for(r"relay silent for too long", timeout=15)
         detected = reactor.seconds() - start
         self.assertLess(detected, 15)

@@ -194,7 +194,7 @@ class RelayBehaviourTests(unittest.TestCase):
         self.assertEqual(response.code, 503)
         self.assertEqual(response.headers.getRawHeaders(b"retry-after"), [b"5"])
         self.assertIn("offline", json.loads(body)["error"])
-        await relay.proc.wait_for(r"registration of \w+ expired")
+        await relay.proc.wait_for(r"registration of \S+ expired")
         response, body = await client.request("GET", f"{relay.public}/echo?token={arpc.token}")
         self.assertEqual(response.code, 404)
 

@@ -16,7 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from twisted.logger import Logger
 from twisted.web import resource, server
 
-from arp import __version__
+from arp import __version__, wire
 from arp.server.public import PublicFactory
 from arp.server.registry import Registry
 
@@ -146,7 +146,7 @@ class Client(resource.Resource):
     def render_DELETE(self, request: server.Request) -> bytes:
         if not self.registry.disconnect(self.client_id):
             return send_json(request, 404, {"error": "no such client", "status": 404})
-        self.log.info("admin disconnected client {client_id}", client_id=self.client_id)
+        self.log.info("admin disconnected client {client_id}", client_id=wire.redact(self.client_id))
         return send_json(request, 200, {"disconnected": self.client_id})
 
     render_POST = render_DELETE

@@ -41,7 +41,7 @@ class ControlServerProtocol(amp.AMP, TimeoutMixin):
         super().dataReceived(data)
 
     def timeoutConnection(self) -> None:
-        who = self.record.client_id if self.record else self.peer_address()
+        who = wire.redact(self.record.client_id) if self.record else self.peer_address()
         self.log.info("control connection of {who} timed out", who=who)
         self.transport.abortConnection()
 

@@ -23,7 +23,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from arp import http
+from arp import http, wire
 from arp.server.pool import PoolClosed, PoolTimeout
 from arp.server.registry import ClientRecord, Registry
 from arp.server.tunnel import TunnelOwner, TunnelServerProtocol
@@ -566,7 +566,7 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
                 self._retries += 1
                 self.log.info(
                     "tunnel of {client_id} closed as a request went out; retrying",
-                    client_id=self._record.client_id,
+                    client_id=wire.redact(self._record.client_id),
                 )
                 self._unjoin_gone(tunnel)
                 self._acquire()

@@ -141,7 +141,7 @@ class Registry(Service):
         if not wire.check_proof(self.key, nonce, client_id, sealed, proof):
             self.log.warn(
                 "refused registration for {client_id} from {address}: wrong auth key",
-                client_id=client_id,
+                client_id=wire.redact(client_id),
                 address=remote_address,
             )
             raise AuthFailed("wrong auth key")
@@ -151,7 +151,7 @@ class Registry(Service):
             if not wire.secrets_equal(record.instance_token.hex(), token.hex()):
                 self.log.warn(
                     "refused registration for {client_id} from {address}: id held by another instance",
-                    client_id=client_id,
+                    client_id=wire.redact(client_id),
                     address=remote_address,
                 )
                 raise ClientIdInUse("this client id is registered by another arpc instance")
@@ -188,7 +188,7 @@ class Registry(Service):
         record.offline_since = None
         self.log.info(
             "client {client_id} registered from {address} ({mode} mode)",
-            client_id=client_id,
+            client_id=wire.redact(client_id),
             address=remote_address,
             mode=mode,
         )
@@ -211,7 +211,7 @@ class Registry(Service):
         self._offline(record)
         self.log.info(
             "client {client_id} disconnected; keeping its registration for {retention:g}s",
-            client_id=record.client_id,
+            client_id=wire.redact(record.client_id),
             retention=self.config.retention,
         )
         record.expiry = self.clock.callLater(self.config.retention, self._expire, record)
@@ -224,7 +224,7 @@ class Registry(Service):
     def _expire(self, record: ClientRecord) -> None:
         record.expiry = None
         if self.clients.get(record.client_id) is record and not record.online:
-            self.log.info("registration of {client_id} expired", client_id=record.client_id)
+            self.log.info("registration of {client_id} expired", client_id=wire.redact(record.client_id))
             self._remove(record)
 
     def _remove(self, record: ClientRecord) -> None:

@@ -46,7 +46,7 @@ class PublicTCPProtocol(Protocol, TunnelOwner):
         if not self._lost:
             self.log.info(
                 "no tunnel for a TCP connection to {client_id}: {why}",
-                client_id=self.record.client_id,
+                client_id=wire.redact(self.record.client_id),
                 why=failure.getErrorMessage(),
             )
             self.transport.abortConnection()

@@ -62,7 +62,7 @@ class TunnelServerProtocol(Protocol):
         else:
             self.log.warn(
                 "idle tunnel of {client_id} sent unexpected data; closing it",
-                client_id=self.record.client_id,
+                client_id=wire.redact(self.record.client_id),
             )
             self.transport.abortConnection()
 
@@ -82,7 +82,7 @@ class TunnelServerProtocol(Protocol):
             return
         record = self.registry.check_tunnel(client_id, secret)
         if record is None:
-            self._refuse(f"tunnel for {client_id} with a wrong secret or for an offline client")
+            self._refuse(f"tunnel for {wire.redact(client_id)} with a wrong secret or for an offline client")
             return
         if rest:
             self._refuse("data after the tunnel header")
