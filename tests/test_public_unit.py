@@ -209,3 +209,35 @@ class PublicFrontTests(unittest.TestCase):
         t = self.tunnel()
         t.dataReceived(b"junk")
         self.assertTrue(t.transport.disconnected or t.transport.disconnecting)
+
+
+class BodyLimitTests(unittest.TestCase):
+    """--max-body-size: 413 up front for a declared length, mid-stream for chunked bodies."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.registry = Registry(RelayConfig(pool_size=1), KEY, self.clock)
+        self.record, _ = register(self.registry, "client1", os.urandom(32))
+        tunnel = TunnelServerProtocol(self.registry, self.clock)
+        tunnel.makeConnection(StringTransport())
+        tunnel.dataReceived(wire.tunnel_header("client1", self.record.tunnel_secret))
+        self.tunnel = tunnel
+        self.factory = PublicFactory(self.registry, PublicConfig(max_body=10), self.clock)
+        self.public = self.factory.buildProtocol(None)
+        self.transport = StringTransport()
+        self.public.makeConnection(self.transport)
+
+    def test_declared_length(self):
+        """A Content-Length over the limit is refused before anything is forwarded."""
+        self.public.dataReceived(b"POST / HTTP/1.1\r\nX-ARP-Token: client1\r\nContent-Length: 11\r\n\r\n")
+        self.assertTrue(self.transport.value().startswith(b"HTTP/1.1 413 "))
+        self.assertEqual(self.tunnel.transport.value(), b"")
+
+    def test_chunked_over_limit(self):
+        """A chunked body that grows past the limit gets 413 and the tunnel is dropped."""
+        self.public.dataReceived(
+            b"POST / HTTP/1.1\r\nX-ARP-Token: client1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        self.public.dataReceived(b"8\r\n12345678\r\n8\r\n12345678\r\n")
+        self.assertTrue(self.transport.value().startswith(b"HTTP/1.1 413 "))
+        self.assertTrue(self.tunnel.transport.disconnecting or self.tunnel.transport.disconnected)

@@ -47,6 +47,7 @@ class PublicConfig:
     scheme: str = "http"
     domain: str | None = None
     max_head: int = 64 * 1024
+    max_body: int = 0  # 0: no limit
     head_timeout: float = 30.0
     idle_timeout: float = 75.0
     response_timeout: float = 300.0
@@ -173,6 +174,7 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         self._resp_buf = b""
         self._reusable = True
         self._retries = 0
+        self._body_left = -1
         self._peer = ""
 
     # -- connection life
@@ -298,7 +300,11 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
             self._record.open_connections -= 1
             self._record = None
         self._keep_alive = http.wants_keep_alive(head)
-        self._req_framer = http.request_framing(head)
+        self._req_framer = framer = http.request_framing(head)
+        self._body_left = self.config.max_body or -1
+        if 0 < self.config.max_body < framer.remaining:
+            self._refuse(413, "request body too large", limit=self.config.max_body)
+            return
         domain = self.config.domain.encode() if self.config.domain else None
         token, source = extract_token(head, domain)
         if not token:
@@ -423,6 +429,11 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
             return
         if self._timer is not None:
             self._timer.reset(self.config.body_timeout)
+        if self._body_left >= 0:
+            self._body_left -= n
+            if self._body_left < 0:
+                self._fail(413, "request body too large", limit=self.config.max_body)
+                return
         if n:
             self._tunnel.transport.write(data if n == len(data) else data[:n])
             self._record.bytes_in += n

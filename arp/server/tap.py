@@ -104,6 +104,13 @@ class Options(usage.Options):
             options.positive_int,
         ],
         [
+            "max-body-size",
+            None,
+            0,
+            "Largest request body accepted, in bytes (then 413); 0 means no limit.",
+            int,
+        ],
+        [
             "public-url",
             None,
             None,
@@ -232,6 +239,7 @@ def makeService(config: Options) -> MultiService:
         scheme=scheme,
         domain=config["domain"],
         max_head=config["max-head-size"],
+        max_body=config["max-body-size"],
         head_timeout=config["head-timeout"],
         idle_timeout=config["idle-timeout"],
         response_timeout=config["response-timeout"],
