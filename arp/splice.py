@@ -103,4 +103,5 @@ class SpliceEnd(Protocol):
         self._lost = True
         peer = self.peer
         if peer is not None and not peer._lost:
+            peer.transport.unregisterProducer()  # this side is gone; it produces nothing more
             close(peer.transport, None if self._eof_in else reason)

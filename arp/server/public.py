@@ -563,6 +563,7 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         if tunnel is None or self._closed:
             return
         tunnel.detach()
+        self.transport.unregisterProducer()  # the tunnel no longer produces anything
         if tunnel.transport.connected:
             tunnel.transport.loseConnection()
         if self._upgraded:
@@ -579,7 +580,7 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
                     "tunnel of {client_id} closed as a request went out; retrying",
                     client_id=wire.redact(self._record.client_id),
                 )
-                self._unjoin_gone(tunnel)
+                self.transport.resumeProducing()
                 self._acquire()
                 return
             self._fail(502, "the tunnel closed before the service answered")

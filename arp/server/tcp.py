@@ -94,6 +94,7 @@ class PublicTCPProtocol(Protocol, TunnelOwner):
     def tunnel_lost(self, reason: Failure) -> None:
         self.tunnel = None
         if not self._lost:
+            self.transport.unregisterProducer()
             close(self.transport, None if self._eof_out else reason)
 
     def connectionLost(self, reason: Failure = ConnectionDone()) -> None:  # noqa: B008
