@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IHalfCloseableProtocol, ITransport
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer, ITransport
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -37,10 +37,34 @@ def tune(transport: ITransport, keepalive: bool = False) -> None:
         pass
 
 
+@implementer(IPushProducer)
+class Throttle:
+    """Lets one connection pause and resume another's reading, but never close it.
+
+    A transport that dies calls ``stopProducing`` on its producer; registering
+    the other transport directly would close it too (a retried request, a tunnel
+    returned to the pool).  Our protocols decide what a close means themselves.
+    """
+
+    __slots__ = ("transport",)
+
+    def __init__(self, transport: ITransport) -> None:
+        self.transport = transport
+
+    def pauseProducing(self) -> None:
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        pass
+
+
 def join(a: ITransport, b: ITransport) -> None:
-    """Make each transport the streaming producer of the other."""
-    a.registerProducer(b, True)
-    b.registerProducer(a, True)
+    """Make each transport throttle the other: a full write buffer pauses reading on the other side."""
+    a.registerProducer(Throttle(b), True)
+    b.registerProducer(Throttle(a), True)
 
 
 def unjoin(a: ITransport, b: ITransport) -> None:

@@ -128,8 +128,8 @@ class PublicFrontTests(unittest.TestCase):
         self.assertIn(b"X-Forwarded-For: 192.168.1.1\r\n", sent)
         self.assertNotIn(b"keep-alive", sent)
         # flow control both ways while the exchange runs
-        self.assertIs(transport.producer, t2.transport)
-        self.assertIs(t2.transport.producer, transport)
+        self.assertIs(transport.producer.transport, t2.transport)
+        self.assertIs(t2.transport.producer.transport, transport)
         t2.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nKeep-Alive: timeout=5\r\n\r\nhel")
         t2.dataReceived(b"lo")
         self.assertEqual(transport.value(), b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")

@@ -382,7 +382,12 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         self.transport.pauseProducing()
         d = self._record.pool.acquire()
         self._waiting = d
-        d.addCallbacks(self._got_tunnel, self._no_tunnel)
+        d.addCallbacks(self._got_tunnel, self._no_tunnel).addErrback(self._internal_error)
+
+    def _internal_error(self, failure: Failure) -> None:
+        self.log.failure("internal error while relaying a request", failure)
+        if not self._closed:
+            self._fail(500, "internal error in the relay")
 
     def _no_tunnel(self, failure: Failure) -> None:
         self._waiting = None
