@@ -22,6 +22,10 @@ from arp.server.tunnel import TunnelServerProtocol
 from tests.helpers import HTTPClient, listen_backend, start_arpc, start_arps
 from tests.test_public_unit import KEY, register
 
+#: inputs each fuzz test tries per run (tools/reliability.py reports the sum)
+EXAMPLES = {"public_random": 250, "public_mutated": 250, "tunnel_header": 200, "control": 200, "live": 160}
+LIVE_PER_PORT = 40
+
 VALID = [
     b"GET /echo?token=client1 HTTP/1.1\r\nHost: h\r\n\r\n",
     b"POST /x HTTP/1.1\r\nX-ARP-Token: client1\r\nContent-Length: 4\r\n\r\nbody",
@@ -81,19 +85,23 @@ class FrontFuzzTests(unittest.TestCase):
         if sent:
             self.assertRegex(sent.split(b"\r\n", 1)[0], rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+ \S+ HTTP/1\.[01]$")
 
-    @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @settings(
+        max_examples=EXAMPLES["public_random"], deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    )
     @given(st.binary(max_size=600), st.lists(st.integers(0, 64), max_size=8))
     def test_random_bytes_on_public_front(self, data, cuts):
         """Random bytes get an HTTP error or nothing; never an exception."""
         self.check_public(data, cuts)
 
-    @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @settings(
+        max_examples=EXAMPLES["public_mutated"], deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    )
     @given(st.sampled_from(VALID), st.integers(0, 2**32), st.lists(st.integers(0, 64), max_size=8))
     def test_mutated_requests_on_public_front(self, valid, seed, cuts):
         """Mutations of valid requests are either forwarded as valid heads or refused."""
         self.check_public(mutate(valid, random.Random(seed)), cuts)
 
-    @settings(max_examples=200, deadline=None)
+    @settings(max_examples=EXAMPLES["tunnel_header"], deadline=None)
     @given(st.binary(max_size=300))
     def test_random_tunnel_headers(self, data):
         """Only a correct tunnel header puts a connection in the pool."""
@@ -108,7 +116,7 @@ class FrontFuzzTests(unittest.TestCase):
         self.assertNotIn(tunnel, record.pool.idle)
         self.assertTrue(transport.disconnecting or not data.count(b"\n"))
 
-    @settings(max_examples=200, deadline=None)
+    @settings(max_examples=EXAMPLES["control"], deadline=None)
     @given(st.binary(max_size=400))
     def test_random_control_bytes(self, data):
         """Garbage on the control channel never registers anything and never raises."""
@@ -147,7 +155,7 @@ class LiveGarbageTests(unittest.TestCase):
         sem = defer.DeferredSemaphore(20)
         jobs = []
         for port in relay.ports.values():
-            for i in range(40):
+            for i in range(LIVE_PER_PORT):
                 if i % 2:
                     payload = os.urandom(rnd.randrange(1, 3000))
                 else:
