@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -15,6 +16,17 @@ from arp.client.link import RelayLink
 from arp.logs import DailyFileObserver, open_log_directory
 
 log = Logger()
+
+
+def _permission_mode(value: str) -> str:
+    from arp.client.command.executors import permission_mode
+
+    return permission_mode(value)
+
+
+_permission_mode.coerceDoc = (  # type: ignore[attr-defined]
+    "One of plan, default, dontAsk, acceptEdits, auto, bypassPermissions."
+)
 
 
 class Options(usage.Options):
@@ -32,6 +44,7 @@ class Options(usage.Options):
     optFlags = [
         ["tcp", None, "Raw TCP service (database, SSH): ask the relay for a dedicated public port."],
         ["no-log-file", None, "Do not write daily log files (arpc.log.YYYY-MM-DD)."],
+        ["command-mode", None, "Serve the agent API (Claude Code, Codex, Gemini) instead of forwarding."],
     ]
     optParameters = [
         ["server-addr", "s", None, "Host name or address of the relay (arps)."],
@@ -79,6 +92,30 @@ class Options(usage.Options):
             None,
             "Where arpc keeps its client id, instance key and logs (default: ~/.local/share/arpc).",
         ],
+        ["command-path", None, None, "Command mode: the Claude Code CLI (default: claude on PATH)."],
+        ["codex-path", None, None, "Command mode: the Codex CLI (default: codex on PATH)."],
+        ["gemini-path", None, None, "Command mode: the Gemini CLI (default: gemini on PATH)."],
+        [
+            "api-endpoint",
+            None,
+            None,
+            "Command mode: also serve the API locally on this endpoint, e.g. tcp:8765:interface=127.0.0.1.",
+        ],
+        [
+            "permission-mode",
+            None,
+            "acceptEdits",
+            "Command mode: default Claude permission mode (Codex sandbox / Gemini approval mode follow)",
+            _permission_mode,
+        ],
+        [
+            "max-permission-mode",
+            None,
+            None,
+            "Command mode: the highest mode a remote caller may ask for (default: --permission-mode)",
+            _permission_mode,
+        ],
+        ["max-sessions", None, 4, "Command mode: agents allowed to run at once.", options.positive_int],
         [
             "log-level",
             None,
@@ -88,12 +125,27 @@ class Options(usage.Options):
         ],
     ]
 
+    def __init__(self) -> None:
+        super().__init__()
+        self["project-root"] = []
+        self["cors-origin"] = []
+
+    def opt_project_root(self, path: str) -> None:
+        """Command mode: a directory agents may work in (repeatable; default: your home)."""
+        self["project-root"].append(path)
+
+    def opt_cors_origin(self, origin: str) -> None:
+        """Command mode: a browser origin that may call the API, e.g. https://console.example (repeatable)."""
+        self["cors-origin"].append(origin)
+
     def postOptions(self) -> None:
         if not self["server-addr"] and not self["control-endpoint"]:
             raise usage.UsageError("give the relay's address: --server-addr HOST")
         if not self["server-addr"] and not self["proxy-endpoint"]:
             raise usage.UsageError("--control-endpoint needs --proxy-endpoint (or --server-addr)")
-        if self["local-port"] is None:
+        if self["command-mode"]:
+            self._check_command_mode()
+        elif self["local-port"] is None:
             raise usage.UsageError("give the local service's port: --local-port PORT")
         if self["client-id"] is not None and not wire.CLIENT_ID_RE.match(self["client-id"]):
             raise usage.UsageError(
@@ -107,6 +159,18 @@ class Options(usage.Options):
             )
         if self["log-level"] is None:
             self["log-level"] = options.log_level(options.env_default("ARP_LOG_LEVEL", "info"))
+
+    def _check_command_mode(self) -> None:
+        if self["tcp"]:
+            raise usage.UsageError("--command-mode serves HTTP; it cannot be combined with --tcp")
+        for root in self["project-root"]:
+            if not os.path.isdir(os.path.expanduser(root)):
+                raise usage.UsageError(f"--project-root {root!r} is not a directory")
+        from arp.client.command.executors import PERMISSION_RANK
+
+        most = self["max-permission-mode"] or self["permission-mode"]
+        if PERMISSION_RANK[self["permission-mode"]] > PERMISSION_RANK[most]:
+            raise usage.UsageError("--permission-mode must not be above --max-permission-mode")
 
 
 def _host_of(endpoint: str) -> str:
@@ -146,23 +210,27 @@ def makeService(config: Options) -> MultiService:
     proxy = config["proxy-endpoint"] or f"tcp:host={server}:port={config['proxy-port']}:timeout=10"
     public_host = server or _host_of(control)
     local_addr, local_port = config["local-addr"], config["local-port"]
-
-    from arp.client.forward import ForwardTunnel, backend_endpoint
-
-    backend = backend_endpoint(reactor, local_addr, local_port)
     raw_tcp = bool(config["tcp"])
+    top = MultiService()
 
-    def tunnel_protocol(header: bytes, tunnels: set) -> ForwardTunnel:
-        return ForwardTunnel(header, backend, raw_tcp, tunnels)
+    if config["command-mode"]:
+        tunnel_protocol = _command_mode(config, reactor, data_dir, top, client_id)
+    else:
+        from arp.client.forward import ForwardTunnel, backend_endpoint
 
-    log.info(
-        "arpc {version} starting: client id {client_id}, forwarding to {addr}:{port}{tcp}",
-        version=__version__,
-        client_id=client_id,
-        addr=local_addr,
-        port=local_port,
-        tcp=" (raw TCP)" if raw_tcp else "",
-    )
+        backend = backend_endpoint(reactor, local_addr, local_port)
+
+        def tunnel_protocol(header: bytes, tunnels: set) -> ForwardTunnel:
+            return ForwardTunnel(header, backend, raw_tcp, tunnels)
+
+        log.info(
+            "arpc {version} starting: client id {client_id}, forwarding to {addr}:{port}{tcp}",
+            version=__version__,
+            client_id=client_id,
+            addr=local_addr,
+            port=local_port,
+            tcp=" (raw TCP)" if raw_tcp else "",
+        )
     link = RelayLink(
         clock=reactor,
         control_endpoint=clientFromString(reactor, control),
@@ -176,9 +244,43 @@ def makeService(config: Options) -> MultiService:
         public_host=public_host,
         max_backoff=config["max-backoff"],
     )
-    top = MultiService()
     link.setServiceParent(top)
     return top
+
+
+def _command_mode(
+    config: Options, reactor: object, data_dir: Path, top: MultiService, client_id: str
+) -> object:
+    """Add the command-mode service to ``top``; return the tunnel protocol builder for the link."""
+    from arp.client.command.service import CommandService
+    from arp.listen import Listener
+
+    command = CommandService(
+        reactor,
+        data_dir,
+        binaries={
+            "Claude": config["command-path"],
+            "Codex": config["codex-path"],
+            "Gemini": config["gemini-path"],
+        },
+        project_roots=config["project-root"],
+        permission_mode=config["permission-mode"],
+        max_permission_mode=config["max-permission-mode"],
+        max_sessions=config["max-sessions"],
+        cors_origins=config["cors-origin"],
+    )
+    command.setServiceParent(top)
+    if config["api-endpoint"]:
+        Listener("api", config["api-endpoint"], command.site, reactor).setServiceParent(top)
+    info = command.describe()
+    log.info(
+        "arpc {version} starting: client id {client_id}, command mode; projects under {roots}; {executors}",
+        version=__version__,
+        client_id=client_id,
+        roots=info["roots"],
+        executors=info["executors"],
+    )
+    return command.tunnel_protocol
 
 
 __all__ = ["Options", "makeService", "Path"]

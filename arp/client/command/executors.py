@@ -1,0 +1,233 @@
+"""What each agent CLI needs: its command line, its environment, and how to read its output.
+
+The formats are those of ``reference/agents.md``: Claude Code ``stream-json``,
+Codex ``exec --json`` and Gemini ``stream-json``.  Readers are tolerant: a line
+of an unknown type is kept as it is and simply contributes nothing here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from typing import Any
+
+#: Claude permission modes, least to most permissive.  ``dontAsk`` only runs
+#: pre-approved tools, so it ranks with ``default``.
+PERMISSION_RANK = {
+    "plan": 0,
+    "default": 1,
+    "dontAsk": 1,
+    "acceptEdits": 2,
+    "auto": 3,
+    "bypassPermissions": 4,
+}
+PERMISSION_MODES = tuple(PERMISSION_RANK)
+
+#: The same safety level expressed for Codex (``--sandbox``) and Gemini (``--approval-mode``).
+_CODEX_SANDBOX = {0: "read-only", 1: "read-only", 2: "workspace-write", 3: "workspace-write"}
+_GEMINI_APPROVAL = {0: "plan", 1: "default", 2: "auto_edit", 3: "auto_edit", 4: "yolo"}
+
+_MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@\[\]-]{0,199}$")
+_ANSI_RE = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)|[@-Z\\-_])")
+
+
+def permission_mode(value: str) -> str:
+    """Coerce a Claude permission mode name (used for the command-line options too)."""
+    for name in PERMISSION_MODES:
+        if value.lower() == name.lower():
+            return name
+    raise ValueError("must be one of " + ", ".join(PERMISSION_MODES))
+
+
+permission_mode.coerceDoc = "One of " + ", ".join(PERMISSION_MODES) + "."  # type: ignore[attr-defined]
+
+
+def valid_model(model: str) -> bool:
+    """Whether ``model`` looks like a model name or alias (and cannot pass for a flag)."""
+    return bool(_MODEL_RE.match(model))
+
+
+def strip_ansi(text: str) -> str:
+    """Remove terminal escape sequences some CLIs print even without a TTY."""
+    return _ANSI_RE.sub("", text)
+
+
+@dataclass(frozen=True)
+class Executor:
+    """One agent CLI: its API name, the arpc flag naming its binary, and its command lines."""
+
+    name: str
+    flag: str
+    default_binary: str
+
+    def resolve(self, configured: str | None) -> str | None:
+        """The absolute path of the binary, or None when it cannot be found."""
+        binary = configured or self.default_binary
+        if os.sep in binary:
+            binary = os.path.abspath(os.path.expanduser(binary))
+            return binary if os.path.isfile(binary) and os.access(binary, os.X_OK) else None
+        found = shutil.which(binary)
+        return os.path.abspath(found) if found else None
+
+    def argv(self, binary: str, prompt: str, model: str | None, mode: str, resume: str | None) -> list[str]:
+        """The full command line for one turn (``resume`` continues an agent session)."""
+        rank = PERMISSION_RANK[mode]
+        model_args = [f"--model={model}"] if model else []
+        if self.name == "Claude":
+            args = [binary, "-p", "--output-format", "stream-json", "--verbose", *model_args]
+            args += ["--permission-mode", mode]
+            if resume:
+                args += ["--resume", resume]
+            return [*args, "--", prompt]
+        if self.name == "Codex":
+            args = [binary, "exec", "--json", "--skip-git-repo-check", *model_args]
+            if rank >= 4:
+                args.append("--dangerously-bypass-approvals-and-sandbox")
+            else:
+                args += ["--sandbox", _CODEX_SANDBOX[rank]]
+            if resume:
+                args += ["resume", resume]
+            return [*args, "--", prompt]
+        args = [binary, "--output-format", "stream-json", *model_args]
+        args += ["--approval-mode", _GEMINI_APPROVAL[rank]]
+        if resume:
+            args += ["--resume", resume]
+        return [*args, f"--prompt={prompt}"]
+
+    def environment(self, base: dict[str, str]) -> dict[str, str]:
+        """The child's environment: ours, minus what would confuse the CLI."""
+        env = {k: v for k, v in base.items() if k not in ("CLAUDECODE", "CLAUDE_CODE_ENTRYPOINT")}
+        if self.name == "Gemini":
+            env.setdefault("GEMINI_CLI_TRUST_WORKSPACE", "true")  # projectPath is under --project-root
+        env.setdefault("NO_COLOR", "1")
+        return env
+
+
+EXECUTORS = {
+    "Claude": Executor("Claude", "--command-path", "claude"),
+    "Codex": Executor("Codex", "--codex-path", "codex"),
+    "Gemini": Executor("Gemini", "--gemini-path", "gemini"),
+}
+_ALIASES = {
+    "claude": "Claude",
+    "claude-code": "Claude",
+    "claude_code": "Claude",
+    "claudecode": "Claude",
+    "codex": "Codex",
+    "gemini": "Gemini",
+    "gemini-cli": "Gemini",
+}
+
+
+def executor_named(name: object) -> Executor | None:
+    """The executor for an API name, case-insensitively (``Claude``, ``CLAUDE_CODE``, ``codex``...)."""
+    if not isinstance(name, str):
+        return None
+    key = _ALIASES.get(name.strip().lower())
+    return EXECUTORS[key] if key else None
+
+
+@dataclass
+class Digest:
+    """What one output line tells us about the run."""
+
+    text: str | None = None
+    delta: bool = False
+    agent_session_id: str | None = None
+    usage: Any = None
+    cost_usd: float | None = None
+    failed: bool | None = None
+    error: str | None = None
+    result_text: str | None = None
+
+
+def _claude(obj: dict) -> Digest:
+    d = Digest()
+    kind = obj.get("type")
+    if isinstance(obj.get("session_id"), str) and kind in ("system", "result"):
+        d.agent_session_id = obj["session_id"]
+    if kind == "assistant":
+        message = obj.get("message")
+        if isinstance(message, dict) and obj.get("parent_tool_use_id") is None:
+            content = message.get("content")
+            if isinstance(content, str):
+                d.text = content
+            elif isinstance(content, list):
+                texts = [b.get("text") for b in content if isinstance(b, dict) and b.get("type") == "text"]
+                texts = [t for t in texts if isinstance(t, str) and t]
+                d.text = "\n".join(texts) or None
+    elif kind == "result":
+        d.usage = obj.get("usage")
+        cost = obj.get("total_cost_usd", obj.get("cost_usd"))
+        d.cost_usd = cost if isinstance(cost, int | float) else None
+        d.failed = bool(obj.get("is_error")) or obj.get("subtype") not in (None, "success")
+        if isinstance(obj.get("result"), str):
+            d.result_text = obj["result"]
+        errors = obj.get("errors")
+        if isinstance(errors, list) and errors:
+            d.error = "; ".join(str(e) for e in errors)
+        elif d.failed and isinstance(obj.get("result"), str):
+            d.error = obj["result"]
+    return d
+
+
+def _codex(obj: dict) -> Digest:
+    d = Digest()
+    kind = obj.get("type")
+    if kind == "thread.started" and isinstance(obj.get("thread_id"), str):
+        d.agent_session_id = obj["thread_id"]
+    elif kind == "item.completed" and isinstance(obj.get("item"), dict):
+        item = obj["item"]
+        if item.get("type") in ("agent_message", "assistant_message") and isinstance(item.get("text"), str):
+            d.text = item["text"]
+    elif kind == "turn.completed":
+        d.usage = obj.get("usage")
+    elif kind == "turn.failed":
+        d.failed = True
+        error = obj.get("error")
+        d.error = str(error.get("message")) if isinstance(error, dict) else "turn failed"
+    elif kind == "error":
+        d.error = str(obj.get("message"))
+    elif kind is None and isinstance(obj.get("msg"), dict):  # the pre-October-2025 format
+        msg = obj["msg"]
+        if msg.get("type") == "session_configured" and isinstance(msg.get("session_id"), str):
+            d.agent_session_id = msg["session_id"]
+        elif msg.get("type") == "agent_message" and isinstance(msg.get("message"), str):
+            d.text = msg["message"]
+        elif msg.get("type") == "error":
+            d.error = str(msg.get("message"))
+    return d
+
+
+def _gemini(obj: dict) -> Digest:
+    d = Digest()
+    kind = obj.get("type")
+    if kind == "init" and isinstance(obj.get("session_id"), str):
+        d.agent_session_id = obj["session_id"]
+    elif kind == "message" and obj.get("role") == "assistant" and isinstance(obj.get("content"), str):
+        d.text = obj["content"]
+        d.delta = bool(obj.get("delta"))
+    elif kind == "result":
+        d.usage = obj.get("stats")
+        d.failed = obj.get("status") not in (None, "success")
+        error = obj.get("error")
+        if isinstance(error, dict):
+            d.error = str(error.get("message"))
+    elif kind == "error" and obj.get("severity") == "error":
+        d.error = str(obj.get("message"))
+    return d
+
+
+_DIGESTERS = {"Claude": _claude, "Codex": _codex, "Gemini": _gemini}
+
+
+def digest(executor: str, obj: object) -> Digest:
+    """Read one parsed JSON output line of ``executor``; unknown shapes give an empty digest."""
+    if not isinstance(obj, dict):
+        return Digest()
+    try:
+        return _DIGESTERS[executor](obj)
+    except (AttributeError, TypeError, ValueError, KeyError):
+        return Digest()

@@ -1,0 +1,82 @@
+"""The command-mode service: sessions, history readers and the web site, built from arpc's options."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.logger import Logger
+from twisted.web.server import Site
+
+from arp.client.command.executors import EXECUTORS
+from arp.client.command.history import (
+    ClaudeHistory,
+    CodexHistory,
+    GeminiHistory,
+    claude_roots,
+    codex_root,
+    gemini_root,
+)
+from arp.client.command.sessions import SessionManager
+from arp.client.command.store import SessionStore
+from arp.client.command.tunnel import SiteTunnel
+from arp.client.command.web import build_root, make_site
+
+
+class CommandService(MultiService):
+    """Owns the session manager and the site that tunnels (and ``--api-endpoint``) serve."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: object,
+        data_dir: Path,
+        *,
+        binaries: dict[str, str | None],
+        project_roots: list[str],
+        permission_mode: str,
+        max_permission_mode: str | None,
+        max_sessions: int,
+        cors_origins: list[str],
+        environ: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__()
+        environ = dict(os.environ if environ is None else environ)
+        roots = claude_roots(environ)
+        self.manager = SessionManager(
+            store=SessionStore(Path(data_dir) / "sessions"),
+            reactor=reactor,
+            binaries=binaries,
+            project_roots=project_roots or [environ.get("HOME") or str(Path.home())],
+            permission_mode=permission_mode,
+            max_permission_mode=max_permission_mode,
+            max_sessions=max_sessions,
+            claude_roots=roots,
+            environ=environ,
+        )
+        self.manager.setServiceParent(self)
+        self.root = build_root(
+            self.manager,
+            ClaudeHistory(roots),
+            CodexHistory(codex_root(environ)),
+            GeminiHistory(gemini_root(environ)),
+            cors_origins,
+        )
+        self.site: Site = make_site(self.root)
+
+    def tunnel_protocol(self, header: bytes, tunnels: set) -> SiteTunnel:
+        """What :class:`~arp.client.link.RelayLink` builds for each tunnel in command mode."""
+        return SiteTunnel(header, self.site, tunnels)
+
+    def describe(self) -> dict[str, Any]:
+        """A summary for the start-up log line."""
+        found = {
+            name: ex.resolve(self.manager.binaries.get(name)) or "not found" for name, ex in EXECUTORS.items()
+        }
+        return {
+            "roots": ", ".join(str(r) for r in self.manager.project_roots),
+            "executors": ", ".join(f"{k}: {v}" for k, v in found.items()),
+        }

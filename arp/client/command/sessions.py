@@ -1,0 +1,549 @@
+"""Agent sessions: start, follow, continue, cancel, and record them as they happen."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.logger import Logger
+
+from arp.client.command.executors import (
+    PERMISSION_RANK,
+    Executor,
+    digest,
+    executor_named,
+    strip_ansi,
+    valid_model,
+)
+from arp.client.command.process import AgentProcess, group_alive
+from arp.client.command.store import SessionStore
+
+MAX_PROMPT = 100_000  # characters
+STDERR_KEEP = 64 * 1024  # stderr bytes recorded per turn; the rest is drained and counted
+STDERR_TAIL = 2000
+FINAL = ("completed", "failed", "cancelled", "interrupted")
+
+
+class ApiError(Exception):
+    """A request we refuse: ``status`` and a message for the caller."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class Viewer(Protocol):
+    """Something following a session's events (a WebSocket)."""
+
+    def send_event(self, event: dict[str, Any]) -> None: ...
+
+    def session_ended(self) -> None: ...
+
+
+def now_iso() -> str:
+    """The current UTC time as ISO 8601 with milliseconds."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Session:
+    """One agent session: its record, its events (loaded on demand) and who is watching."""
+
+    def __init__(self, manager: SessionManager, record: dict[str, Any]) -> None:
+        self.manager = manager
+        self.record = record
+        self._events: list[dict[str, Any]] | None = None
+        self._output: list[str] = []
+        self._turn_text = False
+        self.viewers: set[Viewer] = set()
+        self.process: AgentProcess | None = None
+        self.cancelling = False
+        self._stderr_kept = 0
+        self._stderr_dropped = 0
+        self._stderr_tail = b""
+        self._failed = False
+        self._error: str | None = None
+        self._result_text: str | None = None
+        self._line_buffer: list[dict] = []
+
+    @property
+    def id(self) -> str:
+        return self.record["id"]
+
+    @property
+    def status(self) -> str:
+        return self.record["status"]
+
+    @property
+    def running(self) -> bool:
+        return self.record["status"] == "running"
+
+    # -- events -------------------------------------------------------------------------
+
+    def events(self) -> list[dict[str, Any]]:
+        """Every event so far (read from disk the first time)."""
+        if self._events is None:
+            self._events = self.manager.store.events(self.id)
+            self._output = []
+            for event in self._events:
+                self._absorb(event, replay=True)
+        return self._events
+
+    def output(self) -> str:
+        """The assistant's text so far."""
+        self.events()
+        return "".join(self._output)
+
+    def _absorb(self, event: dict[str, Any], replay: bool) -> None:
+        kind = event.get("kind")
+        if kind == "turn":
+            self._turn_text = False
+            self._result_text = None
+            if self._output and not self._output[-1].endswith("\n"):
+                self._output.append("\n")
+        elif kind == "agent":
+            d = digest(self.record["executor"], event.get("data"))
+            if d.text:
+                if not d.delta and self._output and not self._output[-1].endswith("\n"):
+                    self._output.append("\n")
+                self._output.append(d.text)
+                self._turn_text = True
+            if d.result_text and not self._turn_text:
+                self._result_text = d.result_text
+            if not replay:
+                self._learn(d)
+        elif kind == "status":
+            if self._result_text and not self._turn_text:
+                self._output.append(self._result_text)
+            self._result_text = None
+
+    def _learn(self, d: Any) -> None:
+        record = self.record
+        if d.agent_session_id:
+            record["agentSessionId"] = d.agent_session_id
+            ids = record.setdefault("agentSessionIds", [])
+            if d.agent_session_id not in ids:
+                ids.append(d.agent_session_id)
+                self.manager.store.save(record)
+        if d.usage is not None:
+            record["usage"] = d.usage
+        if d.cost_usd is not None:
+            record["costUsd"] = d.cost_usd
+        if d.failed:
+            self._failed = True
+        if d.error:
+            self._error = d.error
+
+    def emit(self, kind: str, **fields: Any) -> dict[str, Any]:
+        """Record a new event, then pass it to every viewer."""
+        events = self.events()
+        self.record["lastSeq"] += 1
+        event = {"seq": self.record["lastSeq"], "time": now_iso(), "turn": len(self.record["turns"])}
+        event["kind"] = kind
+        event.update(fields)
+        self.manager.store.append(self.id, event)
+        events.append(event)
+        self._absorb(event, replay=False)
+        for viewer in list(self.viewers):
+            viewer.send_event(event)
+        return event
+
+    def events_since(self, since: int) -> list[dict[str, Any]]:
+        """The events with a sequence number above ``since``."""
+        events = self.events()
+        if since <= 0:
+            return list(events)
+        # sequence numbers are 1..n in order, so the index is direct unless a log was damaged
+        if len(events) >= since and events[since - 1].get("seq") == since:
+            return events[since:]
+        return [e for e in events if e["seq"] > since]
+
+    # -- views --------------------------------------------------------------------------
+
+    def summary(self) -> dict[str, Any]:
+        """The session's record as the API shows it."""
+        r = self.record
+        keys = (
+            "id",
+            "executor",
+            "model",
+            "prompt",
+            "projectPath",
+            "permissionMode",
+            "status",
+            "createdAt",
+            "updatedAt",
+            "exitCode",
+            "agentSessionId",
+            "agentSessionIds",
+            "error",
+            "usage",
+            "costUsd",
+            "lastSeq",
+        )
+        view = {k: r.get(k) for k in keys}
+        view["turns"] = len(r["turns"])
+        return view
+
+    def detail(self, since: int = 0) -> dict[str, Any]:
+        """The summary plus turns, events (after ``since``) and the text output."""
+        view = self.summary()
+        view["turns"] = self.record["turns"]
+        view["events"] = self.events_since(since)
+        view["output"] = self.output()
+        return view
+
+    # -- running ------------------------------------------------------------------------
+
+    def start_turn(self, executor: Executor, binary: str, prompt: str, resume: str | None) -> None:
+        """Spawn the agent for one turn."""
+        record = self.record
+        manager = self.manager
+        record["turns"].append({"prompt": prompt, "startedAt": now_iso(), "resume": resume})
+        record["status"] = "running"
+        record["exitCode"] = None
+        record["error"] = None
+        record["updatedAt"] = now_iso()
+        self.cancelling = False
+        self._failed = False
+        self._error = None
+        self._stderr_kept = self._stderr_dropped = 0
+        self._stderr_tail = b""
+        argv = executor.argv(binary, prompt, record.get("model"), record["permissionMode"], resume)
+        self.emit("turn", prompt=prompt, resume=resume, argv=argv[1:])
+        process = AgentProcess(manager.reactor, self._line, self._stderr, self._ended)
+        try:
+            process.spawn(manager.reactor, argv, executor.environment(manager.environ), record["projectPath"])
+        except OSError as e:
+            self._finish("failed", None, f"could not start {binary}: {e}")
+            return
+        self.process = process
+        record["pid"] = process.pid
+        manager.store.save(record)
+        manager.log.info(
+            "session {id}: started {executor} (pid {pid}) in {path}",
+            id=self.id,
+            executor=executor.name,
+            pid=process.pid,
+            path=record["projectPath"],
+        )
+
+    def _line(self, raw: bytes) -> None:
+        text = strip_ansi(raw.decode("utf-8", "replace")).strip()
+        if not text:
+            return
+        try:
+            obj = json.loads(text)
+        except ValueError:
+            self.emit("raw", text=text)
+            return
+        kind = obj.get("type") if isinstance(obj, dict) else None
+        self.emit("agent", type=kind if isinstance(kind, str) else None, data=obj)
+
+    def _stderr(self, data: bytes) -> None:
+        self._stderr_tail = (self._stderr_tail + data)[-STDERR_TAIL:]
+        room = STDERR_KEEP - self._stderr_kept
+        if room <= 0:
+            self._stderr_dropped += len(data)
+            return
+        kept = data[:room]
+        self._stderr_kept += len(kept)
+        self._stderr_dropped += len(data) - len(kept)
+        self.emit("stderr", text=strip_ansi(kept.decode("utf-8", "replace")))
+
+    def _ended(self, code: int | None, sig: int | None) -> None:
+        self.process = None
+        if self._stderr_dropped:
+            self.emit("stderr", text=f"[{self._stderr_dropped} more bytes of stderr not recorded]")
+        if self.cancelling:
+            status, why = "cancelled", "cancelled by request"
+        elif self.manager.stopping:
+            status, why = "interrupted", "arpc stopped while the agent was running"
+        elif code != 0 or self._failed:
+            status = "failed"
+            tail = self._stderr_tail.decode("utf-8", "replace").strip()
+            why = self._error or (tail.splitlines()[-1] if tail else None)
+            if why is None:
+                why = f"exit code {code}" if code is not None else f"killed by signal {sig}"
+        else:
+            status, why = "completed", None
+        self._finish(status, code, why)
+
+    def _finish(self, status: str, code: int | None, why: str | None) -> None:
+        record = self.record
+        record["status"] = status
+        record["exitCode"] = code
+        record["error"] = why
+        record["updatedAt"] = now_iso()
+        record.pop("pid", None)
+        if record["turns"]:
+            record["turns"][-1].update(endedAt=record["updatedAt"], status=status, exitCode=code)
+        self.emit("status", status=status, exitCode=code, error=why)
+        self.manager.store.save(record)
+        self.manager.store.close_events(self.id)
+        self.manager.log.info("session {id}: {status}", id=self.id, status=status)
+        for viewer in list(self.viewers):
+            viewer.session_ended()
+
+
+class SessionManager(Service):
+    """All agent sessions of this arpc: creates, continues, cancels and lists them."""
+
+    log = Logger()
+
+    def __init__(
+        self,
+        *,
+        store: SessionStore,
+        reactor: object,
+        binaries: dict[str, str | None],
+        project_roots: Iterable[str | os.PathLike],
+        permission_mode: str = "acceptEdits",
+        max_permission_mode: str | None = None,
+        max_sessions: int = 4,
+        claude_roots: Iterable[Path] = (),
+        grace: float = 2.0,
+        environ: dict[str, str] | None = None,
+    ) -> None:
+        self.store = store
+        self.reactor = reactor
+        self.binaries = binaries
+        self.project_roots = [Path(os.path.realpath(os.path.expanduser(p))) for p in project_roots]
+        self.permission_mode = permission_mode
+        self.max_permission_mode = max_permission_mode or permission_mode
+        self.max_sessions = max_sessions
+        self.claude_roots = list(claude_roots)
+        self.grace = grace
+        self.environ = dict(os.environ if environ is None else environ)
+        self.sessions: dict[str, Session] = {}
+        self.stopping = False
+        self._load()
+
+    def _load(self) -> None:
+        for record in self.store.load_all():
+            if not all(k in record for k in ("executor", "status", "turns", "lastSeq", "createdAt")):
+                continue
+            session = Session(self, record)
+            self.sessions[record["id"]] = session
+            if record["status"] == "running":
+                # the record is saved at status changes; the event log is the truth about sequence numbers
+                events = session.events()
+                if events:
+                    record["lastSeq"] = max(record["lastSeq"], events[-1]["seq"])
+                pid = record.get("pid")
+                if isinstance(pid, int) and group_alive(pid):
+                    self.log.warn(
+                        "session {id}: its agent (process group {pid}) from before the restart may still "
+                        "be running; it is not ours any more",
+                        id=record["id"],
+                        pid=pid,
+                    )
+                session._finish("interrupted", None, "arpc stopped while the agent was running")
+        if self.sessions:
+            self.log.info("loaded {n} sessions", n=len(self.sessions))
+
+    # -- queries ------------------------------------------------------------------------
+
+    def running_count(self) -> int:
+        """How many sessions have an agent running now."""
+        return sum(1 for s in self.sessions.values() if s.running)
+
+    def get(self, session_id: str) -> Session:
+        """The session with ``session_id``, or a 404 ApiError."""
+        session = self.sessions.get(session_id)
+        if session is None:
+            raise ApiError(404, f"no session {session_id!r}")
+        return session
+
+    def listing(self, offset: int = 0, limit: int = 50, status: str | None = None) -> dict[str, Any]:
+        """Sessions, newest first."""
+        sessions = sorted(self.sessions.values(), key=lambda s: s.record["createdAt"], reverse=True)
+        if status:
+            sessions = [s for s in sessions if s.status == status]
+        page = sessions[offset : offset + limit]
+        return {
+            "sessions": [s.summary() for s in page],
+            "total": len(sessions),
+            "offset": offset,
+            "limit": limit,
+        }
+
+    # -- validation ---------------------------------------------------------------------
+
+    def _prompt(self, body: dict[str, Any]) -> str:
+        prompt = body.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ApiError(400, "prompt is required: a non-empty string")
+        if len(prompt) > MAX_PROMPT:
+            raise ApiError(400, f"prompt is too long: at most {MAX_PROMPT} characters")
+        if "\x00" in prompt:
+            raise ApiError(400, "prompt must not contain NUL characters")
+        return prompt
+
+    def _model(self, body: dict[str, Any], default: str | None = None) -> str | None:
+        model = body.get("model", default)
+        if model in (None, ""):
+            return None
+        if not isinstance(model, str) or not valid_model(model):
+            raise ApiError(400, "model must be a model name or alias like 'sonnet' or 'gpt-5-codex'")
+        return model
+
+    def _project_path(self, body: dict[str, Any]) -> str:
+        path = body.get("projectPath", body.get("project_path"))
+        if not isinstance(path, str) or not path:
+            raise ApiError(400, "projectPath is required: an absolute directory path")
+        if "\x00" in path or not os.path.isabs(os.path.expanduser(path)):
+            raise ApiError(400, "projectPath must be an absolute path")
+        real = Path(os.path.realpath(os.path.expanduser(path)))
+        if not real.is_dir():
+            raise ApiError(400, f"projectPath {path!r} is not an existing directory")
+        if not any(real == root or root in real.parents for root in self.project_roots):
+            roots = ", ".join(str(r) for r in self.project_roots)
+            raise ApiError(400, f"projectPath {path!r} is outside the allowed --project-root ({roots})")
+        return str(real)
+
+    def _permission(self, body: dict[str, Any]) -> str:
+        from arp.client.command.executors import permission_mode
+
+        mode = body.get("permissionMode", body.get("permission_mode"))
+        if mode in (None, ""):
+            return self.permission_mode
+        try:
+            mode = permission_mode(mode) if isinstance(mode, str) else None
+        except ValueError:
+            mode = None
+        if mode is None:
+            raise ApiError(400, "permissionMode must be one of " + ", ".join(PERMISSION_RANK))
+        if PERMISSION_RANK[mode] > PERMISSION_RANK[self.max_permission_mode]:
+            limit = self.max_permission_mode
+            raise ApiError(403, f"permissionMode {mode} is above this arpc's --max-permission-mode {limit}")
+        return mode
+
+    def _binary(self, executor: Executor) -> str:
+        binary = executor.resolve(self.binaries.get(executor.name))
+        if binary is None:
+            configured = self.binaries.get(executor.name) or executor.default_binary
+            raise ApiError(
+                503,
+                f"the {executor.name} CLI was not found ({configured!r}): install it or start arpc "
+                f"with {executor.flag} /path/to/{executor.default_binary}",
+            )
+        return binary
+
+    def _capacity(self) -> None:
+        if self.stopping:
+            raise ApiError(503, "arpc is shutting down")
+        if self.running_count() >= self.max_sessions:
+            raise ApiError(429, f"{self.max_sessions} sessions are running already (--max-sessions)")
+
+    # -- actions ------------------------------------------------------------------------
+
+    def create(self, body: object) -> Session:
+        """Validate a new-session request and start the agent."""
+        if not isinstance(body, dict):
+            raise ApiError(400, "the body must be a JSON object")
+        executor = executor_named(body.get("executor", "Claude"))
+        if executor is None:
+            raise ApiError(400, "unknown executor: use Claude, Codex or Gemini")
+        prompt = self._prompt(body)
+        project = self._project_path(body)
+        model = self._model(body)
+        mode = self._permission(body)
+        binary = self._binary(executor)
+        self._capacity()
+        now = now_iso()
+        record = {
+            "id": uuid.uuid4().hex,
+            "executor": executor.name,
+            "model": model,
+            "prompt": prompt,
+            "projectPath": project,
+            "permissionMode": mode,
+            "status": "running",
+            "createdAt": now,
+            "updatedAt": now,
+            "exitCode": None,
+            "agentSessionId": None,
+            "agentSessionIds": [],
+            "error": None,
+            "usage": None,
+            "costUsd": None,
+            "lastSeq": 0,
+            "turns": [],
+        }
+        session = Session(self, record)
+        session._events = []
+        self.sessions[record["id"]] = session
+        session.start_turn(executor, binary, prompt, None)
+        return session
+
+    def follow_up(self, session_id: str, body: object) -> Session:
+        """Continue a finished session's agent conversation with a new prompt."""
+        session = self.get(session_id)
+        if not isinstance(body, dict):
+            raise ApiError(400, "the body must be a JSON object")
+        prompt = self._prompt(body)
+        if session.running:
+            raise ApiError(409, "the session is still running: wait for it to end or cancel it")
+        resume = self._resume_id(session)
+        if resume is None:
+            raise ApiError(409, "the agent never reported its session id, so it cannot be continued")
+        if "model" in body:
+            session.record["model"] = self._model(body)
+        if not os.path.isdir(session.record["projectPath"]):
+            raise ApiError(409, "the session's projectPath no longer exists")
+        executor = executor_named(session.record["executor"])
+        assert executor is not None
+        binary = self._binary(executor)
+        self._capacity()
+        session.start_turn(executor, binary, prompt, resume)
+        return session
+
+    def _resume_id(self, session: Session) -> str | None:
+        ids = session.record.get("agentSessionIds") or []
+        if not ids:
+            return None
+        if session.record["executor"] == "Claude" and len(ids) > 1:
+            # Claude versions differ on which id a resumed run reports: take the newest that has a
+            # transcript on disk (agents.md 1.3), else the newest.
+            for candidate in reversed(ids):
+                for root in self.claude_roots:
+                    if any((root / "projects").glob(f"*/{candidate}.jsonl")):
+                        return candidate
+        return ids[-1]
+
+    def cancel(self, session: Session) -> Deferred[Session]:
+        """End a running session's agent and every process it started."""
+        process = session.process
+        if not session.running or process is None:
+            return succeed(session)
+        session.cancelling = True
+        self.log.info("session {id}: cancelling", id=session.id)
+        d = process.terminate(self.grace)
+        d.addCallback(lambda _: session)
+        return d
+
+    def delete(self, session: Session) -> None:
+        """Forget a finished session (the agent's own history files are left alone)."""
+        if session.running:
+            raise ApiError(409, "the session is running: cancel it first")
+        for viewer in list(session.viewers):
+            viewer.session_ended()
+        self.store.delete(session.id)
+        self.sessions.pop(session.id, None)
+
+    def stopService(self) -> Deferred:
+        """Stop every running agent (recorded as interrupted) before arpc exits."""
+        super().stopService()
+        self.stopping = True
+        waits = [s.process.terminate(min(self.grace, 1.0)) for s in self.sessions.values() if s.process]
+        d = DeferredList(waits)
+        d.addBoth(lambda _: self.store.close())
+        return d
