@@ -234,6 +234,7 @@ def makeService(config: Options) -> MultiService:
     link = RelayLink(
         clock=reactor,
         control_endpoint=clientFromString(reactor, control),
+        control_description=control,
         proxy_endpoint=clientFromString(reactor, proxy),
         tunnel_protocol=tunnel_protocol,
         client_id=client_id,
