@@ -33,26 +33,50 @@ class HTTPError(Exception):
 
 @dataclass(slots=True)
 class Head:
-    """A parsed request or response head.  Header names keep their case."""
+    """A parsed request or response head.  Header names keep their case.
+
+    Look-ups go through an index by lower-case name, built on first use and
+    kept up to date by :meth:`add` and :meth:`remove` (change ``headers`` only
+    through them).
+    """
 
     start: tuple[bytes, bytes, bytes]
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    _index: dict[bytes, list[bytes]] | None = field(default=None, repr=False, compare=False)
+
+    def _idx(self) -> dict[bytes, list[bytes]]:
+        index = self._index
+        if index is None:
+            index = {}
+            for key, val in self.headers:
+                index.setdefault(key.lower(), []).append(val)
+            self._index = index
+        return index
 
     def get(self, name: bytes) -> bytes | None:
         """The last value of header ``name`` (lower case), or None."""
-        value = None
-        for key, val in self.headers:
-            if key.lower() == name:
-                value = val
-        return value
+        values = self._idx().get(name)
+        return values[-1] if values else None
 
     def get_all(self, name: bytes) -> list[bytes]:
         """Every value of header ``name`` (lower case)."""
-        return [val for key, val in self.headers if key.lower() == name]
+        return self._idx().get(name, [])
+
+    def add(self, name: bytes, value: bytes) -> None:
+        """Append a header."""
+        self.headers.append((name, value))
+        if self._index is not None:
+            self._index.setdefault(name.lower(), []).append(value)
 
     def remove(self, *names: bytes) -> None:
         """Drop every header named in ``names`` (lower case)."""
-        self.headers = [(k, v) for k, v in self.headers if k.lower() not in names]
+        index = self._idx()
+        present = [name for name in names if name in index]
+        if not present:
+            return
+        for name in present:
+            del index[name]
+        self.headers = [(k, v) for k, v in self.headers if k.lower() not in present]
 
     def connection_tokens(self) -> set[bytes]:
         """The lower-cased tokens of all Connection headers."""
@@ -64,7 +88,7 @@ class Head:
     def serialize(self) -> bytes:
         """The head as bytes, including the blank line that ends it."""
         lines = [b" ".join(self.start)]
-        lines.extend(k + b": " + v for k, v in self.headers)
+        lines.extend([k + b": " + v for k, v in self.headers])
         lines.append(b"\r\n")
         return b"\r\n".join(lines)
 
@@ -97,32 +121,38 @@ def find_head_end(buf: bytes | bytearray, start: int = 0) -> int:
     return i + 4
 
 
-def _split_lines(raw: bytes) -> list[bytes]:
-    lines = raw.split(b"\n")
-    return [line[:-1] if line.endswith(b"\r") else line for line in lines]
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_HEADER_RE = re.compile(rb"(" + _TOKEN + rb"):[ \t]*([^\r\n]*?)[ \t]*\r?\n")
+_BLOCK_RE = re.compile(rb"(?:" + _TOKEN + rb":[^\r\n]*\r?\n)*\r?\n")
+_BLOCK_BAD_RE = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_FOLDED_RE = re.compile(rb"\n[ \t]")
 
 
-def _parse_headers(lines: list[bytes]) -> list[tuple[bytes, bytes]]:
-    headers = []
-    for line in lines:
-        if not line:
-            continue
-        if line[0] in b" \t":
+def _split_head(raw: bytes) -> tuple[bytes, bytes]:
+    """The start line (without its line end) and the header block (ending with the blank line)."""
+    raw = raw.lstrip(b"\r\n")
+    end = raw.find(b"\n")
+    if end < 0:
+        raise HTTPError(400, "malformed start line")
+    line = raw[:end]
+    return (line[:-1] if line.endswith(b"\r") else line), raw[end + 1 :]
+
+
+def _parse_headers(block: bytes) -> list[tuple[bytes, bytes]]:
+    """Validate a whole header block with one regular expression, then split it with another."""
+    if not _BLOCK_RE.fullmatch(block):
+        if _FOLDED_RE.search(b"\n" + block):
             raise HTTPError(400, "obsolete header line folding is not allowed")
-        name, sep, value = line.partition(b":")
-        if not sep or not _TOKEN_RE.match(name):
-            raise HTTPError(400, "malformed header line")
-        value = value.strip(b" \t")
-        if _VALUE_BAD_RE.search(value):
-            raise HTTPError(400, "control character in header value")
-        headers.append((name, value))
-    return headers
+        raise HTTPError(400, "malformed header line")
+    if _BLOCK_BAD_RE.search(block):
+        raise HTTPError(400, "control character in header value")
+    return _HEADER_RE.findall(block)
 
 
 def parse_request_head(raw: bytes) -> Head:
     """Parse a request head (everything up to and including the blank line)."""
-    lines = _split_lines(raw.lstrip(b"\r\n"))
-    parts = lines[0].split(b" ")
+    line, block = _split_head(raw)
+    parts = line.split(b" ")
     if len(parts) != 3:
         raise HTTPError(400, "malformed request line")
     method, target, version = parts
@@ -134,19 +164,23 @@ def parse_request_head(raw: bytes) -> Head:
         if version.startswith(b"HTTP/"):
             raise HTTPError(505, "only HTTP/1.0 and HTTP/1.1 are supported")
         raise HTTPError(400, "malformed HTTP version")
-    head = Head((method, target, version), _parse_headers(lines[1:]))
+    head = Head((method, target, version), _parse_headers(block))
     request_framing(head)  # validate now, before anything is forwarded
     return head
 
 
 def parse_response_head(raw: bytes) -> Head:
     """Parse a response head (everything up to and including the blank line)."""
-    lines = _split_lines(raw.lstrip(b"\r\n"))
-    version, _, rest = lines[0].partition(b" ")
+    try:
+        line, block = _split_head(raw)
+        headers = _parse_headers(block)
+    except HTTPError as e:
+        raise HTTPError(502, "backend sent a " + e.message)
+    version, _, rest = line.partition(b" ")
     status, _, reason = rest.partition(b" ")
     if not version.startswith(b"HTTP/1.") or len(status) != 3 or not status.isdigit():
         raise HTTPError(502, "malformed response status line")
-    return Head((version, status, reason), _parse_headers(lines[1:]))
+    return Head((version, status, reason), headers)
 
 
 def _content_length(head: Head) -> int | None:

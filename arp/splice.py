@@ -61,6 +61,34 @@ class Throttle:
         pass
 
 
+def fast_write(transport: ITransport, data: bytes) -> None:
+    """``transport.write(data)``, but sent at once when nothing is queued.
+
+    Twisted queues every write until the next poll says the socket is writable,
+    which costs two ``epoll_ctl`` calls and a poll round per write.  On the hot
+    path (one request head, one small response) the socket is almost always
+    writable, so try ``send`` first and queue only what it did not take.  TLS
+    and other non-socket transports take the ordinary path.
+    """
+    sock = getattr(transport, "socket", None)
+    if (
+        sock is not None
+        and not transport._tempDataLen  # noqa: SLF001 - Twisted's write queue
+        and len(transport.dataBuffer) == transport.offset
+        and transport.connected
+        and not transport.disconnecting
+        and not transport.TLS
+    ):
+        try:
+            sent = sock.send(data)
+        except OSError:
+            sent = 0  # EAGAIN, or an error that Twisted's own write path will report
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
+
+
 def join(a: ITransport, b: ITransport) -> None:
     """Make each transport throttle the other: a full write buffer pauses reading on the other side."""
     a.registerProducer(Throttle(b), True)
@@ -108,7 +136,7 @@ class SpliceEnd(Protocol):
         join(self.transport, other.transport)
 
     def dataReceived(self, data: bytes) -> None:
-        self.peer.transport.write(data)
+        fast_write(self.peer.transport, data)
 
     def readConnectionLost(self) -> None:
         self._eof_in = True

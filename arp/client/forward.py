@@ -13,7 +13,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from arp import http, wire
-from arp.splice import SpliceEnd, tune
+from arp.splice import SpliceEnd, fast_write, tune
 
 CONNECT_TIMEOUT = 10
 
@@ -63,7 +63,7 @@ class ForwardTunnel(SpliceEnd):
     def dataReceived(self, data: bytes) -> None:
         peer = self.peer
         if peer is not None:
-            peer.transport.write(data)
+            fast_write(peer.transport, data)
         elif self._pending is not None:
             self._pending.append(data)
         else:

@@ -67,16 +67,27 @@ class TunnelPool:
         self.online = False
 
     # -- the request side
+    def take(self) -> PoolTunnel | None:
+        """An idle tunnel now (a hit), or None."""
+        if not self.idle:
+            return None
+        tunnel = self.idle.pop()
+        self.busy.add(tunnel)
+        self.hits += 1
+        self._top_up()
+        return tunnel
+
     def acquire(self) -> Deferred:
         """A Deferred that fires with a tunnel, at once on a hit."""
-        if self.idle:
-            tunnel = self.idle.pop()
-            self.busy.add(tunnel)
-            self.hits += 1
-            self._top_up()
+        tunnel = self.take()
+        if tunnel is not None:
             d: Deferred = Deferred()
             d.callback(tunnel)
             return d
+        return self.wait()
+
+    def wait(self) -> Deferred:
+        """A miss: ask the client for a tunnel and wait for one, at most ``wait_timeout``."""
         self.misses += 1
 
         def cancel(d: Deferred) -> None:

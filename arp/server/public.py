@@ -19,6 +19,7 @@ from twisted.internet.defer import CancelledError
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -27,12 +28,13 @@ from arp import http, wire
 from arp.server.pool import PoolClosed, PoolTimeout
 from arp.server.registry import ClientRecord, Registry
 from arp.server.tunnel import TunnelOwner, TunnelServerProtocol
-from arp.splice import half_close, join, tune, unjoin
+from arp.splice import fast_write, half_close, join, tune, unjoin
 
 TOKEN_COOKIE = b"arp_token"
 TOKEN_HEADER = b"x-arp-token"
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 MAX_RETRIES = 2
+SWEEP_INTERVAL = 1.0  # seconds between timeout checks of all public connections
 
 # request-side states
 R_HEAD, R_WAIT, R_BODY, R_DONE = range(4)
@@ -138,7 +140,7 @@ def extract_token(head: http.Head, domain: bytes | None) -> tuple[bytes | None, 
                     kept_cookies.append(part.strip())
         head.remove(b"cookie")
         if kept_cookies:
-            head.headers.append((b"Cookie", b"; ".join(kept_cookies)))
+            head.add(b"Cookie", b"; ".join(kept_cookies))
     return token, source
 
 
@@ -160,8 +162,9 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         self._tunnel: TunnelServerProtocol | None = None
         self._record: ClientRecord | None = None
         self._waiting = None
-        self._timer = None
-        self._resp_timer = None
+        self._deadline = 0.0
+        self._on_deadline = None
+        self._resp_deadline = 0.0
         self._closed = False
         self._eof = False
         self._keep_alive = True
@@ -225,35 +228,36 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         if self._req == R_HEAD and not self._buf and self._tunnel is None and self._waiting is None:
             self.transport.loseConnection()
 
-    # -- timers
+    # -- timers: deadlines checked by the factory's sweep, so a request costs no timer objects
     def _set_timer(self, seconds: float, func: callable) -> None:  # type: ignore[valid-type]
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = self.clock.callLater(seconds, func)
+        self._deadline = self.clock.seconds() + seconds
+        self._on_deadline = func
 
     def _cancel_timers(self) -> None:
-        for timer in (self._timer, self._resp_timer):
-            if timer is not None and timer.active():
-                timer.cancel()
-        self._timer = self._resp_timer = None
+        self._deadline = self._resp_deadline = 0.0
+
+    def check_deadlines(self, now: float) -> None:
+        """Called by the factory about once a second: fire whichever timeout has passed."""
+        if self._deadline and now >= self._deadline:
+            self._deadline = 0.0
+            self._on_deadline()
+        if self._resp_deadline and now >= self._resp_deadline and not self._closed:
+            self._resp_deadline = 0.0
+            self._response_timeout()
 
     def _idle_timeout(self) -> None:
-        self._timer = None
         if self._buf:
             self._refuse(408, "request head not received in time")
         else:
             self.transport.loseConnection()
 
     def _head_timeout(self) -> None:
-        self._timer = None
         self._refuse(408, "request head not received in time")
 
     def _body_timeout(self) -> None:
-        self._timer = None
         self._fail(408, "request body stalled")
 
     def _response_timeout(self) -> None:
-        self._resp_timer = None
         self._fail(504, "the service behind the tunnel did not answer in time")
 
     # -- public bytes in
@@ -262,7 +266,7 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
             self._request_body(data)
             return
         if self._upgraded:
-            self._tunnel.transport.write(data)
+            fast_write(self._tunnel.transport, data)
             if self._record is not None:
                 self._record.bytes_in += len(data)
             return
@@ -355,18 +359,18 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         listed = head.connection_tokens() - {b"close", b"keep-alive", b"upgrade"}
         head.remove(*http.HOP_BY_HOP, *listed)
         if upgrade is not None:
-            head.headers.append((b"Connection", b"Upgrade"))
-            head.headers.append((b"Upgrade", upgrade))
+            head.add(b"Connection", b"Upgrade")
+            head.add(b"Upgrade", upgrade)
         elif head.version == b"HTTP/1.0":
-            head.headers.append((b"Connection", b"keep-alive"))
+            head.add(b"Connection", b"keep-alive")
         forwarded_for = head.get(b"x-forwarded-for")
         head.remove(b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host")
         peer = self._peer.encode()
-        head.headers.append((b"X-Forwarded-For", forwarded_for + b", " + peer if forwarded_for else peer))
-        head.headers.append((b"X-Forwarded-Proto", self.config.scheme.encode()))
+        head.add(b"X-Forwarded-For", forwarded_for + b", " + peer if forwarded_for else peer)
+        head.add(b"X-Forwarded-Proto", self.config.scheme.encode())
         host = head.get(b"host")
         if host is not None:
-            head.headers.append((b"X-Forwarded-Host", host))
+            head.add(b"X-Forwarded-Host", host)
 
     def _redirect_with_cookie(self, target: bytes, token: bytes) -> None:
         cookie = TOKEN_COOKIE + b"=" + token + b"; Path=/; HttpOnly; SameSite=Lax"
@@ -379,8 +383,13 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
     # -- the tunnel
     def _acquire(self) -> None:
         self._req = R_WAIT
+        pool = self._record.pool
+        tunnel = pool.take()
+        if tunnel is not None:  # a hit: no Deferred, no pause
+            self._got_tunnel(tunnel)
+            return
         self.transport.pauseProducing()
-        d = self._record.pool.acquire()
+        d = pool.wait()
         self._waiting = d
         d.addCallbacks(self._got_tunnel, self._no_tunnel).addErrback(self._internal_error)
 
@@ -410,10 +419,10 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         self._reusable = True
         tunnel.attach(self)
         join(self.transport, tunnel.transport)
-        tunnel.transport.write(self._head_bytes)
+        fast_write(tunnel.transport, self._head_bytes)
         self._resp = S_HEAD
         self._resp_buf = b""
-        self._resp_timer = self.clock.callLater(self.config.response_timeout, self._response_timeout)
+        self._resp_deadline = self.clock.seconds() + self.config.response_timeout
         if self._req_framer.done:
             self._req = R_DONE
         else:
@@ -432,21 +441,19 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         except http.HTTPError as e:
             self._fail(e.status, e.message)
             return
-        if self._timer is not None:
-            self._timer.reset(self.config.body_timeout)
+        if self._deadline:
+            self._deadline = self.clock.seconds() + self.config.body_timeout
         if self._body_left >= 0:
             self._body_left -= n
             if self._body_left < 0:
                 self._fail(413, "request body too large", limit=self.config.max_body)
                 return
         if n:
-            self._tunnel.transport.write(data if n == len(data) else data[:n])
+            fast_write(self._tunnel.transport, data if n == len(data) else data[:n])
             self._record.bytes_in += n
         if self._req_framer.done:
             self._req = R_DONE
-            if self._timer is not None and self._timer.active():
-                self._timer.cancel()
-            self._timer = None
+            self._deadline = 0.0
             if n < len(data):
                 self._buf += data[n:]
                 self.transport.pauseProducing()
@@ -458,7 +465,7 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         if self._resp == S_BODY:
             self._response_body(data)
         elif self._upgraded:
-            self.transport.write(data)
+            fast_write(self.transport, data)
             self._record.bytes_out += len(data)
         elif self._resp == S_HEAD:
             self._response_head(data)
@@ -494,9 +501,7 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
             if rest:
                 self._response_head(rest)
             return
-        if self._resp_timer is not None and self._resp_timer.active():
-            self._resp_timer.cancel()
-        self._resp_timer = None
+        self._resp_deadline = 0.0
         if not http.wants_keep_alive(head) or framer.kind == http.UNTIL_CLOSE:
             self._reusable = False
         close = (
@@ -509,25 +514,23 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         listed = head.connection_tokens() - {b"close", b"keep-alive"}
         head.remove(*http.HOP_BY_HOP, *listed)
         if close:
-            head.headers.append((b"Connection", b"close"))
+            head.add(b"Connection", b"close")
         elif self._head.version == b"HTTP/1.0":
-            head.headers.append((b"Connection", b"keep-alive"))
-        self.transport.write(head.serialize())
+            head.add(b"Connection", b"keep-alive")
         self._sent_response = True
         self._resp_framer = framer
         self._resp = S_BODY
-        if rest or framer.done:
-            self._response_body(rest)
+        self._response_body(rest, head.serialize())
 
-    def _response_body(self, data: bytes) -> None:
+    def _response_body(self, data: bytes, head: bytes = b"") -> None:
         framer = self._resp_framer
         try:
             n = framer.feed(data)
         except http.HTTPError as e:
             self._fail(502, "service sent " + e.message)
             return
-        if n:
-            self.transport.write(data if n == len(data) else data[:n])
+        if n or head:
+            fast_write(self.transport, head + (data if n == len(data) else data[:n]))
             self._record.bytes_out += n
         if framer.done:
             if n < len(data):
@@ -541,9 +544,6 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
                 self._exchange_done()
 
     def _switch_protocols(self, head: http.Head, rest: bytes) -> None:
-        if self._resp_timer is not None and self._resp_timer.active():
-            self._resp_timer.cancel()
-        self._resp_timer = None
         self._cancel_timers()
         self._upgraded = True
         self._req = R_DONE
@@ -694,6 +694,17 @@ class PublicFactory(Factory):
         self.limiter = GuessLimiter(config.guess_limit, config.guess_window, clock)
         self.connections: set[PublicHTTPProtocol] = set()
         self.stopping = False
+        self._sweeper = LoopingCall(self._sweep)
+        self._sweeper.clock = clock
+
+    def _sweep(self) -> None:
+        now = self.clock.seconds()
+        for proto in list(self.connections):
+            proto.check_deadlines(now)
+
+    def stopFactory(self) -> None:
+        if self._sweeper.running:
+            self._sweeper.stop()
 
     @property
     def open_connections(self) -> int:
@@ -701,6 +712,8 @@ class PublicFactory(Factory):
         return len(self.connections)
 
     def buildProtocol(self, addr: object) -> PublicHTTPProtocol:
+        if not self._sweeper.running:
+            self._sweeper.start(SWEEP_INTERVAL, now=False)
         return PublicHTTPProtocol(self)
 
     def drain(self) -> None:
