@@ -1,0 +1,75 @@
+"""The benchmark's smoke run: it must keep working, whatever the figures are."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from twisted.trial import unittest
+
+RUN = Path(__file__).resolve().parent.parent / "bench" / "run.py"
+HARD_TIMEOUT = 240
+
+
+class SmokeTests(unittest.TestCase):
+    """``bench/run.py --smoke`` runs end to end and reports sane figures."""
+
+    def test_smoke_run(self) -> None:
+        """Every target present (at least direct and arp), every response checked, scale figures held."""
+        out = Path(self.mktemp())
+        out.mkdir(parents=True)
+        env = dict(os.environ)
+        env.pop("ARP_AUTH_KEY", None)
+        proc = subprocess.run(
+            [sys.executable, str(RUN), "--smoke", "--out", str(out)],
+            capture_output=True,
+            text=True,
+            timeout=HARD_TIMEOUT,
+            env=env,
+        )
+        log = proc.stdout[-4000:] + proc.stderr[-4000:]
+        self.assertEqual(proc.returncode, 0, log)
+        result_file = out / "smoke.json"
+        self.assertTrue(result_file.exists(), log)
+        self.assertTrue((out / "smoke.md").exists(), log)
+        results = json.loads(result_file.read_text())
+
+        targets = results["targets"]
+        self.assertIn("direct", targets, log)
+        self.assertIn("arp", targets, log)
+        expected = {"direct", "arp", "ssh"} - set(results["skipped"])
+        self.assertEqual(set(targets), expected, log)
+        for name, target in targets.items():
+            for test in ("keepalive", "single", "newconn"):
+                figures = target[test]
+                self.assertGreater(figures["requests"], 0, f"{name} {test}")
+                self.assertGreater(figures["rps"], 0, f"{name} {test}")
+                self.assertGreater(figures["p50_us"], 0, f"{name} {test}")
+                self.assertGreaterEqual(figures["p99_us"], figures["p50_us"], f"{name} {test}")
+                self.assertEqual(figures["bad_status"], 0, f"{name} {test}")
+                self.assertEqual(figures["bad_size"], 0, f"{name} {test}")
+                self.assertEqual(figures["socket_errors"], 0, f"{name} {test}")
+            bulk = target["bulk"]
+            self.assertEqual(bulk["failures"], [], name)
+            self.assertGreater(bulk["download_mbps"], 0, name)
+            self.assertGreater(bulk["upload_mbps"], 0, name)
+            self.assertTrue(target["ok"], name)
+            if name != "direct":
+                self.assertIn("added_p50_us", target)
+                for when in ("idle", "after"):
+                    for side in ("server", "client"):
+                        self.assertGreater(target[when][side]["rss_mb"], 0, f"{name} {when} {side}")
+
+        scale = results["scale"]
+        self.assertTrue(scale["clients"], log)
+        for s in scale["clients"]:
+            self.assertTrue(s["ok"], s)
+            self.assertGreater(s["arps_rss_mb"], 0)
+        ws = scale["websockets"]
+        self.assertTrue(ws["ok"], ws)
+        self.assertEqual(ws["opened"], ws["websockets"])
+        self.assertEqual(ws["echo_ok"], ws["websockets"])
+        self.assertTrue(results["ok"], log)
