@@ -43,6 +43,7 @@ class Head:
     start: tuple[bytes, bytes, bytes]
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     _index: dict[bytes, list[bytes]] | None = field(default=None, repr=False, compare=False)
+    raw: bytes = field(default=b"", repr=False, compare=False)  # as received (scanned heads only)
 
     def _idx(self) -> dict[bytes, list[bytes]]:
         index = self._index
@@ -181,6 +182,49 @@ def parse_response_head(raw: bytes) -> Head:
     if not version.startswith(b"HTTP/1.") or len(status) != 3 or not status.isdigit():
         raise HTTPError(502, "malformed response status line")
     return Head((version, status, reason), headers)
+
+
+_HOP_NAMES = rb"connection|keep-alive|proxy-connection|te|trailer|upgrade"
+_INTEREST_RE = re.compile(
+    rb"\n(content-length|transfer-encoding|" + _HOP_NAMES + rb")[ \t]*:[ \t]*([^\r\n]*?)[ \t]*\r?(?=\n)", re.I
+)
+_HOP_LINE_RE = re.compile(rb"\r\n(?:" + _HOP_NAMES + rb")[ \t]*:[^\r\n]*", re.I)
+
+
+def scan_response_head(raw: bytes) -> Head:
+    """The part of a response head the relay needs: status, framing and hop-by-hop headers.
+
+    The whole block is validated, but only those headers are extracted; the
+    rest is forwarded as received (see :func:`forward_response_head`).
+    """
+    try:
+        line, block = _split_head(raw)
+        if not _BLOCK_RE.fullmatch(block) or _BLOCK_BAD_RE.search(block):
+            _parse_headers(block)  # raises with the precise reason
+    except HTTPError as e:
+        raise HTTPError(502, "backend sent a " + e.message)
+    version, _, rest = line.partition(b" ")
+    status, _, reason = rest.partition(b" ")
+    if not version.startswith(b"HTTP/1.") or len(status) != 3 or not status.isdigit():
+        raise HTTPError(502, "malformed response status line")
+    headers = [(name.lower(), value) for name, value in _INTEREST_RE.findall(raw)]
+    return Head((version, status, reason), headers, raw=raw)
+
+
+def forward_response_head(head: Head, connection: bytes | None) -> bytes:
+    """A scanned response head for the next hop: hop-by-hop headers out, our Connection in."""
+    raw = head.raw
+    if head.connection_tokens() - {b"close", b"keep-alive"} or not raw.endswith(b"\r\n\r\n"):
+        full = parse_response_head(raw)  # rare: headers named by Connection, or bare-LF lines
+        full.remove(*HOP_BY_HOP, *head.connection_tokens())
+        if connection:
+            full.add(b"Connection", connection)
+        return full.serialize()
+    if head.headers and any(name in HOP_BY_HOP for name, _ in head.headers):
+        raw = _HOP_LINE_RE.sub(b"", raw)
+    if connection:
+        raw = raw[:-2] + b"Connection: " + connection + b"\r\n\r\n"
+    return raw
 
 
 def _content_length(head: Head) -> int | None:

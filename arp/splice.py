@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 
+from twisted.internet import tcp
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer, ITransport
 from twisted.internet.protocol import Protocol
@@ -61,6 +62,9 @@ class Throttle:
         pass
 
 
+_PLAIN_TCP = (tcp.Server, tcp.Client)
+
+
 def fast_write(transport: ITransport, data: bytes) -> None:
     """``transport.write(data)``, but sent at once when nothing is queued.
 
@@ -70,9 +74,8 @@ def fast_write(transport: ITransport, data: bytes) -> None:
     writable, so try ``send`` first and queue only what it did not take.  TLS
     and other non-socket transports take the ordinary path.
     """
-    sock = getattr(transport, "socket", None)
     if (
-        sock is not None
+        type(transport) in _PLAIN_TCP  # not a TLS wrapper (it would proxy .socket to the raw one)
         and not transport._tempDataLen  # noqa: SLF001 - Twisted's write queue
         and len(transport.dataBuffer) == transport.offset
         and transport.connected
@@ -80,7 +83,7 @@ def fast_write(transport: ITransport, data: bytes) -> None:
         and not transport.TLS
     ):
         try:
-            sent = sock.send(data)
+            sent = transport.socket.send(data)
         except OSError:
             sent = 0  # EAGAIN, or an error that Twisted's own write path will report
         if sent == len(data):

@@ -483,7 +483,7 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
             return
         self._resp_buf = b""
         try:
-            head = http.parse_response_head(buf[:end])
+            head = http.scan_response_head(buf[:end])
             framer = http.response_framing(head, self._head.method)
         except http.HTTPError as e:
             self._fail(502, e.message)
@@ -511,16 +511,16 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
             or self.factory.stopping
         )
         self._public_close = close
-        listed = head.connection_tokens() - {b"close", b"keep-alive"}
-        head.remove(*http.HOP_BY_HOP, *listed)
         if close:
-            head.add(b"Connection", b"close")
+            connection = b"close"
         elif self._head.version == b"HTTP/1.0":
-            head.add(b"Connection", b"keep-alive")
+            connection = b"keep-alive"
+        else:
+            connection = None
         self._sent_response = True
         self._resp_framer = framer
         self._resp = S_BODY
-        self._response_body(rest, head.serialize())
+        self._response_body(rest, http.forward_response_head(head, connection))
 
     def _response_body(self, data: bytes, head: bytes = b"") -> None:
         framer = self._resp_framer
@@ -551,9 +551,7 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         self._sent_response = True
         self._record.pool.forget(self._tunnel)  # this tunnel never comes back
         self._tunnel.record = None
-        self.transport.write(head.serialize())
-        if rest:
-            self.transport.write(rest)
+        fast_write(self.transport, head.raw + rest)
         if self._buf:
             data = bytes(self._buf)
             self._buf.clear()

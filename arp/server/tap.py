@@ -171,7 +171,7 @@ class Options(usage.Options):
             raise usage.UsageError("--heartbeat must be positive")
         for name, port in (("control", "control-port"), ("proxy", "proxy-port"), ("public", "public-port")):
             if not self[f"{name}-endpoint"]:
-                self[f"{name}-endpoint"] = f"tcp:{self[port]}"
+                self[f"{name}-endpoint"] = f"tcp:{self[port]}:backlog=1024"
         if self["auth-key"] is None:
             self["auth-key"] = options.env_default("ARP_AUTH_KEY")
         if self["admin-token"] is None:
