@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from arp.lean import skip_tls_if_unused
+
+skip_tls_if_unused()  # before anything imports Twisted's endpoints (see arp/lean.py)
+
 import socket
 
 from twisted.application.service import MultiService
