@@ -258,7 +258,7 @@ class CommandModeTests(unittest.TestCase):
         self.assertEqual(code, 404)
         code, answer = await api.call("PUT", "/api/sessions")
         self.assertEqual(code, 405)
-        code, answer = await api.get("/")
+        code, answer = await api.get("/no-such-page")
         self.assertEqual(code, 404)
         code, answer = await api.get("/api/sessions?offset=x")
         self.assertEqual(code, 400)

@@ -8,7 +8,8 @@ from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.logger import Logger
-from twisted.web.server import Site
+from twisted.web.server import Request, Site
+from twisted.web.static import File
 
 from arp.client.command.executors import EXECUTORS
 from arp.client.command.history import (
@@ -22,7 +23,27 @@ from arp.client.command.history import (
 from arp.client.command.sessions import SessionManager
 from arp.client.command.store import SessionStore
 from arp.client.command.tunnel import SiteTunnel
-from arp.client.command.web import build_root, make_site
+from arp.client.command.web import NotFound, build_root, make_site
+
+CONSOLE_DIR = Path(__file__).resolve().parent / "static"
+
+
+class ConsoleFiles(File):
+    """The web console's files (``static/``): index.html at ``/``, revalidated on every load."""
+
+    contentTypes = {
+        **File.contentTypes,
+        ".html": "text/html; charset=utf-8",
+        ".js": "text/javascript; charset=utf-8",
+        ".css": "text/css; charset=utf-8",
+        ".png": "image/png",
+        ".svg": "image/svg+xml",
+    }
+
+    def render(self, request: Request) -> bytes | int:
+        request.setHeader(b"cache-control", b"no-cache")
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        return super().render(request)
 
 
 class CommandService(MultiService):
@@ -65,6 +86,9 @@ class CommandService(MultiService):
             GeminiHistory(gemini_root(environ)),
             cors_origins,
         )
+        console = ConsoleFiles(str(CONSOLE_DIR))
+        console.childNotFound = NotFound(self.root.cors)  # a JSON 404, like the API's
+        self.root.set_console(console)
         self.site: Site = make_site(self.root)
 
     def tunnel_protocol(self, header: bytes, tunnels: set) -> SiteTunnel:

@@ -1,0 +1,64 @@
+// Calls to the command-mode API. URLs are relative: the console is served at "/" and the relay
+// routes these requests by the arp_token cookie it set when the page was opened with ?token=.
+
+export class ApiError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+const LEADS = {
+  400: "Bad input",
+  401: "No token",
+  403: "Not allowed",
+  404: "Not found",
+  409: "Not now",
+  413: "Too large",
+  429: "Too busy",
+  500: "Server error",
+  502: "The relay could not reach arpc",
+  503: "Unavailable",
+  504: "The relay timed out waiting for arpc",
+};
+
+/** A failure in words: the server's own message behind a short lead for its status. */
+export function describe(status, data, text) {
+  let message = data && typeof data.error === "string" ? data.error : (text || "").trim().slice(0, 300);
+  if (!message) message = `HTTP ${status}`;
+  if (status === 401) message += " (open the console with the Public URL arpc printed: …/?token=…)";
+  const lead = LEADS[status] || `HTTP ${status}`;
+  return `${lead}: ${message}`;
+}
+
+/** A JSON request; resolves to the parsed body, or rejects with an ApiError whose message is words. */
+export async function api(path, { method = "GET", body } = {}) {
+  const init = { method, credentials: "same-origin", cache: "no-store", headers: { Accept: "application/json" } };
+  if (body !== undefined) {
+    init.headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  let response;
+  try {
+    response = await fetch(path, init);
+  } catch (e) {
+    throw new ApiError(0, "Cannot reach the relay: the network is down or the server is unreachable.");
+  }
+  const text = await response.text();
+  let data = null;
+  try {
+    data = JSON.parse(text);
+  } catch (e) {
+    data = null;
+  }
+  if (!response.ok) throw new ApiError(response.status, describe(response.status, data, text));
+  if (data === null) throw new ApiError(response.status, "The server answered with something that is not JSON.");
+  return data;
+}
+
+/** The ws:// or wss:// URL of a relative path, next to this page. */
+export function wsUrl(path) {
+  const url = new URL(path, location.href);
+  url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+  return url.href;
+}

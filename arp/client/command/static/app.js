@@ -1,0 +1,464 @@
+// The ARP console: a single page with hash routes, talking to the command-mode API next to it.
+//
+//   #/                      Claude projects (history)
+//   #/project/<path>        one project's history sessions
+//   #/history/<uuid>        one history session's messages
+//   #/sessions              sessions started through ARP
+//   #/session/<id>          one session: live output, cancel, follow-up
+//   #/new[?project=<path>]  start a session
+
+import { api } from "./api.js";
+import { SessionStream } from "./stream.js";
+import { Transcript, h, historyMessage, pill, timeEl } from "./render.js";
+
+const view = document.getElementById("view");
+const banner = document.getElementById("banner");
+let health = null;
+let healthReady = Promise.resolve();
+let routeGen = 0; // bumped on every navigation; a view that awaited something checks it is still current
+let cleanup = null; // the current view's teardown (closes its stream, stops its timers)
+
+const EXECUTORS = ["Claude", "Codex", "Gemini"];
+const MODELS = ["sonnet", "opus", "haiku", "gpt-5-codex", "gpt-5", "gemini-2.5-pro", "gemini-2.5-flash"];
+const MODES = ["plan", "default", "acceptEdits", "auto", "bypassPermissions"];
+const FINAL = new Set(["completed", "failed", "cancelled", "interrupted"]);
+
+function showBanner(message) {
+  banner.textContent = message;
+  banner.hidden = !message;
+}
+
+function errorBox(id) {
+  return h("div", { class: "error", id, role: "alert" });
+}
+
+function fail(box, error) {
+  box.textContent = error && error.message ? error.message : String(error);
+}
+
+function title(text, ...rest) {
+  document.title = `${text} · ARP console`;
+  return h("div", { class: "title" }, h("h1", {}, text), ...rest);
+}
+
+function setNav(name) {
+  for (const a of document.querySelectorAll("[data-nav]")) a.classList.toggle("active", a.dataset.nav === name);
+}
+
+function loading() {
+  return h("p", { class: "muted loading" }, "Loading…");
+}
+
+async function loadHealth() {
+  const el = document.getElementById("health");
+  try {
+    health = await api("api/health");
+    const found = Object.entries(health.executors).filter(([, e]) => e.found).map(([n]) => n);
+    el.textContent = `arpc ${health.version} · ${found.join(", ") || "no agent CLIs found"} · ${health.sessions.running} running`;
+    el.title = "";
+    showBanner("");
+  } catch (e) {
+    el.textContent = "not connected";
+    showBanner(`Cannot reach arpc. ${e.message}`);
+  }
+}
+
+// -- projects and history ---------------------------------------------------------------------
+
+async function projectsView() {
+  setNav("projects");
+  const box = errorBox("projects-error");
+  const list = h("div", { class: "list", id: "projects" }, loading());
+  view.replaceChildren(title("Projects", h("span", { class: "muted" }, "Claude Code history on this machine")), box, list);
+  try {
+    const data = await api("api/claude/projects");
+    if (!data.projects.length) {
+      list.replaceChildren(h("p", { class: "empty" }, "No Claude Code projects found on this machine yet."));
+      return;
+    }
+    list.replaceChildren(
+      ...data.projects.map((p) =>
+        h(
+          "a",
+          { class: "row", href: `#/project/${encodeURIComponent(p.path)}`, "data-project": p.path },
+          h("div", { class: "main" }, h("div", { class: "path" }, p.path)),
+          h("div", { class: "meta" }, `${p.sessionCount} session${p.sessionCount === 1 ? "" : "s"}`, " · ", timeEl(p.lastActivity)),
+        ),
+      ),
+    );
+  } catch (e) {
+    list.replaceChildren();
+    fail(box, e);
+  }
+}
+
+async function projectView(path) {
+  setNav("projects");
+  const box = errorBox("project-error");
+  const list = h("div", { class: "list", id: "history-sessions" }, loading());
+  const start = h("a", { class: "button primary", href: `#/new?project=${encodeURIComponent(path)}` }, "New session here");
+  view.replaceChildren(
+    h("nav", { class: "crumbs" }, h("a", { href: "#/" }, "Projects"), " / "),
+    title(path, start),
+    box,
+    list,
+  );
+  try {
+    const data = await api(`api/claude/sessions?project=${encodeURIComponent(path)}&limit=200`);
+    if (!data.sessions.length) {
+      list.replaceChildren(h("p", { class: "empty" }, "No sessions in this project."));
+      return;
+    }
+    list.replaceChildren(
+      ...data.sessions.map((s) =>
+        h(
+          "a",
+          { class: "row", href: `#/history/${encodeURIComponent(s.id)}`, "data-history": s.id },
+          h(
+            "div",
+            { class: "main" },
+            h("div", { class: "name" }, s.title || s.firstPrompt || s.id),
+            s.firstPrompt && s.firstPrompt !== s.title ? h("div", { class: "sub" }, s.firstPrompt) : null,
+          ),
+          h("div", { class: "meta" }, s.messageCount === null ? "" : `${s.messageCount} messages · `, timeEl(s.lastActivity)),
+        ),
+      ),
+    );
+  } catch (e) {
+    list.replaceChildren();
+    fail(box, e);
+  }
+}
+
+async function historyView(id) {
+  setNav("projects");
+  const box = errorBox("history-error");
+  const crumbs = h("nav", { class: "crumbs" }, h("a", { href: "#/" }, "Projects"), " / ");
+  const list = h("div", { class: "transcript", id: "messages" }, loading());
+  const heading = title("Session");
+  view.replaceChildren(crumbs, heading, box, list);
+  try {
+    const data = await api(`api/claude/sessions/${encodeURIComponent(id)}?limit=2000`);
+    if (data.projectPath) {
+      crumbs.append(h("a", { href: `#/project/${encodeURIComponent(data.projectPath)}` }, data.projectPath), " /");
+      heading.append(h("a", { class: "button", href: `#/new?project=${encodeURIComponent(data.projectPath)}` }, "New session in this project"));
+    }
+    heading.querySelector("h1").textContent = `Session ${id.slice(0, 8)}`;
+    const nodes = data.messages.flatMap(historyMessage);
+    list.replaceChildren(...(nodes.length ? nodes : [h("p", { class: "empty" }, "This session has no messages.")]));
+    if (data.total > data.messages.length) list.append(h("p", { class: "muted" }, `Showing ${data.messages.length} of ${data.total} messages.`));
+  } catch (e) {
+    list.replaceChildren();
+    fail(box, e);
+  }
+}
+
+// -- ARP sessions -----------------------------------------------------------------------------
+
+function sessionRow(s) {
+  return h(
+    "a",
+    { class: "row", href: `#/session/${encodeURIComponent(s.id)}`, "data-session": s.id },
+    h("div", { class: "main" }, h("div", { class: "name" }, s.prompt), h("div", { class: "sub" }, `${s.executor}${s.model ? " · " + s.model : ""} · ${s.projectPath}`)),
+    h("div", { class: "meta" }, pill(s.status), " ", timeEl(s.updatedAt)),
+  );
+}
+
+async function sessionsView() {
+  setNav("sessions");
+  const box = errorBox("sessions-error");
+  const list = h("div", { class: "list", id: "sessions" }, loading());
+  view.replaceChildren(title("Sessions", h("a", { class: "button primary", href: "#/new" }, "New session")), box, list);
+  let timer = null;
+  let alive = true;
+  cleanup = () => {
+    alive = false;
+    clearTimeout(timer);
+  };
+  const refresh = async () => {
+    try {
+      const data = await api("api/sessions?limit=100");
+      if (!alive) return;
+      box.textContent = "";
+      list.replaceChildren(
+        ...(data.sessions.length ? data.sessions.map(sessionRow) : [h("p", { class: "empty" }, "No sessions yet. Start one with New session.")]),
+      );
+    } catch (e) {
+      if (alive) fail(box, e);
+    }
+    if (alive) timer = setTimeout(refresh, 3000);
+  };
+  await refresh();
+}
+
+async function sessionView(id) {
+  setNav("sessions");
+  const box = errorBox("session-error");
+  const h1 = h("h1", {}, "Session");
+  const status = h("span", { id: "status" });
+  const conn = h("span", { class: "conn muted", id: "conn" });
+  const controls = h("span", { class: "controls", id: "controls" });
+  const facts = h("dl", { class: "facts" });
+  const transcript = h("div", { class: "transcript", id: "events" }, loading());
+  const actions = h("div", { class: "actions", id: "actions" });
+  const actionError = errorBox("action-error");
+  view.replaceChildren(
+    h("nav", { class: "crumbs" }, h("a", { href: "#/sessions" }, "Sessions"), " / "),
+    h("div", { class: "title session-title" }, h1, status, controls),
+    facts,
+    box,
+    transcript,
+    actions,
+  );
+  const gen = routeGen;
+  let session;
+  try {
+    session = await api(`api/sessions/${encodeURIComponent(id)}`);
+  } catch (e) {
+    transcript.replaceChildren();
+    fail(box, e);
+    return;
+  }
+  if (gen !== routeGen) return; // the user went elsewhere meanwhile
+  transcript.replaceChildren();
+  const render = new Transcript(transcript, session.executor);
+  let lastSeq = 0;
+  let stream = null;
+  let alive = true;
+  cleanup = () => {
+    alive = false;
+    if (stream) stream.dispose();
+  };
+
+  const addEvent = (event) => {
+    if (event.seq <= lastSeq) return; // the stream and API answers may overlap: no repeats
+    lastSeq = event.seq;
+    const el = document.scrollingElement;
+    const nearBottom = el.scrollTop + el.clientHeight >= el.scrollHeight - 120;
+    render.add(event);
+    if (event.kind === "status") {
+      session.status = event.status;
+      session.error = event.error;
+      paint();
+    }
+    if (nearBottom && stream) el.scrollTop = el.scrollHeight;
+  };
+
+  const paint = () => {
+    document.title = `${session.prompt.slice(0, 40)} · ARP console`;
+    h1.textContent = session.prompt.split("\n")[0].slice(0, 120);
+    status.replaceChildren(pill(session.status));
+    const cost = session.costUsd !== null && session.costUsd !== undefined;
+    const rows = [
+      ["Agent", `${session.executor}${session.model ? " · " + session.model : ""} · ${session.permissionMode}`],
+      ["Project", h("a", { href: `#/project/${encodeURIComponent(session.projectPath)}` }, session.projectPath)],
+      ["Started", timeEl(session.createdAt)],
+      ["Turns", String(Array.isArray(session.turns) ? session.turns.length : session.turns)],
+      cost ? ["Cost", `$${Number(session.costUsd).toFixed(4)}`] : null,
+      session.error ? ["Error", h("span", { class: "error-text" }, session.error)] : null,
+    ];
+    facts.replaceChildren(...rows.filter(Boolean).flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
+    paintActions();
+  };
+
+  const refresh = async () => {
+    try {
+      const fresh = await api(`api/sessions/${encodeURIComponent(id)}?since=${lastSeq}`);
+      if (!alive) return;
+      const events = fresh.events;
+      delete fresh.events;
+      Object.assign(session, fresh);
+      for (const event of events) addEvent(event);
+      paint();
+    } catch (e) {
+      if (alive) fail(box, e);
+    }
+  };
+
+  const watch = () => {
+    if (stream) stream.dispose();
+    stream = new SessionStream(id, lastSeq, {
+      onEvent: addEvent,
+      onState: (kind, text) => {
+        conn.dataset.state = kind;
+        conn.textContent = { live: "● live", connecting: "connecting…", reconnecting: "reconnecting…" }[kind] ?? "";
+        if (kind === "reconnecting" && text) conn.textContent = text;
+        if (kind === "gone") box.textContent = text;
+        if (kind === "ended") refresh();
+      },
+    });
+    window.arpConsoleStream = stream; // for diagnostics from the browser's console
+  };
+
+  const paintActions = () => {
+    if (session.status === "running") {
+      const cancel = h("button", { class: "danger", id: "cancel", type: "button" }, "Cancel");
+      cancel.addEventListener("click", async () => {
+        if (!confirm("Cancel this session? The agent and everything it started will be stopped.")) return;
+        cancel.disabled = true;
+        cancel.textContent = "Cancelling…";
+        actionError.textContent = "";
+        try {
+          await api(`api/sessions/${encodeURIComponent(id)}`, { method: "DELETE" });
+          await refresh();
+        } catch (e) {
+          cancel.disabled = false;
+          cancel.textContent = "Cancel";
+          fail(actionError, e);
+        }
+      });
+      controls.replaceChildren();
+      actions.classList.add("live");
+      actionError.textContent = "";
+      actions.replaceChildren(h("div", { class: "live-bar" }, pill("running"), conn, cancel), actionError);
+      return;
+    }
+    actions.classList.remove("live");
+    if (actions.querySelector(".live-bar")) actions.replaceChildren();
+    if (actions.querySelector("form")) return; // keep what the user is typing
+    const remove = h("button", { class: "danger subtle", type: "button", id: "delete" }, "Delete");
+    remove.addEventListener("click", async () => {
+      if (!confirm("Delete this session's record? (The agent's own history files stay.)")) return;
+      try {
+        await api(`api/sessions/${encodeURIComponent(id)}`, { method: "DELETE" });
+        location.hash = "#/sessions";
+      } catch (e) {
+        fail(actionError, e);
+      }
+    });
+    controls.replaceChildren(remove);
+    const prompt = h("textarea", { id: "follow-up", rows: 3, placeholder: "Continue this conversation…" });
+    const send = h("button", { class: "primary", type: "submit", id: "send" }, "Send follow-up");
+    const err = errorBox("follow-up-error");
+    const form = h("form", { class: "follow-up" }, h("label", { for: "follow-up" }, "Follow-up prompt"), prompt, h("div", { class: "row-actions" }, send), err);
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      send.disabled = true;
+      err.textContent = "";
+      try {
+        const s = await api(`api/sessions/${encodeURIComponent(id)}/messages`, { method: "POST", body: { prompt: prompt.value } });
+        const events = s.events || [];
+        delete s.events;
+        Object.assign(session, s);
+        actions.replaceChildren();
+        for (const event of events) addEvent(event);
+        paint();
+        if (session.status === "running") watch();
+      } catch (e) {
+        send.disabled = false;
+        fail(err, e);
+      }
+    });
+    prompt.addEventListener("keydown", (ev) => {
+      if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey)) form.requestSubmit();
+    });
+    actions.replaceChildren(form, actionError);
+  };
+
+  for (const event of session.events) addEvent(event);
+  delete session.events;
+  paint();
+  if (session.status === "running") watch();
+}
+
+// -- new session ------------------------------------------------------------------------------
+
+async function newView(query) {
+  setNav("new");
+  const gen = routeGen;
+  await healthReady; // to mark the agents this arpc did not find
+  if (gen !== routeGen) return;
+  const box = errorBox("new-error");
+  const executor = h(
+    "select",
+    { id: "executor", name: "executor" },
+    EXECUTORS.map((name) => {
+      const info = health && health.executors[name];
+      const missing = info && !info.found ? ` (not found: set ${info.flag})` : "";
+      return h("option", { value: name }, name + missing);
+    }),
+  );
+  const model = h("input", { id: "model", name: "model", list: "models", placeholder: "default", autocomplete: "off", autocapitalize: "off" });
+  const project = h("input", {
+    id: "project",
+    name: "project",
+    list: "known-projects",
+    placeholder: "/home/you/code/app",
+    autocomplete: "off",
+    autocapitalize: "off",
+    spellcheck: "false",
+  });
+  project.value = query.get("project") || localStorage.getItem("arp.project") || "";
+  const projects = h("datalist", { id: "known-projects" });
+  const mode = h("select", { id: "mode", name: "permissionMode" }, h("option", { value: "" }, "arpc default"), MODES.map((m) => h("option", { value: m }, m)));
+  const prompt = h("textarea", { id: "prompt", name: "prompt", rows: 6, placeholder: "What should the agent do?" });
+  const submit = h("button", { class: "primary", type: "submit", id: "start" }, "Start session");
+  const field = (label, input, hint) => h("label", { class: "field" }, h("span", {}, label), input, hint ? h("small", { class: "muted" }, hint) : null);
+  const form = h(
+    "form",
+    { class: "new-session", id: "new-session" },
+    h("div", { class: "grid" }, field("Agent", executor), field("Model", model, "optional, e.g. sonnet"), field("Permission mode", mode)),
+    field("Project directory", project, "pick a known project or type an absolute path under arpc's --project-root"),
+    field("Prompt", prompt),
+    h("div", { class: "row-actions" }, submit),
+    box,
+  );
+  view.replaceChildren(title("New session"), form, projects, h("datalist", { id: "models" }, MODELS.map((m) => h("option", { value: m }))));
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    submit.disabled = true;
+    box.textContent = "";
+    const body = { executor: executor.value, prompt: prompt.value, projectPath: project.value.trim() };
+    if (model.value.trim()) body.model = model.value.trim();
+    if (mode.value) body.permissionMode = mode.value;
+    try {
+      const s = await api("api/sessions", { method: "POST", body });
+      localStorage.setItem("arp.project", body.projectPath);
+      location.hash = `#/session/${encodeURIComponent(s.id)}`;
+    } catch (e) {
+      fail(box, e);
+    } finally {
+      submit.disabled = false;
+    }
+  });
+  prompt.addEventListener("keydown", (ev) => {
+    if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey)) form.requestSubmit();
+  });
+  // known projects: Claude history plus the directories of earlier ARP sessions
+  const known = new Set();
+  const [claude, mine] = await Promise.allSettled([api("api/claude/projects"), api("api/sessions?limit=100")]);
+  if (claude.status === "fulfilled") claude.value.projects.forEach((p) => known.add(p.path));
+  if (mine.status === "fulfilled") mine.value.sessions.forEach((s) => known.add(s.projectPath));
+  projects.replaceChildren(...[...known].map((p) => h("option", { value: p })));
+  const failed = [claude, mine].find((r) => r.status === "rejected");
+  if (failed && !box.textContent) box.textContent = `Could not load the known projects. ${failed.reason.message}`;
+  if (!project.value && known.size) project.value = [...known][0];
+}
+
+// -- routing ----------------------------------------------------------------------------------
+
+async function route() {
+  if (cleanup) cleanup();
+  cleanup = null;
+  routeGen += 1;
+  window.scrollTo(0, 0);
+  healthReady = loadHealth();
+  const hash = location.hash.replace(/^#\/?/, "");
+  const [path, search] = hash.split("?");
+  const parts = path.split("/");
+  const arg = parts.slice(1).join("/");
+  try {
+    if (parts[0] === "project" && arg) await projectView(decodeURIComponent(arg));
+    else if (parts[0] === "history" && arg) await historyView(decodeURIComponent(arg));
+    else if (parts[0] === "sessions") await sessionsView();
+    else if (parts[0] === "session" && arg) await sessionView(decodeURIComponent(arg));
+    else if (parts[0] === "new") await newView(new URLSearchParams(search || ""));
+    else await projectsView();
+  } catch (e) {
+    showBanner(`Something went wrong: ${e.message}`);
+  }
+}
+
+window.addEventListener("hashchange", route);
+setInterval(loadHealth, 15000);
+route();
