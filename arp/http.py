@@ -172,16 +172,7 @@ def parse_request_head(raw: bytes) -> Head:
 
 def parse_response_head(raw: bytes) -> Head:
     """Parse a response head (everything up to and including the blank line)."""
-    try:
-        line, block = _split_head(raw)
-        headers = _parse_headers(block)
-    except HTTPError as e:
-        raise HTTPError(502, "backend sent a " + e.message)
-    version, _, rest = line.partition(b" ")
-    status, _, reason = rest.partition(b" ")
-    if not version.startswith(b"HTTP/1.") or len(status) != 3 or not status.isdigit():
-        raise HTTPError(502, "malformed response status line")
-    return Head((version, status, reason), headers)
+    return _response_head(raw, full=True)
 
 
 _HOP_NAMES = rb"connection|keep-alive|proxy-connection|te|trailer|upgrade"
@@ -197,9 +188,15 @@ def scan_response_head(raw: bytes) -> Head:
     The whole block is validated, but only those headers are extracted; the
     rest is forwarded as received (see :func:`forward_response_head`).
     """
+    return _response_head(raw, full=False)
+
+
+def _response_head(raw: bytes, full: bool) -> Head:
     try:
         line, block = _split_head(raw)
-        if not _BLOCK_RE.fullmatch(block) or _BLOCK_BAD_RE.search(block):
+        if full:
+            headers = _parse_headers(block)
+        elif not _BLOCK_RE.fullmatch(block) or _BLOCK_BAD_RE.search(block):
             _parse_headers(block)  # raises with the precise reason
     except HTTPError as e:
         raise HTTPError(502, "backend sent a " + e.message)
@@ -207,6 +204,8 @@ def scan_response_head(raw: bytes) -> Head:
     status, _, reason = rest.partition(b" ")
     if not version.startswith(b"HTTP/1.") or len(status) != 3 or not status.isdigit():
         raise HTTPError(502, "malformed response status line")
+    if full:
+        return Head((version, status, reason), headers)
     headers = [(name.lower(), value) for name, value in _INTEREST_RE.findall(raw)]
     return Head((version, status, reason), headers, raw=raw)
 

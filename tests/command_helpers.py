@@ -13,7 +13,7 @@ from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientPr
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
 
-from tests.helpers import AUTH_KEY, HTTPClient, Relay, TwistdProcess, wait_until
+from tests.helpers import HTTPClient, Relay, TwistdProcess, start_arpc, wait_until
 
 FAKES = Path(__file__).resolve().parent / "fakes"
 CLAUDE_ID = "3f6c2b1e-8d4a-4c1b-9e2f-5a7d0c9b1e42"
@@ -106,23 +106,7 @@ async def start_command_arpc(
     wait: bool = True,
 ) -> TwistdProcess:
     """Start ``arpc --command-mode`` against ``relay`` with the fakes, in ``ws``."""
-    args = [
-        "arpc",
-        "--server-addr",
-        "127.0.0.1",
-        "--control-port",
-        str(relay.ports["control"]),
-        "--proxy-port",
-        str(relay.ports["proxy"]),
-        "--data-dir",
-        ws.data,
-        "--auth-key",
-        AUTH_KEY,
-        "--no-log-file",
-        "--command-mode",
-        "--project-root",
-        str(ws.root),
-    ]
+    args = ["--no-log-file", "--command-mode", "--project-root", str(ws.root)]
     if binaries:
         args += [
             "--command-path",
@@ -132,14 +116,9 @@ async def start_command_arpc(
             "--gemini-path",
             fake("gemini"),
         ]
-    args += list(extra)
-    proc = TwistdProcess("arpc", args, env={**ws.env(), **(env or {})}).start()
-    test.addCleanup(proc.stop)
-    if wait:
-        match = await proc.wait_for(r"Public URL: (\S+)")
-        proc.url = match.group(1)
-        proc.token = proc.url.rsplit("token=", 1)[1]
-    return proc
+    return await start_arpc(
+        test, relay, *args, *extra, data_dir=ws.data, wait=wait, env={**ws.env(), **(env or {})}
+    )
 
 
 class Api:

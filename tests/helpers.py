@@ -189,6 +189,7 @@ async def start_arpc(
     data_dir: str | None = None,
     auth_key: str = AUTH_KEY,
     wait: bool = True,
+    env: dict[str, str] | None = None,
 ) -> TwistdProcess:
     """Start arpc against ``relay``; wait for its Public URL line unless ``wait`` is false."""
     args = [
@@ -207,7 +208,7 @@ async def start_arpc(
     if local_port is not None:
         args += ["--local-port", str(local_port)]
     args += list(extra)
-    proc = TwistdProcess("arpc", args).start()
+    proc = TwistdProcess("arpc", args, env=env).start()
     test.addCleanup(proc.stop)
     if wait:
         match = await proc.wait_for(r"Public URL: (\S+)")
