@@ -78,6 +78,24 @@ def iter_lines(path: Path) -> Iterator[dict]:
                 yield obj
 
 
+
+class StatCache:
+    """Values computed from a file, kept while its size and modification time stay the same."""
+
+    def __init__(self) -> None:
+        self._entries: dict[Path, tuple[int, int, dict]] = {}
+
+    def get(self, path: Path, st: os.stat_result) -> dict | None:
+        """The value for ``path`` if the file has not changed since it was stored."""
+        entry = self._entries.get(path)
+        if entry and entry[0] == st.st_mtime_ns and entry[1] == st.st_size:
+            return entry[2]
+        return None
+
+    def put(self, path: Path, st: os.stat_result, value: dict) -> None:
+        """Remember ``value`` for ``path`` as it is now."""
+        self._entries[path] = (st.st_mtime_ns, st.st_size, value)
+
 class _Counter:
     """Counts byte patterns in append-only files, remembering where it stopped."""
 
@@ -169,7 +187,7 @@ class ClaudeHistory:
 
     def __init__(self, roots: list[Path]) -> None:
         self.roots = roots
-        self._heads: dict[Path, tuple[int, int, dict]] = {}
+        self._heads = StatCache()
         self._counter = _Counter((b'"type":"user"', b'"type":"assistant"'))
 
     def _project_dirs(self) -> list[Path]:
@@ -198,9 +216,9 @@ class ClaudeHistory:
 
     def _head(self, path: Path, st: os.stat_result) -> dict:
         """What the first lines say: cwd, first prompt, sidechain, start time (cached)."""
-        cached = self._heads.get(path)
-        if cached and cached[0] == st.st_mtime_ns and cached[1] == st.st_size:
-            return cached[2]
+        cached = self._heads.get(path, st)
+        if cached is not None:
+            return cached
         info: dict[str, Any] = {"cwd": None, "firstPrompt": None, "sidechain": False, "startedAt": None}
         lines = head_lines(path)
         info["sidechain"] = bool(lines and lines[0].get("isSidechain"))
@@ -211,7 +229,7 @@ class ClaudeHistory:
                 info["startedAt"] = line["timestamp"]
             if info["firstPrompt"] is None:
                 info["firstPrompt"] = _real_prompt(line)
-        self._heads[path] = (st.st_mtime_ns, st.st_size, info)
+        self._heads.put(path, st, info)
         return info
 
     def projects(self) -> list[dict[str, Any]]:
@@ -412,7 +430,7 @@ class CodexHistory:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._heads: dict[Path, tuple[int, int, dict]] = {}
+        self._heads = StatCache()
         self._counter = _Counter((b'"type":"message"',))
 
     def _files(self) -> list[tuple[Path, os.stat_result]]:
@@ -425,9 +443,9 @@ class CodexHistory:
         return out
 
     def _head(self, path: Path, st: os.stat_result) -> dict:
-        cached = self._heads.get(path)
-        if cached and cached[0] == st.st_mtime_ns and cached[1] == st.st_size:
-            return cached[2]
+        cached = self._heads.get(path, st)
+        if cached is not None:
+            return cached
         match = _UUID_TAIL_RE.search(path.stem)
         info: dict[str, Any] = {"id": match.group(1) if match else path.stem, "cwd": None}
         info.update(firstPrompt=None, startedAt=None, cliVersion=None, model=None)
@@ -458,7 +476,7 @@ class CodexHistory:
                     text = payload.get("message") if isinstance(payload.get("message"), str) else None
                 if text and not text.lstrip().startswith(_CODEX_CONTEXT):
                     info["firstPrompt"] = text.strip()
-        self._heads[path] = (st.st_mtime_ns, st.st_size, info)
+        self._heads.put(path, st, info)
         return info
 
     def sessions(self, project: str | None = None, offset: int = 0, limit: int = 50) -> dict[str, Any]:
@@ -575,7 +593,7 @@ class GeminiHistory:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._heads: dict[Path, tuple[int, int, dict]] = {}
+        self._heads = StatCache()
 
     def _files(self) -> list[tuple[Path, os.stat_result]]:
         out = []
@@ -636,9 +654,9 @@ class GeminiHistory:
         return data, [m for m in messages if isinstance(m, dict)] if isinstance(messages, list) else []
 
     def _head(self, path: Path, st: os.stat_result) -> dict:
-        cached = self._heads.get(path)
-        if cached and cached[0] == st.st_mtime_ns and cached[1] == st.st_size:
-            return cached[2]
+        cached = self._heads.get(path, st)
+        if cached is not None:
+            return cached
         meta, records = self._load(path, st, full=False)
         first = next((r for r in records if r.get("type") == "user"), None)
         prompt = _gemini_text(first.get("content")) if first else None
@@ -650,7 +668,7 @@ class GeminiHistory:
             "lastUpdated": meta.get("lastUpdated"),
             "firstPrompt": prompt.strip() if prompt else None,
         }
-        self._heads[path] = (st.st_mtime_ns, st.st_size, info)
+        self._heads.put(path, st, info)
         return info
 
     def sessions(self, project: str | None = None, offset: int = 0, limit: int = 50) -> dict[str, Any]:
