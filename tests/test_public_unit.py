@@ -168,6 +168,19 @@ class PublicFrontTests(unittest.TestCase):
         t.connectionLost(Failure(ConnectionLost()))
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 502 "))
 
+    def test_early_response_to_upload(self):
+        """A service that answers before the upload is finished: answer passed on, connection closed,
+        the rest of the body ignored, the tunnel not reused."""
+        t = self.tunnel()
+        public, transport = self.public()
+        public.dataReceived(b"POST /up HTTP/1.1\r\nX-ARP-Token: client1\r\nContent-Length: 10\r\n\r\nabc")
+        t.dataReceived(b"HTTP/1.1 413 Too Large\r\nContent-Length: 0\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 413 Too Large\r\n"))
+        self.assertIn(b"Connection: close", transport.value())
+        self.assertTrue(transport.disconnecting)
+        public.dataReceived(b"defghij")  # the rest of the body, already in flight
+        self.assertNotIn(t, self.record.pool.idle)
+
     def test_upgrade_becomes_raw_splice(self):
         """A 101 answer switches both sides to a raw splice; the tunnel leaves the pool for good."""
         t = self.tunnel()

@@ -432,7 +432,7 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
                 data = bytes(self._buf)
                 self._buf.clear()
                 self._request_body(data)
-        if self._tunnel is not None:
+        if self._tunnel is not None and not self._buf:
             self.transport.resumeProducing()
 
     def _request_body(self, data: bytes) -> None:
@@ -457,8 +457,6 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
             if n < len(data):
                 self._buf += data[n:]
                 self.transport.pauseProducing()
-            if self._resp == S_NONE:  # the response ended before the request body did
-                self._exchange_done()
 
     # -- tunnel bytes in (TunnelOwner)
     def tunnel_data(self, data: bytes) -> None:
@@ -509,6 +507,7 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
             or self._public_close
             or framer.kind == http.UNTIL_CLOSE
             or self.factory.stopping
+            or self._req != R_DONE  # answered before the whole request was read
         )
         self._public_close = close
         if close:
@@ -619,6 +618,7 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
                 tunnel.transport.loseConnection()
         self._head = None
         if self._public_close or self._eof:
+            self._req = R_DONE  # whatever else arrives is not read
             self.transport.loseConnection()
             return
         self._req = R_HEAD
