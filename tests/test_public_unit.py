@@ -254,3 +254,54 @@ class BodyLimitTests(unittest.TestCase):
         self.public.dataReceived(b"8\r\n12345678\r\n8\r\n12345678\r\n")
         self.assertTrue(self.transport.value().startswith(b"HTTP/1.1 413 "))
         self.assertTrue(self.tunnel.transport.disconnecting or self.tunnel.transport.disconnected)
+
+
+class MoreRoutingTests(unittest.TestCase):
+    """Host-based routing, a stalled body, and a tunnel claiming another client."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.registry = Registry(RelayConfig(pool_size=1), KEY, self.clock)
+        self.record, _ = register(self.registry, "client1", os.urandom(32))
+        self.other, _ = register(self.registry, "client2", os.urandom(32))
+
+    def tunnel(self, client_id: str, secret: str) -> TunnelServerProtocol:
+        proto = TunnelServerProtocol(self.registry, self.clock)
+        proto.makeConnection(StringTransport())
+        proto.dataReceived(wire.tunnel_header(client_id, secret))
+        return proto
+
+    def public(self, **config):
+        factory = PublicFactory(self.registry, PublicConfig(**config), self.clock)
+        proto = factory.buildProtocol(None)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def test_host_routing(self):
+        """With --domain, <token>.<domain> routes to that client."""
+        t = self.tunnel("client1", self.record.tunnel_secret)
+        public, transport = self.public(domain="relay.test")
+        public.dataReceived(b"GET /x HTTP/1.1\r\nHost: client1.relay.test:8080\r\n\r\n")
+        self.assertTrue(t.transport.value().startswith(b"GET /x HTTP/1.1\r\n"))
+        public2, transport2 = self.public(domain="relay.test")
+        public2.dataReceived(b"GET /x HTTP/1.1\r\nHost: nobody.relay.test\r\n\r\n")
+        self.assertTrue(transport2.value().startswith(b"HTTP/1.1 404 "))
+
+    def test_body_that_never_comes(self):
+        """A request body that stops arriving gets 408 after the body timeout, and the tunnel is dropped."""
+        t = self.tunnel("client1", self.record.tunnel_secret)
+        public, transport = self.public(body_timeout=60)
+        public.dataReceived(b"POST / HTTP/1.1\r\nX-ARP-Token: client1\r\nContent-Length: 10\r\n\r\nabc")
+        self.clock.advance(30)
+        self.assertEqual(transport.value(), b"")
+        self.clock.advance(32)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 408 "))
+        self.assertTrue(t.transport.disconnecting or t.transport.disconnected)
+
+    def test_tunnel_for_someone_elses_client(self):
+        """A tunnel naming client2 with client1's secret is refused and never pooled."""
+        t = self.tunnel("client2", self.record.tunnel_secret)
+        self.assertTrue(t.transport.disconnecting or t.transport.disconnected)
+        self.assertNotIn(t, self.other.pool.idle)
+        self.assertNotIn(t, self.record.pool.idle)
