@@ -18,6 +18,9 @@ _TARGET_BAD_RE = re.compile(rb"[\x00-\x20\x7f]")
 #: Hop-by-hop headers (RFC 9110 7.6.1) that never cross a hop.  Transfer-Encoding
 #: is hop-by-hop too, but arps passes bodies through with their framing intact.
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade"})
+#: Headers that frame a body: never dropped because a Connection header lists them (the
+#: relay frames by them, so dropping them would let the next hop read the body differently).
+FRAMING = frozenset({b"content-length", b"transfer-encoding"})
 MAX_CHUNK_LINE = 4096
 MAX_TRAILERS = 64
 
@@ -213,9 +216,13 @@ def _response_head(raw: bytes, full: bool) -> Head:
 def forward_response_head(head: Head, connection: bytes | None) -> bytes:
     """A scanned response head for the next hop: hop-by-hop headers out, our Connection in."""
     raw = head.raw
-    if head.connection_tokens() - {b"close", b"keep-alive"} or not raw.endswith(b"\r\n\r\n"):
-        full = parse_response_head(raw)  # rare: headers named by Connection, or bare-LF lines
-        full.remove(*HOP_BY_HOP, *head.connection_tokens())
+    # chunked wins over a Content-Length (RFC 9112 6.3); the length must not travel on
+    both = head.get(b"transfer-encoding") is not None and head.get(b"content-length") is not None
+    if both or head.connection_tokens() - {b"close", b"keep-alive"} or not raw.endswith(b"\r\n\r\n"):
+        full = parse_response_head(raw)  # rare: headers named by Connection, bare-LF lines, both framings
+        full.remove(*HOP_BY_HOP, *(head.connection_tokens() - FRAMING))
+        if both:
+            full.remove(b"content-length")
         if connection:
             full.add(b"Connection", connection)
         return full.serialize()

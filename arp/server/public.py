@@ -177,6 +177,7 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         self._resp_buf = b""
         self._reusable = True
         self._retries = 0
+        self._bodiless = True
         self._body_left = -1
         self._peer = ""
 
@@ -279,23 +280,25 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
             self.transport.pauseProducing()  # pipelined data waits for the current exchange
 
     def _parse_head(self) -> None:
-        buf = self._buf
-        end = http.find_head_end(buf)
-        if end < 0:
-            if len(buf) > self.config.max_head:
+        # a loop, not recursion: requests answered by the relay itself may be pipelined by the hundred
+        while self._req == R_HEAD and self._buf:
+            buf = self._buf
+            end = http.find_head_end(buf)
+            if end < 0:
+                if len(buf) > self.config.max_head:
+                    self._refuse(431, "request head too large", limit=self.config.max_head)
+                return
+            if end > self.config.max_head:
                 self._refuse(431, "request head too large", limit=self.config.max_head)
-            return
-        if end > self.config.max_head:
-            self._refuse(431, "request head too large", limit=self.config.max_head)
-            return
-        raw = bytes(buf[:end])
-        del buf[:end]
-        try:
-            head = http.parse_request_head(raw)
-        except http.HTTPError as e:
-            self._refuse(e.status, e.message)
-            return
-        self._dispatch(head)
+                return
+            raw = bytes(buf[:end])
+            del buf[:end]
+            try:
+                head = http.parse_request_head(raw)
+            except http.HTTPError as e:
+                self._refuse(e.status, e.message)
+                return
+            self._dispatch(head)
 
     # -- routing
     def _dispatch(self, head: http.Head) -> None:
@@ -305,6 +308,7 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
             self._record = None
         self._keep_alive = http.wants_keep_alive(head)
         self._req_framer = framer = http.request_framing(head)
+        self._bodiless = framer.kind == http.LENGTH and framer.done  # a retry re-sends the head only
         self._body_left = self.config.max_body or -1
         if 0 < self.config.max_body < framer.remaining:
             self._refuse(413, "request body too large", limit=self.config.max_body)
@@ -320,6 +324,8 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         except UnicodeDecodeError:
             client_id = ""
         record = self.registry.clients.get(client_id)
+        if record is not None and record.mode != "http":
+            record = None  # a raw TCP client's tunnels carry no HTTP
         if record is None:
             if limiter.blocked(self._peer):
                 self.log.warn("too many unknown tokens from {peer}", peer=self._peer)
@@ -356,7 +362,7 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
 
     def _rewrite(self, head: http.Head) -> None:
         upgrade = head.get(b"upgrade")
-        listed = head.connection_tokens() - {b"close", b"keep-alive", b"upgrade"}
+        listed = head.connection_tokens() - {b"close", b"keep-alive", b"upgrade"} - http.FRAMING
         head.remove(*http.HOP_BY_HOP, *listed)
         if upgrade is not None:
             head.add(b"Connection", b"Upgrade")
@@ -377,6 +383,9 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         if self.config.scheme == "https":
             cookie += b"; Secure"
         body = b""
+        if not target.startswith(b"/"):  # absolute-form: keep the path and query only
+            target = b"/" + target.partition(b"://")[2].partition(b"/")[2]
+        target = b"/" + target.lstrip(b"/\\")  # never //host or /\host: that would leave the relay
         extra = [(b"Location", target), (b"Set-Cookie", cookie)]
         self._answer(302, body, extra, keep=True)
 
@@ -422,9 +431,9 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         fast_write(tunnel.transport, self._head_bytes)
         self._resp = S_HEAD
         self._resp_buf = b""
-        self._resp_deadline = self.clock.seconds() + self.config.response_timeout
         if self._req_framer.done:
             self._req = R_DONE
+            self._resp_deadline = self.clock.seconds() + self.config.response_timeout
         else:
             self._req = R_BODY
             self._set_timer(self.config.body_timeout, self._body_timeout)
@@ -454,6 +463,8 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         if self._req_framer.done:
             self._req = R_DONE
             self._deadline = 0.0
+            if self._resp == S_HEAD:  # the response timeout runs from the end of the request
+                self._resp_deadline = self.clock.seconds() + self.config.response_timeout
             if n < len(data):
                 self._buf += data[n:]
                 self.transport.pauseProducing()
@@ -593,8 +604,7 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         return (
             self._retries < MAX_RETRIES
             and self._head.method in IDEMPOTENT
-            and self._req_framer.kind == http.LENGTH
-            and self._req_framer.remaining == 0
+            and self._bodiless
             and self._head.get(b"upgrade") is None
             and self._record is not None
             and self._record.online
@@ -634,7 +644,7 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         """Send an answer of our own; keep the connection only if nothing is left unread."""
         framer = self._req_framer
         unread_body = framer is not None and not framer.done
-        close = not keep or not self._keep_alive or self._eof or unread_body
+        close = not keep or not self._keep_alive or self._eof or self._public_close or unread_body
         self.transport.write(http.json_response(status, body, extra, close=close))
         self._sent_response = True
         if close:
@@ -644,8 +654,7 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
             self._req = R_HEAD
             self._sent_response = False
             self._set_timer(self.config.idle_timeout, self._idle_timeout)
-            if self._buf:
-                self._parse_head()
+            # pipelined requests in self._buf are parsed by the loop in _parse_head
 
     def _count(self, status: int) -> None:
         statuses = self._record.statuses if self._record is not None else self.registry.unrouted
@@ -664,6 +673,9 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
 
     def _fail(self, status: int, message: str, **extra: object) -> None:
         """Give up on the current exchange: a JSON error if nothing was sent yet, else abort."""
+        if self._waiting is not None:  # e.g. the response timeout while waiting to retry
+            waiting, self._waiting = self._waiting, None
+            waiting.cancel()
         tunnel, self._tunnel = self._tunnel, None
         if tunnel is not None:
             tunnel.detach()
