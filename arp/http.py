@@ -218,7 +218,8 @@ def forward_response_head(head: Head, connection: bytes | None) -> bytes:
     raw = head.raw
     # chunked wins over a Content-Length (RFC 9112 6.3); the length must not travel on
     both = head.get(b"transfer-encoding") is not None and head.get(b"content-length") is not None
-    if both or head.connection_tokens() - {b"close", b"keep-alive"} or not raw.endswith(b"\r\n\r\n"):
+    mixed_endings = raw.count(b"\n") != raw.count(b"\r\n")
+    if both or mixed_endings or head.connection_tokens() - {b"close", b"keep-alive"}:
         full = parse_response_head(raw)  # rare: headers named by Connection, bare-LF lines, both framings
         full.remove(*HOP_BY_HOP, *(head.connection_tokens() - FRAMING))
         if both:

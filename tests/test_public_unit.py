@@ -305,3 +305,28 @@ class MoreRoutingTests(unittest.TestCase):
         self.assertTrue(t.transport.disconnecting or t.transport.disconnected)
         self.assertNotIn(t, self.other.pool.idle)
         self.assertNotIn(t, self.record.pool.idle)
+
+
+class ControlTimeoutTests(unittest.TestCase):
+    """An unregistered control connection cannot stay open by chattering."""
+
+    def test_registration_deadline_not_extended(self):
+        """Hello every 5 s does not keep an unregistered peer past the registration timeout."""
+        from twisted.protocols import amp
+
+        from arp.server.control import REGISTER_TIMEOUT, ControlServerProtocol
+
+        clock = Clock()
+        registry = Registry(RelayConfig(), KEY, clock)
+        proto = ControlServerProtocol(registry, clock)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        elapsed = 0.0
+        for i in range(10):
+            proto.dataReceived(amp.AmpBox(_command=b"Hello", _ask=str(i).encode(), version=b"1").serialize())
+            clock.advance(5)
+            elapsed += 5
+            if transport.disconnecting or transport.disconnected:
+                break
+        self.assertTrue(transport.disconnecting or transport.disconnected)
+        self.assertLessEqual(elapsed, REGISTER_TIMEOUT + 5)

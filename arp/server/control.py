@@ -37,7 +37,8 @@ class ControlServerProtocol(amp.AMP, TimeoutMixin):
         self.setTimeout(REGISTER_TIMEOUT)
 
     def dataReceived(self, data: bytes) -> None:
-        self.resetTimeout()
+        if self.record is not None:  # before registration the 15 s limit is not extended by chatter
+            self.resetTimeout()
         super().dataReceived(data)
 
     def timeoutConnection(self) -> None:
@@ -93,7 +94,7 @@ class ControlServerProtocol(amp.AMP, TimeoutMixin):
 
     def open_tunnels(self, count: int) -> None:
         """Ask the client to open ``count`` tunnel connections."""
-        self.callRemote(OpenTunnels, count=count)
+        self.callRemote(OpenTunnels, count=count)  # no answer expected (requiresAnswer=False)
 
     def drop(self, reason: str) -> None:
         """Tell the client why, then close the connection."""

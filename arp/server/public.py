@@ -267,6 +267,8 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
             self._request_body(data)
             return
         if self._upgraded:
+            if self._tunnel is None:  # TLS may deliver records after the splice ended
+                return
             fast_write(self._tunnel.transport, data)
             if self._record is not None:
                 self._record.bytes_in += len(data)

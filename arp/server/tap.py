@@ -69,7 +69,7 @@ class Options(usage.Options):
             "response-timeout",
             None,
             300.0,
-            "Seconds to wait for the service's response head (then 504).",
+            "Seconds from the end of a request to the service's response head (then 504).",
             options.seconds,
         ],
         [

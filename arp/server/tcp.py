@@ -66,6 +66,8 @@ class PublicTCPProtocol(Protocol, TunnelOwner):
         self.transport.resumeProducing()
 
     def dataReceived(self, data: bytes) -> None:
+        if self.tunnel is None:  # TLS may deliver records after the splice ended
+            return
         self.tunnel.transport.write(data)
         self.record.bytes_in += len(data)
 
