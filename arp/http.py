@@ -266,7 +266,7 @@ def request_framing(head: Head) -> BodyFramer:
             raise HTTPError(400, "both Transfer-Encoding and Content-Length given")
         if head.version == b"HTTP/1.0":
             raise HTTPError(400, "chunked encoding in an HTTP/1.0 request")
-        return BodyFramer(CHUNKED)
+        return BodyFramer(CHUNKED, strict=True)
     return BodyFramer(LENGTH, length or 0)
 
 
@@ -306,10 +306,11 @@ class BodyFramer:
     belongs to whatever comes next.
     """
 
-    __slots__ = ("kind", "remaining", "_state", "_line", "_trailers")
+    __slots__ = ("kind", "remaining", "strict", "_state", "_line", "_trailers")
 
-    def __init__(self, kind: str, length: int = 0) -> None:
+    def __init__(self, kind: str, length: int = 0, strict: bool = False) -> None:
         self.kind = kind
+        self.strict = strict  # requests: CRLF line ends and bare hex sizes only (no desync with the service)
         self.remaining = length
         self._line = b""
         self._trailers = 0
@@ -348,12 +349,16 @@ class BodyFramer:
             pos = nl + 1
             if line.endswith(b"\r"):
                 line = line[:-1]
+            elif self.strict:
+                raise HTTPError(400, "chunked encoding line without CRLF")
             self._line_complete(line)
         return pos
 
     def _line_complete(self, line: bytes) -> None:
         if self._state == _SIZE:
-            size = line.split(b";", 1)[0].strip()
+            size = line.split(b";", 1)[0]
+            if not self.strict:
+                size = size.strip()
             if not size or len(size) > 16 or not all(c in b"0123456789abcdefABCDEF" for c in size):
                 raise HTTPError(400, "malformed chunk size")
             self.remaining = int(size, 16)

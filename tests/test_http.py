@@ -111,6 +111,17 @@ class FramerTests(unittest.TestCase):
         self.assertTrue(framer.done)
         self.assertEqual(data[n:], b"GET /next")
 
+    def test_strict_chunked_requests(self):
+        """Request bodies: bare-LF chunk lines and padded sizes are refused (no desync with the service)."""
+        head = http.parse_request_head(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n")
+        with self.assertRaises(http.HTTPError):
+            http.request_framing(head).feed(b"3\nabc\r\n0\r\n\r\n")
+        with self.assertRaises(http.HTTPError):
+            http.request_framing(head).feed(b" 3\r\nabc\r\n0\r\n\r\n")
+        framer = http.request_framing(head)
+        self.assertEqual(framer.feed(b"3;x=1\r\nabc\r\n0\r\n\r\n"), 17)
+        self.assertTrue(framer.done)
+
     def test_chunked_lies(self):
         """A chunk longer than its size, or a bad size line, is an error."""
         with self.assertRaises(http.HTTPError):

@@ -168,6 +168,15 @@ class PublicFrontTests(unittest.TestCase):
         t.connectionLost(Failure(ConnectionLost()))
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 502 "))
 
+    def test_tunnel_dies_mid_head(self):
+        """A tunnel that dies after part of a response head: the public client gets a JSON 502."""
+        t = self.tunnel()
+        public, transport = self.public()
+        public.dataReceived(b"POST / HTTP/1.1\r\nX-ARP-Token: client1\r\nContent-Length: 0\r\n\r\n")
+        t.dataReceived(b"HTTP/1.1 200 OK\r\nContent-")
+        t.connectionLost(Failure(ConnectionLost()))
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 502 "))
+
     def test_early_response_to_upload(self):
         """A service that answers before the upload is finished: answer passed on, connection closed,
         the rest of the body ignored, the tunnel not reused."""

@@ -588,8 +588,8 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
             self._resp = S_NONE
             self.transport.loseConnection()
             return
-        if self._resp == S_HEAD and not self._sent_response and not self._resp_buf:
-            if self._can_retry(tunnel):
+        if self._resp == S_HEAD and not self._sent_response:
+            if not self._resp_buf and self._can_retry(tunnel):
                 self._retries += 1
                 self.log.info(
                     "tunnel of {client_id} closed as a request went out; retrying",
