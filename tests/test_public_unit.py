@@ -95,8 +95,8 @@ class RegistryTests(unittest.TestCase):
         register(self.registry, "abc", os.urandom(32))
 
 
-class PublicFrontTests(unittest.TestCase):
-    """Requests are rewritten, streamed with flow control, and tunnels go back to the pool."""
+class FrontFixture:
+    """A registered client1 with a public factory; makes tunnels and public connections."""
 
     def setUp(self):
         self.clock = Clock()
@@ -115,6 +115,10 @@ class PublicFrontTests(unittest.TestCase):
         transport = StringTransport()
         proto.makeConnection(transport)
         return proto, transport
+
+
+class PublicFrontTests(FrontFixture, unittest.TestCase):
+    """Requests are rewritten, streamed with flow control, and tunnels go back to the pool."""
 
     def test_request_goes_through_and_tunnel_returns(self):
         """A GET is rewritten onto a pooled tunnel; after the response the tunnel is idle again."""

@@ -5,38 +5,18 @@ from __future__ import annotations
 import os
 
 from twisted.internet.error import ConnectionDone
-from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from arp import http, wire
 from arp.server.public import PublicConfig, PublicFactory
-from arp.server.registry import Registry, RelayConfig
 from arp.server.tunnel import TunnelServerProtocol
-from tests.test_public_unit import KEY, register
+from tests.test_public_unit import KEY, FrontFixture
 
 
-class ReviewTests(unittest.TestCase):
+class ReviewTests(FrontFixture, unittest.TestCase):
     """The public front, driven with StringTransports and a Clock."""
-
-    def setUp(self):
-        self.clock = Clock()
-        self.registry = Registry(RelayConfig(pool_size=2, retention=60), KEY, self.clock)
-        self.record, self.control = register(self.registry, "client1", os.urandom(32))
-        self.factory = PublicFactory(self.registry, PublicConfig(), self.clock)
-
-    def tunnel(self) -> TunnelServerProtocol:
-        proto = TunnelServerProtocol(self.registry, self.clock)
-        proto.makeConnection(StringTransport())
-        proto.dataReceived(wire.tunnel_header("client1", self.record.tunnel_secret))
-        return proto
-
-    def public(self):
-        proto = self.factory.buildProtocol(None)
-        transport = StringTransport()
-        proto.makeConnection(transport)
-        return proto, transport
 
     def test_retry_not_sent_without_its_body(self):
         """A PUT with a body whose tunnel dies before an answer is not re-sent as a head alone
