@@ -12,7 +12,6 @@ import re
 from dataclasses import dataclass, field
 
 _TOKEN_RE = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-_VALUE_BAD_RE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _TARGET_BAD_RE = re.compile(rb"[\x00-\x20\x7f]")
 
 #: Hop-by-hop headers (RFC 9110 7.6.1) that never cross a hop.  Transfer-Encoding

@@ -18,7 +18,6 @@ from twisted.web.http_headers import Headers
 
 AUTH_KEY = "test-auth-key-0123456789"
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile="]
-LISTEN_RE = re.compile(r"(\w+) listening on (?:\[?[\d.:a-f]+\]?):(\d+)")
 URL_RE = re.compile(r"Public URL: (\S+)")
 
 

@@ -288,4 +288,4 @@ def _command_mode(
     return command.tunnel_protocol
 
 
-__all__ = ["Options", "makeService", "Path"]
+__all__ = ["Options", "makeService"]

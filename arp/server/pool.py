@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Protocol
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
@@ -214,4 +214,4 @@ class TunnelPool:
         }
 
 
-__all__ = ["TunnelPool", "PoolTimeout", "PoolClosed", "CancelledError"]
+__all__ = ["TunnelPool", "PoolTimeout", "PoolClosed"]
