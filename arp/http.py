@@ -20,6 +20,8 @@ HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te"
 #: Headers that frame a body: never dropped because a Connection header lists them (the
 #: relay frames by them, so dropping them would let the next hop read the body differently).
 FRAMING = frozenset({b"content-length", b"transfer-encoding"})
+_NONE: list[bytes] = []  # what get_all returns for an absent header: never mutate it
+_EMPTY: frozenset[bytes] = frozenset()
 MAX_CHUNK_LINE = 4096
 MAX_TRAILERS = 64
 
@@ -46,6 +48,7 @@ class Head:
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     _index: dict[bytes, list[bytes]] | None = field(default=None, repr=False, compare=False)
     raw: bytes = field(default=b"", repr=False, compare=False)  # as received (scanned heads only)
+    _tokens: frozenset[bytes] | None = field(default=None, repr=False, compare=False)
 
     def _idx(self) -> dict[bytes, list[bytes]]:
         index = self._index
@@ -58,34 +61,40 @@ class Head:
 
     def get(self, name: bytes) -> bytes | None:
         """The last value of header ``name`` (lower case), or None."""
-        values = self._idx().get(name)
+        values = (self._index or self._idx()).get(name)
         return values[-1] if values else None
 
     def get_all(self, name: bytes) -> list[bytes]:
         """Every value of header ``name`` (lower case)."""
-        return self._idx().get(name, [])
+        return (self._index or self._idx()).get(name, _NONE)
 
     def add(self, name: bytes, value: bytes) -> None:
         """Append a header."""
         self.headers.append((name, value))
         if self._index is not None:
             self._index.setdefault(name.lower(), []).append(value)
+        self._tokens = None
 
     def remove(self, *names: bytes) -> None:
         """Drop every header named in ``names`` (lower case)."""
-        index = self._idx()
+        index = self._index or self._idx()
         present = [name for name in names if name in index]
         if not present:
             return
         for name in present:
             del index[name]
         self.headers = [(k, v) for k, v in self.headers if k.lower() not in present]
+        self._tokens = None
 
-    def connection_tokens(self) -> set[bytes]:
+    def connection_tokens(self) -> frozenset[bytes]:
         """The lower-cased tokens of all Connection headers."""
-        tokens: set[bytes] = set()
-        for value in self.get_all(b"connection"):
-            tokens.update(t.strip().lower() for t in value.split(b","))
+        tokens = self._tokens
+        if tokens is None:
+            values = self.get_all(b"connection")
+            tokens = _EMPTY
+            if values:
+                tokens = frozenset(t.strip().lower() for value in values for t in value.split(b","))
+            self._tokens = tokens
         return tokens
 
     def serialize(self) -> bytes:
@@ -154,6 +163,11 @@ def _parse_headers(block: bytes) -> list[tuple[bytes, bytes]]:
 
 def parse_request_head(raw: bytes) -> Head:
     """Parse a request head (everything up to and including the blank line)."""
+    return parse_request(raw)[0]
+
+
+def parse_request(raw: bytes) -> tuple[Head, BodyFramer]:
+    """Parse a request head; return it with the framer of the body that follows it."""
     line, block = _split_head(raw)
     parts = line.split(b" ")
     if len(parts) != 3:
@@ -168,8 +182,7 @@ def parse_request_head(raw: bytes) -> Head:
             raise HTTPError(505, "only HTTP/1.0 and HTTP/1.1 are supported")
         raise HTTPError(400, "malformed HTTP version")
     head = Head((method, target, version), _parse_headers(block))
-    request_framing(head)  # validate now, before anything is forwarded
-    return head
+    return head, request_framing(head)  # framing is validated before anything is forwarded
 
 
 def parse_response_head(raw: bytes) -> Head:

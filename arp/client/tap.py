@@ -18,6 +18,7 @@ from twisted.python import usage
 from arp import __version__, files, options, wire
 from arp.client.link import RelayLink
 from arp.logs import DailyFileObserver, open_log_directory
+from arp.reactor import install_unless_chosen
 
 log = Logger()
 
@@ -191,6 +192,7 @@ def _guessable(client_id: str) -> bool:
 
 def makeService(config: Options) -> MultiService:
     """Build the client's service tree from its options."""
+    install_unless_chosen()  # arp/reactor.py: epoll without a log context per event
     from twisted.internet import reactor
 
     reactor.callWhenRunning(options.install_log_level, config["log-level"])

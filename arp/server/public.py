@@ -36,6 +36,12 @@ IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"
 MAX_RETRIES = 2
 SWEEP_INTERVAL = 1.0  # seconds between timeout checks of all public connections
 
+#: Connection tokens that name no header to drop: keep-alive signals, and framing headers that
+#: the relay frames by (dropping them would let the next hop read the body differently).
+_NOT_LISTED = frozenset({b"close", b"keep-alive", b"upgrade"}) | http.FRAMING
+#: Request headers replaced on the way to the client: hop-by-hop ones and X-Forwarded-*.
+_REWRITTEN = (*http.HOP_BY_HOP, b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host")
+
 # request-side states
 R_HEAD, R_WAIT, R_BODY, R_DONE = range(4)
 # response-side states
@@ -296,20 +302,20 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
             raw = bytes(buf[:end])
             del buf[:end]
             try:
-                head = http.parse_request_head(raw)
+                head, framer = http.parse_request(raw)
             except http.HTTPError as e:
                 self._refuse(e.status, e.message)
                 return
-            self._dispatch(head)
+            self._dispatch(head, framer)
 
     # -- routing
-    def _dispatch(self, head: http.Head) -> None:
+    def _dispatch(self, head: http.Head, framer: http.BodyFramer) -> None:
         self._cancel_timers()
         if self._record is not None:  # the previous request's client
             self._record.open_connections -= 1
             self._record = None
         self._keep_alive = http.wants_keep_alive(head)
-        self._req_framer = framer = http.request_framing(head)
+        self._req_framer = framer
         self._bodiless = framer.kind == http.LENGTH and framer.done  # a retry re-sends the head only
         self._body_left = self.config.max_body or -1
         if 0 < self.config.max_body < framer.remaining:
@@ -364,15 +370,14 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
 
     def _rewrite(self, head: http.Head) -> None:
         upgrade = head.get(b"upgrade")
-        listed = head.connection_tokens() - {b"close", b"keep-alive", b"upgrade"} - http.FRAMING
-        head.remove(*http.HOP_BY_HOP, *listed)
+        listed = head.connection_tokens() - _NOT_LISTED
+        forwarded_for = head.get(b"x-forwarded-for")
+        head.remove(*_REWRITTEN, *listed)
         if upgrade is not None:
             head.add(b"Connection", b"Upgrade")
             head.add(b"Upgrade", upgrade)
         elif head.version == b"HTTP/1.0":
             head.add(b"Connection", b"keep-alive")
-        forwarded_for = head.get(b"x-forwarded-for")
-        head.remove(b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host")
         peer = self._peer.encode()
         head.add(b"X-Forwarded-For", forwarded_for + b", " + peer if forwarded_for else peer)
         head.add(b"X-Forwarded-Proto", self.config.scheme.encode())

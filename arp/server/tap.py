@@ -14,6 +14,7 @@ from twisted.python import usage
 
 from arp import files, options
 from arp.listen import DrainingListener, Listener
+from arp.reactor import install_unless_chosen
 from arp.server.control import ControlFactory
 from arp.server.public import PublicConfig, PublicFactory
 from arp.server.registry import Registry, RelayConfig
@@ -199,6 +200,7 @@ def _scheme(endpoint: str) -> str:
 
 def makeService(config: Options) -> MultiService:
     """Build the relay's service tree from its options."""
+    install_unless_chosen()  # arp/reactor.py: epoll without a log context per event
     from twisted.internet import reactor
 
     reactor.callWhenRunning(options.install_log_level, config["log-level"])

@@ -1,9 +1,10 @@
 """twistd plugins for ARP: ``twistd arps`` (the relay) and ``twistd arpc`` (the client).
 
-Only ServiceMaker lines live here so that ``twistd --help`` stays fast; the real
+Only ServiceMaker and Reactor lines live here so that ``twistd --help`` stays fast; the real
 code is imported when a plugin is used.
 """
 
+from twisted.application.reactors import Reactor
 from twisted.application.service import ServiceMaker
 
 arps = ServiceMaker(
@@ -17,4 +18,9 @@ arpc = ServiceMaker(
     "arp.client.tap",
     "Connects out to arps and exposes a local service (or the agent API) through it.",
     "arpc",
+)
+arp_epoll = Reactor(
+    "arp-epoll",
+    "arp.reactor",
+    "epoll without a log context per event (arps and arpc use it unless --reactor says otherwise).",
 )

@@ -78,7 +78,6 @@ def iter_lines(path: Path) -> Iterator[dict]:
                 yield obj
 
 
-
 class StatCache:
     """Values computed from a file, kept while its size and modification time stay the same."""
 
@@ -95,6 +94,7 @@ class StatCache:
     def put(self, path: Path, st: os.stat_result, value: dict) -> None:
         """Remember ``value`` for ``path`` as it is now."""
         self._entries[path] = (st.st_mtime_ns, st.st_size, value)
+
 
 class _Counter:
     """Counts byte patterns in append-only files, remembering where it stopped."""
