@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort, IProtocolFactory
+from twisted.internet.interfaces import IAddress, IListeningPort, IProtocol, IProtocolFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 
 def describe(port: IListeningPort) -> str:
@@ -19,6 +22,43 @@ def describe(port: IListeningPort) -> str:
     if ":" in host:
         return f"[{host}]:{address.port}"
     return f"{host}:{address.port}"
+
+
+@implementer(IProtocolFactory)
+class LazyFactory:
+    """A protocol factory that builds the real one on the first connection.
+
+    For endpoints that are rarely used but costly to load (the admin site and
+    ``twisted.web``): a process whose endpoint never gets a connection never
+    pays for it.
+    """
+
+    def __init__(self, build: Callable[[], IProtocolFactory]) -> None:
+        self._build = build
+        self._factory: IProtocolFactory | None = None
+        self._started = False
+
+    @property
+    def factory(self) -> IProtocolFactory:
+        """The real factory (built now if it was not yet)."""
+        if self._factory is None:
+            self._factory = self._build()
+            if self._started:
+                self._factory.doStart()
+        return self._factory
+
+    def doStart(self) -> None:
+        self._started = True
+        if self._factory is not None:
+            self._factory.doStart()
+
+    def doStop(self) -> None:
+        self._started = False
+        if self._factory is not None:
+            self._factory.doStop()
+
+    def buildProtocol(self, addr: IAddress) -> IProtocol | None:
+        return self.factory.buildProtocol(addr)
 
 
 class Listener(Service):

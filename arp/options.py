@@ -86,3 +86,12 @@ def install_log_level(level: str) -> None:
     for observer in observers:
         globalLogPublisher.removeObserver(observer)
         globalLogPublisher.addObserver(FilteringLogObserver(observer, [predicate]))
+
+
+def is_loopback(endpoint: str) -> bool:
+    """Whether a server endpoint string listens on loopback only."""
+    for part in endpoint.split(":"):
+        if part.startswith("interface="):
+            iface = part[len("interface=") :].replace("\\", "")
+            return iface.startswith("127.") or iface in ("::1", "localhost")
+    return endpoint.startswith("unix:")

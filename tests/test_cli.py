@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import stat
 import subprocess
 
 from twisted.trial import unittest
 
-from tests.helpers import TWISTD, listen_backend, start_arpc, start_arps
+from tests.helpers import TWISTD, HTTPClient, TwistdProcess, listen_backend, start_arpc, start_arps
 
 
 def twistd_output(*args: str) -> str:
@@ -54,6 +55,38 @@ class HelpTests(unittest.TestCase):
         self.assertIn("must be a port number", out)
         out = twistd_output("arps", "--pool-size", "0")
         self.assertIn("must be a positive integer", out)
+
+
+class ReactorTests(unittest.TestCase):
+    """arps and arpc run on arp-epoll unless ``--reactor`` names another reactor."""
+
+    timeout = 60
+
+    def test_reactor_listed(self):
+        """``twistd --help-reactors`` offers arp-epoll."""
+        self.assertIn("arp-epoll", twistd_output("--help-reactors"))
+
+    async def test_default_and_chosen_reactor(self):
+        """Without --reactor both use RelayReactor; ``--reactor poll`` gets poll; requests go through."""
+        backend = listen_backend(self)
+        relay = await start_arps(self)
+        await relay.proc.wait_for(r"reactor class: arp\.reactor\.RelayReactor")
+        client = await start_arpc(self, relay, local_port=backend)
+        await client.wait_for(r"reactor class: arp\.reactor\.RelayReactor")
+        await self._get(relay, client.token)
+        await client.stop()
+        polled = TwistdProcess("arpc", ["--reactor", "poll", *client.args]).start()
+        self.addCleanup(polled.stop)
+        await polled.wait_for(r"reactor class: twisted\.internet\.pollreactor\.PollReactor")
+        await polled.wait_for(r"Public URL")
+        await self._get(relay, client.token)
+
+    async def _get(self, relay, token: str) -> None:
+        response, body = await HTTPClient(self, persistent=False).request(
+            "GET", f"{relay.public}/echo/x?token={token}"
+        )
+        self.assertEqual(response.code, 200)
+        self.assertEqual(json.loads(body)["uri"], "/echo/x")
 
 
 class FilesTests(unittest.TestCase):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from arp.lean import skip_tls_if_unused
+from arp.lean import release_startup_memory, skip_tls_if_unused
 
 skip_tls_if_unused()  # before anything imports Twisted's endpoints (see arp/lean.py)
 
@@ -196,6 +196,7 @@ def makeService(config: Options) -> MultiService:
     from twisted.internet import reactor
 
     reactor.callWhenRunning(options.install_log_level, config["log-level"])
+    reactor.callWhenRunning(release_startup_memory)
     data_dir = files.ensure_dir(config["data-dir"] or files.default_data_dir("arpc"))
     if not config["no-log-file"]:
         observer = DailyFileObserver(open_log_directory(data_dir / "logs"), "arpc")

@@ -11,8 +11,6 @@ import hmac
 import json
 from importlib import resources
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from twisted.logger import Logger
 from twisted.web import resource, server
 
@@ -43,47 +41,78 @@ class JSONError(resource.Resource):
         return send_json(request, self.status, {"error": self.message, "status": self.status})
 
 
-class RelayCollector:
-    """Prometheus collector reading the registry at scrape time (nothing on the hot path)."""
+METRICS_CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
-    def __init__(self, registry: Registry, public: PublicFactory) -> None:
-        self.registry = registry
-        self.public = public
 
-    def collect(self):  # noqa: ANN201 - prometheus API
-        totals = self.registry.totals()
-        requests = CounterMetricFamily(
-            "arp_requests", "Requests answered, by HTTP status.", labels=["status"]
-        )
-        for status, count in sorted(totals["statuses"].items()):
-            requests.add_metric([str(status)], count)
-        yield requests
-        traffic = CounterMetricFamily("arp_bytes", "Body bytes relayed.", labels=["direction"])
-        traffic.add_metric(["in"], totals["bytes_in"])
-        traffic.add_metric(["out"], totals["bytes_out"])
-        yield traffic
-        pool = CounterMetricFamily("arp_pool_requests", "Tunnel requests by outcome.", labels=["outcome"])
-        pool.add_metric(["hit"], totals["hits"])
-        pool.add_metric(["miss"], totals["misses"])
-        pool.add_metric(["timeout"], totals["timeouts"])
-        yield pool
-        waits = CounterMetricFamily("arp_tunnel_waits", "Requests that waited for a new tunnel.")
-        waits.add_metric([], totals["waits"])
-        yield waits
-        wait_seconds = CounterMetricFamily("arp_tunnel_wait_seconds", "Time spent waiting for tunnels.")
-        wait_seconds.add_metric([], totals["wait_seconds"])
-        yield wait_seconds
-        clients = GaugeMetricFamily("arp_clients", "Registered clients.", labels=["state"])
-        clients.add_metric(["online"], totals["clients_online"])
-        clients.add_metric(["retained"], totals["clients_retained"])
-        yield clients
-        tunnels = GaugeMetricFamily("arp_tunnels", "Tunnels held by the relay.", labels=["state"])
-        tunnels.add_metric(["idle"], totals["tunnels_idle"])
-        tunnels.add_metric(["busy"], totals["tunnels_busy"])
-        yield tunnels
-        conns = GaugeMetricFamily("arp_public_connections", "Open public connections.")
-        conns.add_metric([], self.public.open_connections)
-        yield conns
+def _label_value(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _family(kind: str, name: str, help_text: str, samples: list[tuple[dict[str, str], float]]) -> str:
+    """One metric family in the Prometheus text format (version 0.0.4)."""
+    if kind == "counter":
+        name += "_total"
+    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+    for labels, value in samples:
+        text = ",".join(f'{key}="{_label_value(val)}"' for key, val in labels.items())
+        lines.append(f"{name}{{{text}}} {float(value)!r}" if text else f"{name} {float(value)!r}")
+    return "\n".join(lines) + "\n"
+
+
+def relay_metrics(registry: Registry, public: PublicFactory) -> bytes:
+    """The relay's metrics, read from the registry at scrape time (nothing on the hot path)."""
+    totals = registry.totals()
+    families = [
+        _family(
+            "counter",
+            "arp_requests",
+            "Requests answered, by HTTP status.",
+            [({"status": str(status)}, count) for status, count in sorted(totals["statuses"].items())],
+        ),
+        _family(
+            "counter",
+            "arp_bytes",
+            "Body bytes relayed.",
+            [({"direction": "in"}, totals["bytes_in"]), ({"direction": "out"}, totals["bytes_out"])],
+        ),
+        _family(
+            "counter",
+            "arp_pool_requests",
+            "Tunnel requests by outcome.",
+            [
+                ({"outcome": o}, totals[key])
+                for o, key in (("hit", "hits"), ("miss", "misses"), ("timeout", "timeouts"))
+            ],
+        ),
+        _family(
+            "counter", "arp_tunnel_waits", "Requests that waited for a new tunnel.", [({}, totals["waits"])]
+        ),
+        _family(
+            "counter",
+            "arp_tunnel_wait_seconds",
+            "Time spent waiting for tunnels.",
+            [({}, totals["wait_seconds"])],
+        ),
+        _family(
+            "gauge",
+            "arp_clients",
+            "Registered clients.",
+            [
+                ({"state": "online"}, totals["clients_online"]),
+                ({"state": "retained"}, totals["clients_retained"]),
+            ],
+        ),
+        _family(
+            "gauge",
+            "arp_tunnels",
+            "Tunnels held by the relay.",
+            [({"state": "idle"}, totals["tunnels_idle"]), ({"state": "busy"}, totals["tunnels_busy"])],
+        ),
+        _family(
+            "gauge", "arp_public_connections", "Open public connections.", [({}, public.open_connections)]
+        ),
+    ]
+    return "".join(families).encode()
 
 
 class Metrics(resource.Resource):
@@ -93,12 +122,12 @@ class Metrics(resource.Resource):
 
     def __init__(self, registry: Registry, public: PublicFactory) -> None:
         super().__init__()
-        self.collectors = CollectorRegistry(auto_describe=True)
-        self.collectors.register(RelayCollector(registry, public))
+        self.registry = registry
+        self.public = public
 
     def render_GET(self, request: server.Request) -> bytes:
-        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
-        return generate_latest(self.collectors)
+        request.setHeader(b"content-type", METRICS_CONTENT_TYPE)
+        return relay_metrics(self.registry, self.public)
 
 
 class Clients(resource.Resource):
@@ -223,12 +252,3 @@ def admin_site(registry: Registry, public: PublicFactory, token: str | None) -> 
     site.noisy = False
     site.displayTracebacks = False
     return site
-
-
-def is_loopback(endpoint: str) -> bool:
-    """Whether a server endpoint string listens on loopback only."""
-    for part in endpoint.split(":"):
-        if part.startswith("interface="):
-            iface = part[len("interface=") :].replace("\\", "")
-            return iface.startswith("127.") or iface in ("::1", "localhost")
-    return endpoint.startswith("unix:")

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from arp.lean import skip_tls_if_unused
+from arp.lean import release_startup_memory, skip_tls_if_unused
 
 skip_tls_if_unused()  # before anything imports Twisted's endpoints (see arp/lean.py)
 
 import socket
 
 from twisted.application.service import MultiService
+from twisted.internet.interfaces import IProtocolFactory
 from twisted.logger import Logger
 from twisted.python import usage
 
 from arp import files, options
-from arp.listen import DrainingListener, Listener
+from arp.listen import DrainingListener, LazyFactory, Listener
 from arp.reactor import install_unless_chosen
 from arp.server.control import ControlFactory
 from arp.server.public import PublicConfig, PublicFactory
@@ -184,9 +185,7 @@ class Options(usage.Options):
         if self["admin-endpoint"].lower() in ("none", "off", ""):
             self["admin-endpoint"] = None
         elif not self["admin-token"]:
-            from arp.server.admin import is_loopback
-
-            if not is_loopback(self["admin-endpoint"]):
+            if not options.is_loopback(self["admin-endpoint"]):
                 raise usage.UsageError(
                     "--admin-endpoint is reachable from other hosts: set --admin-token (or ARP_ADMIN_TOKEN)"
                 )
@@ -204,6 +203,7 @@ def makeService(config: Options) -> MultiService:
     from twisted.internet import reactor
 
     reactor.callWhenRunning(options.install_log_level, config["log-level"])
+    reactor.callWhenRunning(release_startup_memory)
     top = MultiService()
     auth_key = config["auth-key"]
     if not auth_key:
@@ -261,10 +261,13 @@ def makeService(config: Options) -> MultiService:
     public = DrainingListener("public", public_endpoint, public_factory, reactor, config["grace"])
     public.setServiceParent(top)
     if config["admin-endpoint"]:
-        from arp.server.admin import admin_site
 
-        site = admin_site(registry, public_factory, config["admin-token"])
-        Listener("admin", config["admin-endpoint"], site, reactor).setServiceParent(top)
+        def admin() -> IProtocolFactory:
+            from arp.server.admin import admin_site  # twisted.web: about 3 MB, loaded on first use
+
+            return admin_site(registry, public_factory, config["admin-token"])
+
+        Listener("admin", config["admin-endpoint"], LazyFactory(admin), reactor).setServiceParent(top)
     if not relay_config.public_url:
         # filled in once the public port is known (it may be tcp:0)
         def base_url(client_id: str) -> str:
