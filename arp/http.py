@@ -86,6 +86,15 @@ class Head:
         self.headers = [(k, v) for k, v in self.headers if k.lower() not in present]
         self._tokens = None
 
+    def replace(self, drop: frozenset[bytes], extra: list[tuple[bytes, bytes]]) -> None:
+        """Drop every header named in ``drop`` (lower case) and append ``extra``, in one pass."""
+        index = self._index or self._idx()
+        if any(name in index for name in drop):
+            self.headers = [(k, v) for k, v in self.headers if k.lower() not in drop]
+        self.headers.extend(extra)
+        self._index = None
+        self._tokens = None
+
     def connection_tokens(self) -> frozenset[bytes]:
         """The lower-cased tokens of all Connection headers."""
         tokens = self._tokens
@@ -125,7 +134,7 @@ class Head:
 def find_head_end(buf: bytes | bytearray, start: int = 0) -> int:
     """Index just past the blank line ending a head in ``buf``, or -1."""
     i = buf.find(b"\r\n\r\n", start)
-    j = buf.find(b"\n\n", start)
+    j = buf.find(b"\n\n", start, len(buf) if i < 0 else i + 2)  # never scan a body that follows
     if i < 0:
         return -1 if j < 0 else j + 2
     if 0 <= j < i:
@@ -239,7 +248,7 @@ def forward_response_head(head: Head, connection: bytes | None) -> bytes:
         if connection:
             full.add(b"Connection", connection)
         return full.serialize()
-    if head.headers and any(name in HOP_BY_HOP for name, _ in head.headers):
+    if head.headers and not HOP_BY_HOP.isdisjoint(head._index or head._idx()):
         raw = _HOP_LINE_RE.sub(b"", raw)
     if connection:
         raw = raw[:-2] + b"Connection: " + connection + b"\r\n\r\n"

@@ -51,7 +51,7 @@ LUA = HERE / "check.lua"
 SMALL = 1024
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
-TARGETS = ("direct", "arp", "ssh")
+TARGETS = ("direct", "splice", "arp", "ssh")
 NOFILE_WANT = 65536
 ARPS_ENDPOINT_EXTRA = ""  # e.g. ":backlog=1024" (--backlog)
 HIDDEN: set[str] = set()  # tools to treat as missing (--without), to exercise the fallbacks
@@ -766,6 +766,36 @@ LogLevel ERROR
 """
 
 
+class Splice(Target):
+    """Two plain Twisted splice processes in a row (bench/splice.py): the floor of ARP's stack."""
+
+    name = "splice"
+    server_label = "splice A"
+    client_label = "splice B"
+
+    def __init__(self, procs: Processes, backend: Backend) -> None:
+        super().__init__(procs, backend)
+        self.a: Child | None = None
+        self.b: Child | None = None
+
+    def start(self) -> None:
+        script = str(Path(__file__).with_name("splice.py"))
+        self.b = self.procs.start("splice-b", [sys.executable, script, "0", str(self.backend.port)])
+        b_port = int(self.b.wait_for(r"listening on \S+:(\d+)", 30).group(1))
+        self.a = self.procs.start("splice-a", [sys.executable, script, "0", str(b_port)])
+        self.port = int(self.a.wait_for(r"listening on \S+:(\d+)", 30).group(1))
+
+    def server_pid(self) -> int | None:
+        return self.a.pid if self.a else None
+
+    def client_pid(self) -> int | None:
+        return self.b.pid if self.b else None
+
+    def stop(self) -> None:
+        self.procs.stop(self.a)
+        self.procs.stop(self.b)
+
+
 class Ssh(Target):
     name = "ssh"
     server_label = "sshd"
@@ -1382,7 +1412,7 @@ def main() -> int:
     parser.add_argument("--smoke", action="store_true", help="a run of seconds, for CI")
     parser.add_argument("--out", default=str(HERE / "results"), help="where JSON and markdown go")
     parser.add_argument(
-        "--targets", default=",".join(TARGETS), help="comma-separated subset of direct,arp,ssh"
+        "--targets", default=",".join(TARGETS), help="comma-separated subset of direct,splice,arp,ssh"
     )
     parser.add_argument("--no-scale", action="store_true", help="skip the scale section")
     parser.add_argument("--backlog", type=int, help="listen backlog of arps's endpoints (default: its own)")
@@ -1461,6 +1491,8 @@ def main() -> int:
         for name in wanted:
             if name == "direct":
                 target: Target = Direct(procs, backend)
+            elif name == "splice":
+                target = Splice(procs, backend)
             elif name == "arp":
                 target = Arp(procs, backend, workdir)
             elif name == "ssh":

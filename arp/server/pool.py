@@ -153,8 +153,8 @@ class TunnelPool:
         return len(self.idle) + len(self.busy)
 
     def _top_up(self) -> None:
-        if not self.online:
-            return
+        if not self.online or len(self.idle) >= self.size + len(self.waiters):
+            return  # enough idle tunnels whatever is pending: the common case, kept cheap
         now = self.clock.seconds()
         while self.pending and self.pending[0] < now:
             self.pending.popleft()

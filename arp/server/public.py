@@ -39,8 +39,8 @@ SWEEP_INTERVAL = 1.0  # seconds between timeout checks of all public connections
 #: Connection tokens that name no header to drop: keep-alive signals, and framing headers that
 #: the relay frames by (dropping them would let the next hop read the body differently).
 _NOT_LISTED = frozenset({b"close", b"keep-alive", b"upgrade"}) | http.FRAMING
-#: Request headers replaced on the way to the client: hop-by-hop ones and X-Forwarded-*.
-_REWRITTEN = (*http.HOP_BY_HOP, b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host")
+#: Request headers replaced on the way to the client: hop-by-hop ones, X-Forwarded-*, the token.
+_REWRITTEN = http.HOP_BY_HOP | {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", TOKEN_HEADER}
 
 # request-side states
 R_HEAD, R_WAIT, R_BODY, R_DONE = range(4)
@@ -102,10 +102,11 @@ def error_body(status: int, message: str, **extra: object) -> bytes:
 
 
 def extract_token(head: http.Head, domain: bytes | None) -> tuple[bytes | None, str]:
-    """Find and remove the token in ``head``; return it and where it was found.
+    """Find the token in ``head``; return it and where it was found.
 
-    The token is removed from the query (``token=``), the ``X-ARP-Token``
-    header and the ``arp_token`` cookie, so the backend never sees it.
+    The token is removed from the query (``token=``) and the ``arp_token``
+    cookie here; the ``X-ARP-Token`` header goes with the other headers that
+    :meth:`PublicHTTPProtocol._rewrite` drops.  The backend never sees it.
     """
     token: bytes | None = None
     source = ""
@@ -121,11 +122,9 @@ def extract_token(head: http.Head, domain: bytes | None) -> tuple[bytes | None, 
             else:
                 kept.append(param)
         head.start = (head.start[0], path + (b"?" + b"&".join(kept) if kept else b""), head.start[2])
-    header = head.get(TOKEN_HEADER)
-    if header is not None:
-        head.remove(TOKEN_HEADER)
-        if token is None:
-            token, source = header.strip(), "header"
+    header = head.get(TOKEN_HEADER)  # dropped with the other rewritten headers (see _rewrite)
+    if header is not None and token is None:
+        token, source = header.strip(), "header"
     if token is None and domain:
         host = (
             (head.get(b"host") or b"").rsplit(b":", 1)[0] if b"]" not in (head.get(b"host") or b"") else b""
@@ -321,8 +320,7 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         if 0 < self.config.max_body < framer.remaining:
             self._refuse(413, "request body too large", limit=self.config.max_body)
             return
-        domain = self.config.domain.encode() if self.config.domain else None
-        token, source = extract_token(head, domain)
+        token, source = extract_token(head, self.factory.domain)
         if not token:
             self._refuse(401, "missing token: add ?token=<token> to the URL", keep=True)
             return
@@ -369,21 +367,22 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         self._acquire()
 
     def _rewrite(self, head: http.Head) -> None:
+        """Hop-by-hop headers and the token header out; our Connection and X-Forwarded-* in."""
         upgrade = head.get(b"upgrade")
         listed = head.connection_tokens() - _NOT_LISTED
         forwarded_for = head.get(b"x-forwarded-for")
-        head.remove(*_REWRITTEN, *listed)
-        if upgrade is not None:
-            head.add(b"Connection", b"Upgrade")
-            head.add(b"Upgrade", upgrade)
-        elif head.version == b"HTTP/1.0":
-            head.add(b"Connection", b"keep-alive")
-        peer = self._peer.encode()
-        head.add(b"X-Forwarded-For", forwarded_for + b", " + peer if forwarded_for else peer)
-        head.add(b"X-Forwarded-Proto", self.config.scheme.encode())
         host = head.get(b"host")
+        extra = []
+        if upgrade is not None:
+            extra += [(b"Connection", b"Upgrade"), (b"Upgrade", upgrade)]
+        elif head.version == b"HTTP/1.0":
+            extra.append((b"Connection", b"keep-alive"))
+        peer = self._peer.encode()
+        extra.append((b"X-Forwarded-For", forwarded_for + b", " + peer if forwarded_for else peer))
+        extra.append((b"X-Forwarded-Proto", self.factory.scheme))
         if host is not None:
-            head.add(b"X-Forwarded-Host", host)
+            extra.append((b"X-Forwarded-Host", host))
+        head.replace(_REWRITTEN | listed if listed else _REWRITTEN, extra)
 
     def _redirect_with_cookie(self, target: bytes, token: bytes) -> None:
         cookie = TOKEN_COOKIE + b"=" + token + b"; Path=/; HttpOnly; SameSite=Lax"
@@ -709,6 +708,8 @@ class PublicFactory(Factory):
         self.config = config
         self.clock = clock
         self.limiter = GuessLimiter(config.guess_limit, config.guess_window, clock)
+        self.domain = config.domain.encode() if config.domain else None
+        self.scheme = config.scheme.encode()
         self.connections: set[PublicHTTPProtocol] = set()
         self.stopping = False
         self._sweeper = LoopingCall(self._sweep)
