@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import sys
 
-from arp.reactor import install
+sys.modules["OpenSSL"] = None  # type: ignore[assignment]  # no TLS here, as in arps and arpc (arp/lean.py)
+
+from arp.reactor import install  # noqa: E402
 
 install()
 

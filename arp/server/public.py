@@ -433,8 +433,8 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         self._tunnel = tunnel
         self._reusable = True
         tunnel.attach(self)
-        join(self.transport, tunnel.transport)
-        fast_write(tunnel.transport, self._head_bytes)
+        fast_write(tunnel.transport, self._head_bytes)  # first: the bookkeeping below adds no latency
+        join(self.transport, tunnel.transport)  # (a head never fills a socket buffer: nothing to throttle)
         self._resp = S_HEAD
         self._resp_buf = b""
         if self._req_framer.done:
