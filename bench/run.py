@@ -267,6 +267,40 @@ def tree_stat(pid: int | None) -> dict | None:
     return {"rss_mb": round(rss, 1), "cpu_s": round(cpu, 2)}
 
 
+EMPTY_TAC = """\
+from twisted.application import service
+
+application = service.Application("empty")
+"""
+SLEEPER = "print('ready', flush=True); import time; time.sleep(60)"
+# how arps and arpc run without a TLS endpoint: pyOpenSSL blocked (arp/lean.py)
+NO_TLS_TWISTD = "import sys; sys.modules['OpenSSL'] = None; " + TWISTD_RUN
+
+
+def floor_rss(procs: Processes, workdir: Path) -> dict:
+    """RSS of processes that do nothing: a bare python3, and twistd running an empty application."""
+    tac = workdir / "empty.tac"
+    tac.write_text(EMPTY_TAC)
+    out = {}
+    for name, args, ready in (
+        ("python_mb", [sys.executable, "-c", SLEEPER], "ready"),
+        (
+            "twistd_mb",
+            [sys.executable, "-c", NO_TLS_TWISTD, "-n", "--pidfile=", "--logfile=-", "-y", str(tac)],
+            "reactor class",
+        ),
+    ):
+        child = procs.start(name.split("_")[0] + "-floor", args)
+        try:
+            child.wait_for(ready, 30)
+            time.sleep(1.0)
+            st = tree_stat(child.pid)
+            out[name] = st["rss_mb"] if st else None
+        finally:
+            procs.stop(child)
+    return out
+
+
 def listen_overflows() -> int:
     """The kernel's count of connections dropped because a listen queue was full (TcpExt)."""
     try:
@@ -1337,6 +1371,14 @@ def markdown(results: dict) -> str:
         for label, value, ok in g:
             lines.append(f"| {label} | {value} | {'yes' if ok else 'NO'} |")
         lines.append("")
+    floor = results.get("floor") or {}
+    if floor.get("twistd_mb"):
+        lines += [
+            f"For scale, on this machine a bare `python3` holds {floor['python_mb']} MB and a twistd "
+            f"running an empty application {floor['twistd_mb']} MB (pyOpenSSL left out, as in arps and "
+            "arpc): the RSS targets leave ARP itself the difference.",
+            "",
+        ]
     scale = results.get("scale", {})
     if scale.get("clients"):
         lines += [
@@ -1524,6 +1566,9 @@ def main() -> int:
         for name, r in results["targets"].items():
             if direct and name != "direct":
                 r["added_p50_us"] = r["single"]["p50_us"] - direct["single"]["p50_us"]
+        if "arp" in results["targets"]:
+            results["floor"] = floor_rss(procs, workdir)
+            note(f"   floor RSS: {results['floor']}")
         if not args.no_scale and ("arp" in wanted or args.scale_only):
             clients = []
             for n in args.clients if args.clients is not None else mode.clients:
