@@ -18,7 +18,7 @@ class SmokeTests(unittest.TestCase):
     """``bench/run.py --smoke`` runs end to end and reports sane figures."""
 
     def test_smoke_run(self) -> None:
-        """Every target present (at least direct and arp), every response checked, scale figures held."""
+        """Every target present (at least direct and arp), every response checked, floors and scale."""
         out = Path(self.mktemp())
         out.mkdir(parents=True)
         env = dict(os.environ)
@@ -40,7 +40,7 @@ class SmokeTests(unittest.TestCase):
         targets = results["targets"]
         self.assertIn("direct", targets, log)
         self.assertIn("arp", targets, log)
-        expected = {"direct", "arp", "ssh"} - set(results["skipped"])
+        expected = {"direct", "splice", "arp", "ssh"} - set(results["skipped"])
         self.assertEqual(set(targets), expected, log)
         for name, target in targets.items():
             for test in ("keepalive", "single", "newconn"):
@@ -62,6 +62,10 @@ class SmokeTests(unittest.TestCase):
                 for when in ("idle", "after"):
                     for side in ("server", "client"):
                         self.assertGreater(target[when][side]["rss_mb"], 0, f"{name} {when} {side}")
+
+        floor = results["floor"]
+        self.assertLess(floor["python_mb"], floor["twistd_mb"], floor)
+        self.assertLess(floor["twistd_mb"], targets["arp"]["idle"]["server"]["rss_mb"] + 20, floor)
 
         scale = results["scale"]
         self.assertTrue(scale["clients"], log)
