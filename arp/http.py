@@ -143,31 +143,45 @@ def find_head_end(buf: bytes | bytearray, start: int = 0) -> int:
 
 
 _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
-_HEADER_RE = re.compile(rb"(" + _TOKEN + rb"):[ \t]*([^\r\n]*?)[ \t]*\r?\n")
-_BLOCK_RE = re.compile(rb"(?:" + _TOKEN + rb":[^\r\n]*\r?\n)*\r?\n")
+#: A header value without its surrounding blanks; greedy, so the engine backtracks over the
+#: trailing blanks only, not at every character as a lazy ``*?`` would (three times faster).
+_VALUE = rb"((?:[^\r\n]*[^\r\n \t])?)"
+_HEADER_RE = re.compile(rb"(" + _TOKEN + rb"):[ \t]*" + _VALUE + rb"[ \t]*\r?\n")
+#: A whole valid header block in one pass: ``name: value`` lines (values without control
+#: characters) and the blank line.
+_BLOCK_RE = re.compile(rb"(?:" + _TOKEN + rb":[\t\x20-\x7e\x80-\xff]*\r?\n)*\r?\n")
 _BLOCK_BAD_RE = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _FOLDED_RE = re.compile(rb"\n[ \t]")
 
 
-def _split_head(raw: bytes) -> tuple[bytes, bytes]:
-    """The start line (without its line end) and the header block (ending with the blank line)."""
-    raw = raw.lstrip(b"\r\n")
-    end = raw.find(b"\n")
+def _start_line(raw: bytes) -> tuple[bytes, int]:
+    """The start line (without its line end) and the index where the header block begins."""
+    begin = 0
+    if raw[:1] in (b"\r", b"\n"):  # stray line ends before a message are allowed (RFC 9112 2.2)
+        begin = len(raw) - len(raw.lstrip(b"\r\n"))
+    end = raw.find(b"\n", begin)
     if end < 0:
         raise HTTPError(400, "malformed start line")
-    line = raw[:end]
-    return (line[:-1] if line.endswith(b"\r") else line), raw[end + 1 :]
+    line = raw[begin:end]
+    return (line[:-1] if line.endswith(b"\r") else line), end + 1
 
 
-def _parse_headers(block: bytes) -> list[tuple[bytes, bytes]]:
-    """Validate a whole header block with one regular expression, then split it with another."""
-    if not _BLOCK_RE.fullmatch(block):
-        if _FOLDED_RE.search(b"\n" + block):
-            raise HTTPError(400, "obsolete header line folding is not allowed")
-        raise HTTPError(400, "malformed header line")
+def _check_block(raw: bytes, pos: int) -> None:
+    """Validate the header block that starts at ``pos``; raise with the precise reason."""
+    if _BLOCK_RE.fullmatch(raw, pos):
+        return
+    block = raw[pos:]
+    if _FOLDED_RE.search(b"\n" + block):
+        raise HTTPError(400, "obsolete header line folding is not allowed")
     if _BLOCK_BAD_RE.search(block):
         raise HTTPError(400, "control character in header value")
-    return _HEADER_RE.findall(block)
+    raise HTTPError(400, "malformed header line")
+
+
+def _parse_headers(raw: bytes, pos: int) -> list[tuple[bytes, bytes]]:
+    """Validate the header block at ``pos`` with one regular expression, then split it with another."""
+    _check_block(raw, pos)
+    return _HEADER_RE.findall(raw, pos)
 
 
 def parse_request_head(raw: bytes) -> Head:
@@ -177,7 +191,7 @@ def parse_request_head(raw: bytes) -> Head:
 
 def parse_request(raw: bytes) -> tuple[Head, BodyFramer]:
     """Parse a request head; return it with the framer of the body that follows it."""
-    line, block = _split_head(raw)
+    line, pos = _start_line(raw)
     parts = line.split(b" ")
     if len(parts) != 3:
         raise HTTPError(400, "malformed request line")
@@ -190,7 +204,7 @@ def parse_request(raw: bytes) -> tuple[Head, BodyFramer]:
         if version.startswith(b"HTTP/"):
             raise HTTPError(505, "only HTTP/1.0 and HTTP/1.1 are supported")
         raise HTTPError(400, "malformed HTTP version")
-    head = Head((method, target, version), _parse_headers(block))
+    head = Head((method, target, version), _parse_headers(raw, pos))
     return head, request_framing(head)  # framing is validated before anything is forwarded
 
 
@@ -201,7 +215,8 @@ def parse_response_head(raw: bytes) -> Head:
 
 _HOP_NAMES = rb"connection|keep-alive|proxy-connection|te|trailer|upgrade"
 _INTEREST_RE = re.compile(
-    rb"\n(content-length|transfer-encoding|" + _HOP_NAMES + rb")[ \t]*:[ \t]*([^\r\n]*?)[ \t]*\r?(?=\n)", re.I
+    rb"\n(content-length|transfer-encoding|" + _HOP_NAMES + rb")[ \t]*:[ \t]*" + _VALUE + rb"[ \t]*\r?(?=\n)",
+    re.I,
 )
 _HOP_LINE_RE = re.compile(rb"\r\n(?:" + _HOP_NAMES + rb")[ \t]*:[^\r\n]*", re.I)
 
@@ -217,11 +232,11 @@ def scan_response_head(raw: bytes) -> Head:
 
 def _response_head(raw: bytes, full: bool) -> Head:
     try:
-        line, block = _split_head(raw)
+        line, pos = _start_line(raw)
         if full:
-            headers = _parse_headers(block)
-        elif not _BLOCK_RE.fullmatch(block) or _BLOCK_BAD_RE.search(block):
-            _parse_headers(block)  # raises with the precise reason
+            headers = _parse_headers(raw, pos)
+        else:
+            _check_block(raw, pos)
     except HTTPError as e:
         raise HTTPError(502, "backend sent a " + e.message)
     version, _, rest = line.partition(b" ")

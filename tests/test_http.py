@@ -87,6 +87,43 @@ class HeadParsingTests(unittest.TestCase):
             self.assertTrue(400 <= e.status < 600)
 
 
+_NAMES = st.sampled_from([b"Host", b"X-Y", b"content-length", b"Connection", b"TE", b"a", b"Keep-Alive"])
+_VALUES = st.binary(max_size=12).map(lambda b: bytes(c for c in b if c == 9 or 32 <= c != 127))
+_BLANKS = st.sampled_from([b"", b" ", b"\t", b"  \t"])
+
+
+def reference_headers(block: bytes) -> list[tuple[bytes, bytes]]:
+    """What the header lines of a valid block say, split the plain way."""
+    lines = block.replace(b"\r\n", b"\n").split(b"\n")
+    return [(n, v.strip(b" \t")) for n, _, v in (line.partition(b":") for line in lines if line)]
+
+
+class HeaderValueTests(unittest.TestCase):
+    """Values come out without their surrounding blanks, whatever blanks and line ends are used."""
+
+    @settings(max_examples=400, deadline=None)
+    @given(st.lists(st.tuples(_NAMES, _BLANKS, _VALUES, _BLANKS, st.booleans()), max_size=6))
+    def test_values_match_a_plain_split(self, lines):
+        block = b"".join(
+            n + b":" + lead + v + trail + (b"\r\n" if crlf else b"\n") for n, lead, v, trail, crlf in lines
+        )
+        expected = reference_headers(block)
+        if _framing_ok(expected):
+            head = http.parse_request_head(b"GET / HTTP/1.1\r\n" + block + b"\r\n")
+            self.assertEqual(head.headers, expected)
+        response = http.parse_response_head(b"HTTP/1.1 200 OK\r\n" + block + b"\r\n")
+        self.assertEqual(response.headers, expected)
+        scanned = http.scan_response_head(b"HTTP/1.1 200 OK\r\n" + block + b"\r\n")
+        interesting = {b"content-length", b"connection", b"te", b"keep-alive"}
+        self.assertEqual(scanned.headers, [(n.lower(), v) for n, v in expected if n.lower() in interesting])
+
+
+def _framing_ok(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether a request with these headers has valid framing (the parser checks it too)."""
+    lengths = {v.strip() for n, v in headers if n.lower() == b"content-length" for v in v.split(b",")}
+    return not lengths or (len(lengths) == 1 and next(iter(lengths)).isdigit())
+
+
 def chunked(pieces: list[bytes], trailers: bytes = b"") -> bytes:
     body = b"".join(b"%x;ext=1\r\n%s\r\n" % (len(p), p) for p in pieces if p)
     return body + b"0\r\n" + trailers + b"\r\n"
