@@ -39,9 +39,9 @@ class HTTPError(Exception):
 class Head:
     """A parsed request or response head.  Header names keep their case.
 
-    Look-ups go through an index by lower-case name, built on first use and
-    kept up to date by :meth:`add` and :meth:`remove` (change ``headers`` only
-    through them).
+    Look-ups go through an index by lower-case name, built on first use, kept
+    up to date by :meth:`add` and :meth:`remove` and rebuilt after
+    :meth:`replace` (change ``headers`` only through these).
     """
 
     start: tuple[bytes, bytes, bytes]
@@ -78,7 +78,7 @@ class Head:
     def remove(self, *names: bytes) -> None:
         """Drop every header named in ``names`` (lower case)."""
         index = self._index or self._idx()
-        present = [name for name in names if name in index]
+        present = {name for name in names if name in index}  # a name may be given twice
         if not present:
             return
         for name in present:

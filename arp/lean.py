@@ -40,5 +40,7 @@ def release_startup_memory() -> bool:
         trim = libc.malloc_trim
     except (ImportError, OSError, AttributeError):
         return False  # not glibc (macOS, musl, Windows): nothing to do
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
     trim(0)
     return True

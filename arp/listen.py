@@ -38,6 +38,8 @@ class LazyFactory:
         self._factory: IProtocolFactory | None = None
         self._started = False
 
+    log = Logger()
+
     @property
     def factory(self) -> IProtocolFactory:
         """The real factory (built now if it was not yet)."""
@@ -58,7 +60,12 @@ class LazyFactory:
             self._factory.doStop()
 
     def buildProtocol(self, addr: IAddress) -> IProtocol | None:
-        return self.factory.buildProtocol(addr)
+        try:
+            factory = self.factory
+        except Exception:
+            self.log.failure("cannot set up this endpoint's service; closing the connection")
+            return None  # the port closes the connection; the next one tries again
+        return factory.buildProtocol(addr)
 
 
 class Listener(Service):

@@ -65,7 +65,8 @@ class SmokeTests(unittest.TestCase):
 
         floor = results["floor"]
         self.assertLess(floor["python_mb"], floor["twistd_mb"], floor)
-        self.assertLess(floor["twistd_mb"], targets["arp"]["idle"]["server"]["rss_mb"] + 20, floor)
+        # arps is a twistd process: it cannot hold less than an empty one (else the floor is mismeasured)
+        self.assertLess(floor["twistd_mb"], targets["arp"]["idle"]["server"]["rss_mb"], floor)
 
         scale = results["scale"]
         self.assertTrue(scale["clients"], log)

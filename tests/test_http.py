@@ -104,6 +104,7 @@ class HeaderValueTests(unittest.TestCase):
     @settings(max_examples=400, deadline=None)
     @given(st.lists(st.tuples(_NAMES, _BLANKS, _VALUES, _BLANKS, st.booleans()), max_size=6))
     def test_values_match_a_plain_split(self, lines):
+        """Parsed and scanned values equal a plain split-and-strip of the same header lines."""
         block = b"".join(
             n + b":" + lead + v + trail + (b"\r\n" if crlf else b"\n") for n, lead, v, trail, crlf in lines
         )

@@ -36,9 +36,10 @@ IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"
 MAX_RETRIES = 2
 SWEEP_INTERVAL = 1.0  # seconds between timeout checks of all public connections
 
-#: Connection tokens that name no header to drop: keep-alive signals, and framing headers that
-#: the relay frames by (dropping them would let the next hop read the body differently).
-_NOT_LISTED = frozenset({b"close", b"keep-alive", b"upgrade"}) | http.FRAMING
+#: Connection tokens that name no header to drop: keep-alive signals, framing headers that the
+#: relay frames by (dropping them would let the next hop read the body differently), and Host,
+#: which every HTTP/1.1 request must carry.
+_NOT_LISTED = frozenset({b"close", b"keep-alive", b"upgrade", b"host"}) | http.FRAMING
 #: Request headers replaced on the way to the client: hop-by-hop ones, X-Forwarded-*, the token.
 _REWRITTEN = http.HOP_BY_HOP | {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", TOKEN_HEADER}
 
@@ -105,8 +106,9 @@ def extract_token(head: http.Head, domain: bytes | None) -> tuple[bytes | None, 
     """Find the token in ``head``; return it and where it was found.
 
     The token is removed from the query (``token=``) and the ``arp_token``
-    cookie here; the ``X-ARP-Token`` header goes with the other headers that
-    :meth:`PublicHTTPProtocol._rewrite` drops.  The backend never sees it.
+    cookie here; the ``X-ARP-Token`` header is left for
+    :meth:`PublicHTTPProtocol._rewrite`, which drops it with the hop-by-hop
+    headers.  Together they make sure the backend never sees the token.
     """
     token: bytes | None = None
     source = ""
@@ -370,7 +372,8 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         """Hop-by-hop headers and the token header out; our Connection and X-Forwarded-* in."""
         upgrade = head.get(b"upgrade")
         listed = head.connection_tokens() - _NOT_LISTED
-        forwarded_for = head.get(b"x-forwarded-for")
+        # a header the Connection header lists is for the previous hop only: never pass on its value
+        forwarded_for = head.get(b"x-forwarded-for") if b"x-forwarded-for" not in listed else None
         host = head.get(b"host")
         extra = []
         if upgrade is not None:
