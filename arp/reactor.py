@@ -6,7 +6,7 @@ pushes a fresh context dictionary so that *legacy* ``log.msg`` calls made
 while handling the event are tagged with it.  ARP logs through
 :class:`twisted.logger.Logger`, whose events carry their own namespace, so that
 context buys nothing here, while it costs about a tenth of the relay's CPU per
-relayed request (measured with ``bench/run.py``: arps 68 -> 61 us, arpc 28 ->
+relayed request (A/B runs of the keep-alive benchmark: arps 70 -> 61 us, arpc 28 ->
 23 us per keep-alive request).
 
 :class:`RelayReactor` is that epoll reactor with a ``doPoll`` that calls the
