@@ -144,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--public-port", type=int, default=17003, help="relay public port (17003)")
     parser.add_argument("--control-port", type=int, default=17001, help="relay control port (17001)")
     parser.add_argument("--proxy-port", type=int, default=17002, help="relay proxy port (17002)")
+    parser.add_argument("--admin-port", type=int, default=17004, help="relay admin port (17004)")
     parser.add_argument("--check", action="store_true", help="fetch through the relay, then exit")
     parser.add_argument("--app", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -172,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--control-endpoint", f"tcp:{args.control_port}:interface=127.0.0.1",
                 "--proxy-endpoint", f"tcp:{args.proxy_port}:interface=127.0.0.1",
                 "--public-endpoint", f"tcp:{args.public_port}:interface=127.0.0.1",
+                "--admin-endpoint", f"tcp:{args.admin_port}:interface=127.0.0.1",
                 "--auth-key", key, "--data-dir", os.path.join(work, "arps"),
             ),
             not args.check,
