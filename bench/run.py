@@ -697,7 +697,9 @@ def _arps_has_option(name: str) -> bool:
     return any(p[0] == name for p in Options.optParameters)
 
 
-def start_arps(procs: Processes, workdir: Path, auth_key: str, *extra: str, nofile: int = 0) -> tuple:
+def start_arps(
+    procs: Processes, workdir: Path, auth_key: str, *extra: str, nofile: int = 0, env: dict | None = None
+) -> tuple:
     args = [*TWISTD, "arps"]
     for name in ("control", "proxy", "public"):
         args += [f"--{name}-endpoint", "tcp:0:interface=127.0.0.1" + ARPS_ENDPOINT_EXTRA]
@@ -705,7 +707,7 @@ def start_arps(procs: Processes, workdir: Path, auth_key: str, *extra: str, nofi
         args += ["--admin-endpoint", "tcp:0:interface=127.0.0.1"]  # never a fixed port
     data = Path(tempfile.mkdtemp(prefix="arps-", dir=workdir))
     args += ["--auth-key", auth_key, "--data-dir", str(data), "--pool-size", "5", *extra]
-    arps = procs.start("arps", args, nofile=nofile)
+    arps = procs.start("arps", args, nofile=nofile, env=env)
     ports = {}
     for name in ("control", "proxy", "public"):
         ports[name] = int(arps.wait_for(rf"{name} listening on \S+:(\d+)", 30).group(1))
@@ -723,6 +725,7 @@ def start_arpc(
     local_port: int,
     client_id: str,
     nofile: int = 0,
+    env: dict | None = None,
 ) -> Child:
     data = Path(tempfile.mkdtemp(prefix="arpc-", dir=workdir))
     args = [
@@ -744,7 +747,7 @@ def start_arpc(
         "--client-id",
         client_id,
     ]
-    arpc = procs.start("arpc", args, nofile=nofile)
+    arpc = procs.start("arpc", args, nofile=nofile, env=env)
     arpc.wait_for(r"Public URL: (\S+)", 30, also=tuple(c for c in procs.children if c.name == "arps"))
     return arpc
 

@@ -78,3 +78,25 @@ class SmokeTests(unittest.TestCase):
         self.assertEqual(ws["opened"], ws["websockets"])
         self.assertEqual(ws["echo_ok"], ws["websockets"])
         self.assertTrue(results["ok"], log)
+
+
+class ABTests(unittest.TestCase):
+    """``bench/ab.py`` compares a git revision with the working tree, round by round."""
+
+    def test_one_round_against_head(self) -> None:
+        """One short round of HEAD against the working tree: both relay every request, medians printed."""
+        env = dict(os.environ)
+        env.pop("ARP_AUTH_KEY", None)
+        proc = subprocess.run(
+            [sys.executable, str(RUN.with_name("ab.py")), "HEAD", "--rounds", "1", "--seconds", "1"],
+            capture_output=True,
+            text=True,
+            timeout=HARD_TIMEOUT,
+            env=env,
+        )
+        log = proc.stdout[-4000:] + proc.stderr[-4000:]
+        self.assertEqual(proc.returncode, 0, log)
+        self.assertRegex(proc.stdout, r"round 1 +HEAD: +[\d,]+ req/s +arps +[\d.]+ us", log)
+        self.assertRegex(proc.stdout, r"round 1 +worktree: +[\d,]+ req/s", log)
+        self.assertIn("new/old: req/s", proc.stdout, log)
+        self.assertNotIn("FAILED", proc.stdout, log)
