@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import platformdirs
-
 
 def default_data_dir(app: str) -> str:
     """The platform's per-user data directory for ``app`` (``~/.local/share/<app>`` on Linux)."""
+    import platformdirs  # only without --data-dir (the systemd units give one): 0.4 MB otherwise
+
     return platformdirs.user_data_dir(app, appauthor=False)
 
 
