@@ -372,14 +372,17 @@ class HTTPClient:
 
 
 class RawResponse(protocol.Protocol):
-    def __init__(self, payload: bytes, chunks: list[bytes] | None = None) -> None:
+    def __init__(self, payload: bytes, chunks: list[bytes] | None = None, half_close: bool = False) -> None:
         self.payload = payload
+        self.half_close = half_close
         self.data = b""
         self.done = defer.Deferred()
 
     def connectionMade(self):
         if self.payload:
             self.transport.write(self.payload)
+        if self.half_close:
+            self.transport.loseWriteConnection()  # send EOF, keep reading
 
     def dataReceived(self, data):
         self.data += data
@@ -388,11 +391,12 @@ class RawResponse(protocol.Protocol):
         self.done.callback(self.data)
 
 
-async def raw_exchange(port: int, payload: bytes, timeout: float = 15.0) -> bytes:
-    """Send ``payload`` on a new connection and return everything read until the server closes."""
+async def raw_exchange(port: int, payload: bytes, timeout: float = 15.0, half_close: bool = False) -> bytes:
+    """Send ``payload`` on a new connection (then EOF if ``half_close``) and return everything
+    read until the server closes."""
     from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 
-    proto = RawResponse(payload)
+    proto = RawResponse(payload, half_close=half_close)
     await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), proto)
     timer = reactor.callLater(timeout, proto.transport.abortConnection)
     data = await proto.done

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from hashlib import sha256
 
 from twisted.internet import defer, reactor
@@ -71,6 +72,17 @@ class ForwardModeTests(unittest.TestCase):
         self.assertEqual(status_of(raw), 302)
         self.assertIn(b"Location: /echo/page?x=1\r\n", raw)
         self.assertIn(b"Set-Cookie: arp_token=" + token.encode() + b"; Path=/; HttpOnly", raw)
+
+    async def test_pipelined_requests_then_half_close(self):
+        """Three pipelined GETs followed by EOF (``printf ... | nc -N``): three answers in order, then
+        the relay closes."""
+        token = await self._setup()
+        request = "GET /echo/{} HTTP/1.1\r\nHost: relay\r\nX-ARP-Token: " + token + "\r\n\r\n"
+        payload = b"".join(request.format(i).encode() for i in range(3))
+        raw = await raw_exchange(self.relay.ports["public"], payload, half_close=True)
+        self.assertEqual(raw.count(b"HTTP/1.1 200 OK"), 3, raw)
+        uris = re.findall(rb'"uri": "(/echo/\d)"', raw)
+        self.assertEqual(uris, [b"/echo/0", b"/echo/1", b"/echo/2"], raw)
 
     async def test_large_upload_and_download(self):
         """Several MB go up and come down intact."""

@@ -138,3 +138,49 @@ class ResponseConnectionTests(FrontFixture, unittest.TestCase):
             b"Keep-Alive: timeout=5, max=100\r\nContent-Length: 2\r\n\r\nok"
         )
         self.assertEqual(transport.value(), b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+
+class PipelinedHalfCloseTests(FrontFixture, unittest.TestCase):
+    """A client that pipelines requests and then half-closes gets an answer to each one."""
+
+    def test_every_pipelined_request_answered_then_closed(self):
+        """Two GETs, then EOF: both go through the tunnel in turn; the last answer closes."""
+        t = self.tunnel()
+        public, transport = self.public()
+        public.dataReceived(
+            b"GET /1 HTTP/1.1\r\nX-ARP-Token: client1\r\n\r\nGET /2 HTTP/1.1\r\nX-ARP-Token: client1\r\n\r\n"
+        )
+        public.readConnectionLost()
+        self.assertIn(b"GET /1 ", t.transport.value())
+        t.transport.clear()
+        t.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na")
+        self.assertFalse(transport.disconnecting, "closed with a request still unanswered")
+        self.assertIn(b"GET /2 ", t.transport.value())
+        t.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb")
+        answers = transport.value()
+        self.assertEqual(answers.count(b"HTTP/1.1 200 OK"), 2, answers)
+        self.assertTrue(answers.endswith(b"Connection: close\r\n\r\nb"), answers)
+        self.assertTrue(transport.disconnecting)
+        self.assertIn(t, self.record.pool.idle, "the tunnel goes back to the pool")
+
+    def test_relay_answers_pipelined_then_closed(self):
+        """Requests the relay answers itself (unknown tokens) are each answered before the close."""
+        public, transport = self.public()
+        public.dataReceived(
+            b"GET /1 HTTP/1.1\r\nX-ARP-Token: nobody\r\n\r\nGET /2 HTTP/1.1\r\nX-ARP-Token: no\r\n\r\n"
+        )
+        public.readConnectionLost()
+        answers = transport.value()
+        self.assertEqual(answers.count(b"HTTP/1.1 404 "), 2, answers)
+        self.assertTrue(transport.disconnecting)
+
+    def test_partial_head_after_eof_is_dropped(self):
+        """A complete request, then half a head, then EOF: the first is answered, then the close."""
+        t = self.tunnel()
+        public, transport = self.public()
+        public.dataReceived(b"GET /1 HTTP/1.1\r\nX-ARP-Token: client1\r\n\r\nGET /2 HT")
+        public.readConnectionLost()
+        t.dataReceived(b"HTTP/1.1 204 No Content\r\n\r\n")
+        self.assertIn(b"HTTP/1.1 204 No Content", transport.value())
+        self.assertNotIn(b"GET /2", t.transport.value())
+        self.assertTrue(transport.disconnecting)

@@ -224,8 +224,14 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
             half_close(self._tunnel.transport)
         elif self._req == R_HEAD and not self._buf and self._resp == S_NONE:
             self.transport.loseConnection()
-        else:
-            self._public_close = True
+        elif self._req == R_BODY:
+            self._public_close = True  # this request's body will never be complete
+        # otherwise: answer every request already received, then close (see _finished)
+
+    def _finished(self) -> bool:
+        """Whether nothing more will be answered: closing, or the client half-closed and no
+        complete request is left in the buffer."""
+        return self._public_close or (self._eof and http.find_head_end(self._buf) < 0)
 
     def writeConnectionLost(self) -> None:
         pass
@@ -296,6 +302,9 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
             if end < 0:
                 if len(buf) > self.config.max_head:
                     self._refuse(431, "request head too large", limit=self.config.max_head)
+                elif self._eof:  # half-closed in the middle of a head: it will never be complete
+                    self._req = R_DONE
+                    self.transport.loseConnection()
                 return
             if end > self.config.max_head:
                 self._refuse(431, "request head too large", limit=self.config.max_head)
@@ -308,6 +317,9 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
                 self._refuse(e.status, e.message)
                 return
             self._dispatch(head, framer)
+        if self._eof and self._req == R_HEAD and not self._buf:  # every request answered
+            self._req = R_DONE
+            self.transport.loseConnection()
 
     # -- routing
     def _dispatch(self, head: http.Head, framer: http.BodyFramer) -> None:
@@ -524,7 +536,7 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
             self._reusable = False
         close = (
             not self._keep_alive
-            or self._public_close
+            or self._finished()
             or framer.kind == http.UNTIL_CLOSE
             or self.factory.stopping
             or self._req != R_DONE  # answered before the whole request was read
@@ -636,7 +648,7 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
                 self._record.pool.forget(tunnel)
                 tunnel.transport.loseConnection()
         self._head = None
-        if self._public_close or self._eof:
+        if self._finished():
             self._req = R_DONE  # whatever else arrives is not read
             self.transport.loseConnection()
             return
@@ -653,7 +665,7 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         """Send an answer of our own; keep the connection only if nothing is left unread."""
         framer = self._req_framer
         unread_body = framer is not None and not framer.done
-        close = not keep or not self._keep_alive or self._eof or self._public_close or unread_body
+        close = not keep or not self._keep_alive or self._finished() or unread_body
         self.transport.write(http.json_response(status, body, extra, close=close))
         self._sent_response = True
         if close:
