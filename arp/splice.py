@@ -47,15 +47,18 @@ class Throttle:
     returned to the pool).  Our protocols decide what a close means themselves.
     """
 
-    __slots__ = ("transport",)
+    __slots__ = ("transport", "paused")
 
     def __init__(self, transport: ITransport) -> None:
         self.transport = transport
+        self.paused = False  # whether the other side's full buffer holds back our reading now
 
     def pauseProducing(self) -> None:
+        self.paused = True
         self.transport.pauseProducing()
 
     def resumeProducing(self) -> None:
+        self.paused = False
         self.transport.resumeProducing()
 
     def stopProducing(self) -> None:
@@ -92,10 +95,15 @@ def fast_write(transport: ITransport, data: bytes) -> None:
     transport.write(data)
 
 
-def join(a: ITransport, b: ITransport) -> None:
-    """Make each transport throttle the other: a full write buffer pauses reading on the other side."""
-    a.registerProducer(Throttle(b), True)
-    b.registerProducer(Throttle(a), True)
+def join(a: ITransport, b: ITransport) -> tuple[Throttle, Throttle]:
+    """Make each transport throttle the other: a full write buffer pauses reading on the other side.
+
+    Returns the throttles of ``a``'s and of ``b``'s reading.
+    """
+    throttle_a, throttle_b = Throttle(a), Throttle(b)
+    a.registerProducer(throttle_b, True)
+    b.registerProducer(throttle_a, True)
+    return throttle_a, throttle_b
 
 
 def unjoin(a: ITransport, b: ITransport) -> None:

@@ -312,6 +312,30 @@ class MoreRoutingTests(unittest.TestCase):
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 408 "))
         self.assertTrue(t.transport.disconnecting or t.transport.disconnected)
 
+    def test_body_held_back_by_a_slow_service_is_not_a_408(self):
+        """While the service does not read (the tunnel's buffer is full and reading is paused), the
+        body timeout does not blame the client; after --response-timeout without progress it is a 504."""
+        t = self.tunnel("client1", self.record.tunnel_secret)
+        public, transport = self.public(body_timeout=60, response_timeout=300)
+        public.dataReceived(b"POST / HTTP/1.1\r\nX-ARP-Token: client1\r\nContent-Length: 10\r\n\r\nabc")
+        t.transport.producer.pauseProducing()  # what Twisted does when the tunnel's write buffer fills
+        self.assertEqual(transport.producerState, "paused")
+        self.pass_seconds(250)
+        self.assertEqual(transport.value(), b"", "408 while the service held the body back")
+        self.assertFalse(transport.disconnecting)
+        t.transport.producer.resumeProducing()  # the service reads again: the client is timed again
+        public.dataReceived(b"defg")
+        t.transport.producer.pauseProducing()
+        self.pass_seconds(290)
+        self.assertEqual(transport.value(), b"")
+        self.pass_seconds(20)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 504 "), transport.value())
+        self.assertIn(b"stopped reading the request body", transport.value())
+
+    def pass_seconds(self, seconds: int) -> None:
+        for _ in range(seconds):  # second by second, as the deadline sweep sees real time
+            self.clock.advance(1)
+
     def test_tunnel_for_someone_elses_client(self):
         """A tunnel naming client2 with client1's secret is refused and never pooled."""
         t = self.tunnel("client2", self.record.tunnel_secret)

@@ -28,7 +28,7 @@ from arp import http, wire
 from arp.server.pool import PoolClosed, PoolTimeout
 from arp.server.registry import ClientRecord, Registry
 from arp.server.tunnel import TunnelOwner, TunnelServerProtocol
-from arp.splice import fast_write, half_close, join, tune, unjoin
+from arp.splice import Throttle, fast_write, half_close, join, tune, unjoin
 
 TOKEN_COOKIE = b"arp_token"
 TOKEN_HEADER = b"x-arp-token"
@@ -187,6 +187,8 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         self._bodiless = True
         self._body_left = -1
         self._peer = ""
+        self._reading: Throttle | None = None  # what pauses our reading for the current tunnel
+        self._body_progress = 0.0  # when request body bytes last arrived
 
     # -- connection life
     def connectionMade(self) -> None:
@@ -269,6 +271,14 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         self._refuse(408, "request head not received in time")
 
     def _body_timeout(self) -> None:
+        reading = self._reading
+        if self._tunnel is not None and reading is not None and reading.paused:
+            # the service stopped reading, so the body waits in our buffers: not the client's delay
+            if self.clock.seconds() - self._body_progress < self.config.response_timeout:
+                self._set_timer(self.config.body_timeout, self._body_timeout)
+                return
+            self._fail(504, "the service behind the tunnel stopped reading the request body")
+            return
         self._fail(408, "request body stalled")
 
     def _response_timeout(self) -> None:
@@ -449,7 +459,8 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         self._reusable = True
         tunnel.attach(self)
         fast_write(tunnel.transport, self._head_bytes)  # first: the bookkeeping below adds no latency
-        join(self.transport, tunnel.transport)  # (a head never fills a socket buffer: nothing to throttle)
+        # (a head never fills a socket buffer: nothing to throttle yet)
+        self._reading, _ = join(self.transport, tunnel.transport)
         self._resp = S_HEAD
         self._resp_buf = b""
         if self._req_framer.done:
@@ -457,6 +468,7 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
             self._resp_deadline = self.clock.seconds() + self.config.response_timeout
         else:
             self._req = R_BODY
+            self._body_progress = self.clock.seconds()
             self._set_timer(self.config.body_timeout, self._body_timeout)
             if self._buf:
                 data = bytes(self._buf)
@@ -472,7 +484,8 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
             self._fail(e.status, e.message)
             return
         if self._deadline:
-            self._deadline = self.clock.seconds() + self.config.body_timeout
+            self._body_progress = self.clock.seconds()
+            self._deadline = self._body_progress + self.config.body_timeout
         if self._body_left >= 0:
             self._body_left -= n
             if self._body_left < 0:
