@@ -9,6 +9,7 @@ body bytes themselves are passed on untouched.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 _TOKEN_RE = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
@@ -20,7 +21,7 @@ HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te"
 #: Headers that frame a body: never dropped because a Connection header lists them (the
 #: relay frames by them, so dropping them would let the next hop read the body differently).
 FRAMING = frozenset({b"content-length", b"transfer-encoding"})
-_NONE: list[bytes] = []  # what get_all returns for an absent header: never mutate it
+_NONE: tuple[bytes, ...] = ()  # what get_all returns for an absent header
 _EMPTY: frozenset[bytes] = frozenset()
 MAX_CHUNK_LINE = 4096
 MAX_TRAILERS = 64
@@ -40,8 +41,8 @@ class Head:
     """A parsed request or response head.  Header names keep their case.
 
     Look-ups go through an index by lower-case name, built on first use, kept
-    up to date by :meth:`add` and :meth:`remove` and rebuilt after
-    :meth:`replace` (change ``headers`` only through these).
+    up to date by :meth:`add` and rebuilt after :meth:`replace` and
+    :meth:`remove` (change ``headers`` only through these).
     """
 
     start: tuple[bytes, bytes, bytes]
@@ -64,8 +65,8 @@ class Head:
         values = (self._index or self._idx()).get(name)
         return values[-1] if values else None
 
-    def get_all(self, name: bytes) -> list[bytes]:
-        """Every value of header ``name`` (lower case)."""
+    def get_all(self, name: bytes) -> Sequence[bytes]:
+        """Every value of header ``name`` (lower case); do not change what it returns."""
         return (self._index or self._idx()).get(name, _NONE)
 
     def add(self, name: bytes, value: bytes) -> None:
@@ -77,14 +78,7 @@ class Head:
 
     def remove(self, *names: bytes) -> None:
         """Drop every header named in ``names`` (lower case)."""
-        index = self._index or self._idx()
-        present = {name for name in names if name in index}  # a name may be given twice
-        if not present:
-            return
-        for name in present:
-            del index[name]
-        self.headers = [(k, v) for k, v in self.headers if k.lower() not in present]
-        self._tokens = None
+        self.replace(frozenset(names), [])
 
     def replace(self, drop: frozenset[bytes], extra: list[tuple[bytes, bytes]]) -> None:
         """Drop every header named in ``drop`` (lower case) and append ``extra``, in one pass."""

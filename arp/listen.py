@@ -33,12 +33,12 @@ class LazyFactory:
     pays for it.
     """
 
+    log = Logger()
+
     def __init__(self, build: Callable[[], IProtocolFactory]) -> None:
         self._build = build
         self._factory: IProtocolFactory | None = None
         self._started = False
-
-    log = Logger()
 
     @property
     def factory(self) -> IProtocolFactory:

@@ -284,10 +284,8 @@ def floor_rss(procs: Processes, workdir: Path) -> dict:
         ("python_mb", [sys.executable, "-c", SLEEPER], "ready"),
         (
             "twistd_mb",
-            [
-                *[sys.executable, "-c", NO_TLS_TWISTD, "-n", "--pidfile="],
-                *["portforward", "-p", "tcp:0:interface=127.0.0.1", "-h", "127.0.0.1", "-d", "9"],
-            ],
+            [sys.executable, "-c", NO_TLS_TWISTD, "-n", "--pidfile=", "portforward"]
+            + ["-p", "tcp:0:interface=127.0.0.1", "-h", "127.0.0.1", "-d", "9"],
             "Starting factory",
         ),
     ):
