@@ -28,10 +28,11 @@ SUITES = {
 
 def run_trial(modules: list[str]) -> tuple[int, int, float]:
     start = time.monotonic()
-    result = subprocess.run(
-        [sys.executable, "-m", "twisted.trial", *modules], cwd=tempfile.mkdtemp(prefix="arp-rel-"),
-        capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT), timeout=1800,
-    )  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="arp-rel-") as cwd:
+        result = subprocess.run(
+            [sys.executable, "-m", "twisted.trial", *modules], cwd=cwd,
+            capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT), timeout=1800,
+        )  # fmt: skip
     out = result.stdout + result.stderr
     summary = re.findall(r"^(?:PASSED|FAILED) \((.*)\)$", out, re.M)
     counts = dict(re.findall(r"(\w+)=(\d+)", summary[-1])) if summary else {}
@@ -58,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         bad += failed
         rows.append((name, f"{passed} passed, {failed} failed ({seconds:.0f} s)"))
     rows.append(("fuzz inputs per run", f"{sum(EXAMPLES.values())} (+ hypothesis parser/framer cases)"))
-    out = os.path.join(tempfile.mkdtemp(prefix="arp-soak-"), "soak.json")
+    out_dir = tempfile.TemporaryDirectory(prefix="arp-soak-result-")
+    out = os.path.join(out_dir.name, "soak.json")
     soak = subprocess.run(
         [sys.executable, os.path.join(ROOT, "tools", "soak.py"), "--requests", str(args.soak_requests),
          "--clients", str(args.soak_clients), "--json", out],
@@ -69,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     with open(out) as f:
         result = json.load(f)
+    out_dir.cleanup()
     bad += result["failed"] + int(result["fd_leak"])
     rows.append(
         (

@@ -21,6 +21,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -203,6 +204,7 @@ def wait_line(proc: subprocess.Popen, pattern: str, timeout: float = 30) -> re.M
 
 async def run(args: argparse.Namespace) -> dict:
     work = tempfile.mkdtemp(prefix="arp-soak-")
+    result: dict | None = None
     backend_port = free_port()
     server = await asyncio.start_server(backend_conn, "127.0.0.1", backend_port)
     procs: list[subprocess.Popen] = []
@@ -292,6 +294,10 @@ async def run(args: argparse.Namespace) -> dict:
                 proc.wait()
         server.close()
         await server.wait_closed()
+        if result is not None and not result["failed"] and not result["fd_leak"]:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"soak: logs kept in {work}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
