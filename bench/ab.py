@@ -62,14 +62,18 @@ def one_round(
         time.sleep(1.0)  # the pool fills
         url = f"http://127.0.0.1:{ports['public']}/1k?token={client_id}"
         bench.run_wrk(url, 2, 50, 1)  # warm up
-        before = {name: bench.proc_stat(child.pid) for name, child in (("arps", arps), ("arpc", arpc))}
+
+        def cpu_s() -> dict[str, float]:
+            return {name: bench.proc_stat(child.pid)[1] for name, child in (("arps", arps), ("arpc", arpc))}
+
+        before = cpu_s()
         load = bench.run_wrk(url, 2, 50, seconds)
-        after = {name: bench.proc_stat(child.pid) for name, child in (("arps", arps), ("arpc", arpc))}
+        after = cpu_s()
         single = bench.run_wrk(url, 1, 1, seconds)
     finally:
         procs.stop(arpc)
         procs.stop(arps)
-    cpu = {name: (after[name][1] - before[name][1]) * 1e6 / max(load["requests"], 1) for name in before}
+    cpu = {name: (after[name] - before[name]) * 1e6 / max(load["requests"], 1) for name in before}
     return {
         "rps": load["rps"],
         "arps_us": round(cpu["arps"], 1),

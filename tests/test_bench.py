@@ -14,6 +14,16 @@ RUN = Path(__file__).resolve().parent.parent / "bench" / "run.py"
 HARD_TIMEOUT = 240
 
 
+def run_script(script: Path, *args: str) -> tuple[subprocess.CompletedProcess, str]:
+    """Run a benchmark script as a user would; its result and the tail of its output."""
+    env = dict(os.environ)
+    env.pop("ARP_AUTH_KEY", None)
+    proc = subprocess.run(
+        [sys.executable, str(script), *args], capture_output=True, text=True, timeout=HARD_TIMEOUT, env=env
+    )
+    return proc, proc.stdout[-4000:] + proc.stderr[-4000:]
+
+
 class SmokeTests(unittest.TestCase):
     """``bench/run.py --smoke`` runs end to end and reports sane figures."""
 
@@ -21,16 +31,7 @@ class SmokeTests(unittest.TestCase):
         """Every target present (at least direct and arp), every response checked, floors and scale."""
         out = Path(self.mktemp())
         out.mkdir(parents=True)
-        env = dict(os.environ)
-        env.pop("ARP_AUTH_KEY", None)
-        proc = subprocess.run(
-            [sys.executable, str(RUN), "--smoke", "--out", str(out)],
-            capture_output=True,
-            text=True,
-            timeout=HARD_TIMEOUT,
-            env=env,
-        )
-        log = proc.stdout[-4000:] + proc.stderr[-4000:]
+        proc, log = run_script(RUN, "--smoke", "--out", str(out))
         self.assertEqual(proc.returncode, 0, log)
         result_file = out / "smoke.json"
         self.assertTrue(result_file.exists(), log)
@@ -85,16 +86,7 @@ class ABTests(unittest.TestCase):
 
     def test_one_round_against_head(self) -> None:
         """One short round of HEAD against the working tree: both relay every request, medians printed."""
-        env = dict(os.environ)
-        env.pop("ARP_AUTH_KEY", None)
-        proc = subprocess.run(
-            [sys.executable, str(RUN.with_name("ab.py")), "HEAD", "--rounds", "1", "--seconds", "1"],
-            capture_output=True,
-            text=True,
-            timeout=HARD_TIMEOUT,
-            env=env,
-        )
-        log = proc.stdout[-4000:] + proc.stderr[-4000:]
+        proc, log = run_script(RUN.with_name("ab.py"), "HEAD", "--rounds", "1", "--seconds", "1")
         self.assertEqual(proc.returncode, 0, log)
         self.assertRegex(proc.stdout, r"round 1 +HEAD: +[\d,]+ req/s +arps +[\d.]+ us", log)
         self.assertRegex(proc.stdout, r"round 1 +worktree: +[\d,]+ req/s", log)

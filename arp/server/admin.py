@@ -41,6 +41,15 @@ class JSONError(resource.Resource):
         return send_json(request, self.status, {"error": self.message, "status": self.status})
 
 
+class RelayView(resource.Resource):
+    """A resource that reads the relay's registry and public front."""
+
+    def __init__(self, registry: Registry, public: PublicFactory) -> None:
+        super().__init__()
+        self.registry = registry
+        self.public = public
+
+
 METRICS_CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -115,30 +124,20 @@ def relay_metrics(registry: Registry, public: PublicFactory) -> bytes:
     return "".join(families).encode()
 
 
-class Metrics(resource.Resource):
+class Metrics(RelayView):
     """``/metrics`` in the Prometheus text format."""
 
     isLeaf = True
-
-    def __init__(self, registry: Registry, public: PublicFactory) -> None:
-        super().__init__()
-        self.registry = registry
-        self.public = public
 
     def render_GET(self, request: server.Request) -> bytes:
         request.setHeader(b"content-type", METRICS_CONTENT_TYPE)
         return relay_metrics(self.registry, self.public)
 
 
-class Clients(resource.Resource):
+class Clients(RelayView):
     """``/admin/api/clients`` and ``/admin/api/clients/<id>[/disconnect]``."""
 
     log = Logger()
-
-    def __init__(self, registry: Registry, public: PublicFactory) -> None:
-        super().__init__()
-        self.registry = registry
-        self.public = public
 
     def getChild(self, path: bytes, request: server.Request) -> resource.Resource:
         if not path:
@@ -189,15 +188,10 @@ def _totals(registry: Registry, public: PublicFactory) -> dict:
     return totals
 
 
-class Stats(resource.Resource):
+class Stats(RelayView):
     """``/admin/api/stats``: relay-wide totals."""
 
     isLeaf = True
-
-    def __init__(self, registry: Registry, public: PublicFactory) -> None:
-        super().__init__()
-        self.registry = registry
-        self.public = public
 
     def render_GET(self, request: server.Request) -> bytes:
         return send_json(request, 200, _totals(self.registry, self.public))

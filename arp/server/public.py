@@ -312,10 +312,7 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
             if end < 0:
                 if len(buf) > self.config.max_head:
                     self._refuse(431, "request head too large", limit=self.config.max_head)
-                elif self._eof:  # half-closed in the middle of a head: it will never be complete
-                    self._req = R_DONE
-                    self.transport.loseConnection()
-                return
+                break
             if end > self.config.max_head:
                 self._refuse(431, "request head too large", limit=self.config.max_head)
                 return
@@ -327,7 +324,7 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
                 self._refuse(e.status, e.message)
                 return
             self._dispatch(head, framer)
-        if self._eof and self._req == R_HEAD and not self._buf:  # every request answered
+        if self._eof and self._req == R_HEAD:  # half-closed: every complete request is answered
             self._req = R_DONE
             self.transport.loseConnection()
 
