@@ -16,7 +16,7 @@ from twisted.logger import Logger, globalLogPublisher
 from twisted.python import usage
 
 from arp import __version__, files, options, wire
-from arp.client.link import RelayLink
+from arp.client.link import RelayLink, exit_with_status
 from arp.logs import DailyFileObserver, open_log_directory
 from arp.reactor import install_unless_chosen
 
@@ -95,7 +95,7 @@ class Options(usage.Options):
             "data-dir",
             None,
             None,
-            "Where arpc keeps its client id, instance key and logs (default: ~/.local/share/arpc).",
+            "Where arpc keeps its client id, identity key and logs (default: ~/.local/share/arpc).",
         ],
         ["command-path", None, None, "Command mode: the Claude Code CLI (default: claude on PATH)."],
         ["codex-path", None, None, "Command mode: the Codex CLI (default: codex on PATH)."],
@@ -190,6 +190,24 @@ def _guessable(client_id: str) -> bool:
     return len(client_id) < 16 or len(set(client_id)) < 8
 
 
+def _identity(path: Path) -> object:
+    """This instance's Ed25519 key from ``path`` (mode 0600), created on first use.
+
+    The relay pins the public half to the client id: keep the file (and the
+    data directory) to keep the id across restarts; never copy it elsewhere.
+    """
+    text, _ = files.read_or_create_secret(path, lambda: wire.identity_to_hex(wire.new_identity()))
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise SystemExit(
+            f"arpc: {path} is readable by others (mode {mode:04o}); run: chmod 600 {path}"
+        )
+    try:
+        return wire.identity_from_hex(text)
+    except ValueError as e:
+        raise SystemExit(f"arpc: {path} is not an arpc identity key ({e}); move it away to make a new one")
+
+
 def makeService(config: Options) -> MultiService:
     """Build the client's service tree from its options."""
     install_unless_chosen()  # arp/reactor.py: epoll without a log context per event
@@ -210,8 +228,7 @@ def makeService(config: Options) -> MultiService:
             "service: prefer the default random id",
             client_id=client_id,
         )
-    instance_hex, _ = files.read_or_create_secret(data_dir / "instance-key", lambda: wire.random_hex(32))
-    instance_token = bytes.fromhex(instance_hex)[: wire.TOKEN_SIZE]
+    identity = _identity(data_dir / "identity-key")
     server = config["server-addr"]
     control = config["control-endpoint"] or f"tcp:host={server}:port={config['control-port']}:timeout=10"
     proxy = config["proxy-endpoint"] or f"tcp:host={server}:port={config['proxy-port']}:timeout=10"
@@ -245,7 +262,8 @@ def makeService(config: Options) -> MultiService:
         proxy_endpoint=clientFromString(reactor, proxy),
         tunnel_protocol=tunnel_protocol,
         client_id=client_id,
-        instance_token=instance_token,
+        identity=identity,
+        on_fatal=exit_with_status(reactor, 2),
         auth_key=config["auth-key"],
         mode="tcp" if raw_tcp else "http",
         remote_port=config["remote-port"],

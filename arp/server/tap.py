@@ -51,6 +51,13 @@ class Options(usage.Options):
             "Secret arpc must prove to register (env ARP_AUTH_KEY). Default: generated once "
             "and kept in the data directory.",
         ],
+        [
+            "auth-keys",
+            None,
+            None,
+            "File of per-tenant auth keys, one 'name key' per line (# comments); each tenant's "
+            "arpc uses its own key. With --auth-key too, that key is tenant 'default'.",
+        ],
         ["pool-size", None, 5, "Warm idle tunnels kept per client.", options.positive_int],
         ["max-tunnels", None, 200, "Most tunnels one client may hold open.", options.positive_int],
         [
@@ -193,6 +200,27 @@ class Options(usage.Options):
             self["log-level"] = options.log_level(options.env_default("ARP_LOG_LEVEL", "info"))
 
 
+def read_auth_keys(path: str) -> dict[str, str]:
+    """Read an ``--auth-keys`` file: ``name key`` per line; SystemExit with the line if it is bad."""
+    keys: dict[str, str] = {}
+    try:
+        text = open(path, encoding="utf-8").read()
+    except OSError as e:
+        raise SystemExit(f"arps: cannot read --auth-keys {path}: {e.strerror}")
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split()
+        if len(parts) != 2 or parts[0] in keys:
+            why = "duplicate tenant name" if len(parts) == 2 else "expected 'name key'"
+            raise SystemExit(f"arps: --auth-keys {path} line {number}: {why}")
+        keys[parts[0]] = parts[1]
+    if not keys:
+        raise SystemExit(f"arps: --auth-keys {path} names no tenant")
+    return keys
+
+
 def _scheme(endpoint: str) -> str:
     return "https" if endpoint.split(":", 1)[0] in ("ssl", "tls", "le", "lets") else "http"
 
@@ -206,7 +234,10 @@ def makeService(config: Options) -> MultiService:
     reactor.callWhenRunning(release_startup_memory)
     top = MultiService()
     auth_key = config["auth-key"]
-    if not auth_key:
+    auth_keys = read_auth_keys(config["auth-keys"]) if config["auth-keys"] else {}
+    if auth_key and auth_keys:
+        auth_keys.setdefault("default", auth_key)
+    if not auth_key and not auth_keys:
         data_dir = files.ensure_dir(config["data-dir"] or files.default_data_dir("arps"))
         path = data_dir / "auth-key"
         auth_key, created = files.read_or_create_secret(path, lambda: random_hex(24))
@@ -233,7 +264,7 @@ def makeService(config: Options) -> MultiService:
         public_url=(public_url.rstrip("/") if public_url else ""),
         tcp_ports=config["tcp-ports"],
     )
-    registry = Registry(relay_config, auth_key, reactor)
+    registry = Registry(relay_config, auth_keys or auth_key, reactor)
     registry.setServiceParent(top)
     if config["tcp-ports"]:
         from arp.server.tcp import TCPPorts
