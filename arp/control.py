@@ -119,6 +119,9 @@ class BoundedBoxes:
             return
         if self.state in ("init", "key"):  # StatefulStringProtocol: a key (or the box's end) is next
             if not string:
+                if not self._box_keys:
+                    self.refuse("empty control box")
+                    return
                 self._box_keys = self._box_bytes = 0
                 self.box_completed()
                 if not self._box_refused:

@@ -7,7 +7,7 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.protocols import amp
 
 from arp import wire
-from arp.control import Hello, Register
+from arp.control import Heartbeat, Hello, OpenTunnels, Register, Release
 
 
 def registration(
@@ -72,6 +72,18 @@ class Recorder(amp.AMP):
 
         transport.write = recording_write
         super().makeConnection(transport)
+
+    @OpenTunnels.responder
+    def open_tunnels(self, count: int) -> dict:
+        return {}
+
+    @Heartbeat.responder
+    def heartbeat(self) -> dict:
+        return {}
+
+    @Release.responder
+    def release(self, reason: str) -> dict:
+        return {}
 
     def dataReceived(self, data: bytes) -> None:
         self.received += data

@@ -122,7 +122,7 @@ class FilesTests(unittest.TestCase):
         log = os.path.join(data_dir, "logs", f"arpc.log.{datetime.date.today().isoformat()}")
         with open(log) as f:
             self.assertIn(f"Public URL: {second.url}", f.read())
-        self.assertEqual(stat.S_IMODE(os.stat(os.path.join(data_dir, "instance-key")).st_mode), 0o600)
+        self.assertEqual(stat.S_IMODE(os.stat(os.path.join(data_dir, "identity-key")).st_mode), 0o600)
 
     async def test_guessable_client_id_warns(self):
         """A short --client-id gets a warning, since it is the key to the service."""
