@@ -235,6 +235,21 @@ class ArpcExitTests(unittest.TestCase):
         self.assertNotIn("Traceback", second.output)
         self.assertTrue(owner.url)
 
+    async def test_busy_relay_keeps_retrying(self):
+        """A relay with no free TCP port refuses for now (UNAVAILABLE): arpc keeps retrying with
+        backoff instead of exiting, and gets the port once it is free."""
+        port = free_port()
+        relay = await start_arps(self, "--tcp-ports", f"{port}-{port}", "--retention", "1")
+        first = await start_arpc(self, relay, "--tcp", local_port=listen_backend(self), wait=False)
+        await first.wait_for(rf"Public address: tcp://\S+:{port}")
+        second = await start_arpc(self, relay, "--tcp", local_port=listen_backend(self), wait=False)
+        await second.wait_for(r"cannot take us now: no free TCP port")
+        await second.wait_for(r"cannot take us now", since=second.output.index("cannot take us now") + 1)
+        self.assertFalse(second.ended.called)
+        await first.stop()
+        await second.wait_for(rf"Public address: tcp://\S+:{port}", timeout=30)
+        self.assertNotIn("Traceback", second.output)
+
     async def test_sigterm_logs_shutdown(self):
         """On SIGTERM arpc says it is shutting down, not that it lost the relay and reconnects."""
         relay = await start_arps(self)
