@@ -21,10 +21,13 @@ class FakeEndpoint:
     def __init__(self) -> None:
         self.attempts = 0
         self.refuse = False
+        self.hang = False
         self.protocols: list = []
 
     def connect(self, factory) -> Deferred:
         self.attempts += 1
+        if self.hang:
+            return Deferred()
         if self.refuse:
             return fail(ConnectionRefusedError())
         proto = factory.buildProtocol(None)
@@ -195,3 +198,24 @@ class LinkTests(unittest.TestCase):
         self.assertIn("arpc shutting down: leaving the relay", text)
         self.assertIn("left the relay (shutting down)", text)
         self.assertNotIn("reconnecting", text)
+
+    def test_stop_while_connecting(self):
+        """Stopping while the TCP connection is still being made cancels it, finishes at once
+        and schedules nothing."""
+        self.endpoint.hang = True
+        self.link.startService()
+        self.successResultOf(self.link.stopService())
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertNotIn("cannot reach the relay", self.messages())
+
+    def test_stop_while_registering(self):
+        """Stopping between Hello and its answer closes the connection and never retries."""
+        self.link.startService()
+        proto = self.endpoint.protocols[0]
+        stopped = self.link.stopService()
+        self.assertTrue(proto.transport.disconnecting)
+        self.lose(proto)
+        self.successResultOf(stopped)
+        self.clock.advance(600)
+        self.assertEqual(self.endpoint.attempts, 1)
+        self.assertNotIn("could not register", self.messages())

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from twisted.application.internet import backoffPolicy
 from twisted.application.service import MultiService
 from twisted.internet.defer import CancelledError, Deferred, gatherResults
+from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
@@ -65,9 +66,8 @@ class ControlClientProtocol(BoundedBoxes, amp.AMP, TimeoutMixin):
         tune(self.transport, keepalive=True)
         self.setTimeout(REGISTER_TIMEOUT)
 
-    def dataReceived(self, data: bytes) -> None:
-        self.resetTimeout()
-        super().dataReceived(data)
+    def box_completed(self) -> None:
+        self.resetTimeout()  # a whole box from the relay, not a trickle, shows it is alive
 
     def timeoutConnection(self) -> None:
         self.log.warn("relay silent for too long; reconnecting")
@@ -115,6 +115,8 @@ class LoggedEndpoint:
 
     def connect(self, factory: Factory) -> Deferred:
         def failed(failure: Failure) -> Failure:
+            if failure.check(CancelledError, ConnectingCancelledError):
+                return failure  # we are stopping
             self.log.warn(
                 "cannot reach the relay at {where}: {why}",
                 where=self.description,
@@ -195,8 +197,7 @@ class RelayLink(MultiService):
 
     def _connect_failed(self, failure: Failure) -> None:
         self._attempt = None
-        if not failure.check(CancelledError):
-            self._schedule_retry()
+        self._schedule_retry()  # not if stopping
 
     def _connected(self, proto: ControlClientProtocol) -> None:
         self._attempt = None
