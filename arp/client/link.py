@@ -245,8 +245,9 @@ class RelayLink(MultiService):
             )
             tunnel_secret = wire.tunnel_key(exchange, result["exchange"], nonce, self.client_id)
         except AuthFailed as e:
+            why = "" if str(e) == "wrong auth key" else f" ({e})"
             raise RegistrationRefused(
-                f"the relay refused our auth key ({e}): start arpc with the relay's key, "
+                f"the relay refused our auth key{why}: start arpc with the relay's key, "
                 "--auth-key KEY or ARP_AUTH_KEY (arps prints it at its first start)"
             ) from None
         except BadRegistration as e:
