@@ -52,8 +52,6 @@ class ControlFixture:
 
     def connect(self, host: str = "10.0.0.1"):
         proto = self.factory.buildProtocol(IPv4Address("TCP", host, 40000))
-        if proto is None:
-            return None, None
         transport = StringTransport(peerAddress=IPv4Address("TCP", host, 40000))
         proto.makeConnection(transport)
         return proto, transport
@@ -208,12 +206,18 @@ class ProgressTests(ControlFixture, unittest.TestCase):
     def test_pending_connections_per_address(self):
         """At most MAX_PENDING_PER_ADDRESS unregistered connections per source address; another
         address, and a slot freed by a registration, are not affected."""
-        protos = [self.connect()[0] for _ in range(control.MAX_PENDING_PER_ADDRESS)]
-        self.assertNotIn(None, protos)
-        self.assertEqual(self.connect(), (None, None))
-        self.assertIsNotNone(self.connect("10.0.0.2")[0])
-        protos[0].connectionLost(Failure(ConnectionDone()))
-        self.assertIsNotNone(self.connect()[0])
+        protos = [self.connect() for _ in range(control.MAX_PENDING_PER_ADDRESS)]
+        self.assertFalse(any(transport.disconnecting for _, transport in protos))
+        _, refused = self.connect()
+        self.assertTrue(refused.disconnecting)
+        self.assertFalse(self.connect("10.0.0.2")[1].disconnecting)
+        first, _ = protos[0]
+        first.connectionLost(Failure(ConnectionDone()))
+        self.assertFalse(self.connect()[1].disconnecting)
+        second, _ = protos[1]
+        second.connectionLost(Failure(ConnectionDone()))
+        registered, _ = self.register()  # registered from 10.0.0.1: no longer pending
+        self.assertNotIn(registered, self.factory.pending["10.0.0.1"])
 
 
 @implementer(IPullProducer)

@@ -60,6 +60,7 @@ class ControlServerProtocol(BoundedBoxes, amp.AMP, TimeoutMixin):
         self.clock = clock
         self.callLater = clock.callLater
         self.factory = factory
+        self.closing = ""  # set by the factory: refuse this connection as soon as it is made
         self.nonce: bytes | None = None
         self.record: ClientRecord | None = None
         self.boxes = 0
@@ -71,6 +72,9 @@ class ControlServerProtocol(BoundedBoxes, amp.AMP, TimeoutMixin):
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        if self.closing:
+            self.refuse(self.closing)
+            return
         tune(self.transport, keepalive=True)
         self.transport.registerProducer(self, True)  # told when our answers go unread
         self.setTimeout(REGISTER_TIMEOUT)
@@ -233,16 +237,14 @@ class ControlFactory(Factory):
         self.clock = clock
         self.pending: dict[str, set[ControlServerProtocol]] = {}
 
-    def buildProtocol(self, addr: object) -> ControlServerProtocol | None:
+    def buildProtocol(self, addr: object) -> ControlServerProtocol:
         host = str(getattr(addr, "host", addr))
         waiting = self.pending.setdefault(host, set())
         if len(waiting) >= MAX_PENDING_PER_ADDRESS:
-            self.log.warn(
-                "refusing a control connection from {host}: {n} unregistered ones already open",
-                host=host,
-                n=len(waiting),
-            )
-            return None
+            # a protocol that closes at once (None would break a TLS wrapper around this factory)
+            proto = ControlServerProtocol(self.registry, self.clock)
+            proto.closing = f"{len(waiting)} unregistered control connections from {host} already open"
+            return proto
         proto = ControlServerProtocol(self.registry, self.clock, self)
         proto.pending_host = host
         waiting.add(proto)
