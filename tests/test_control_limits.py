@@ -11,7 +11,7 @@ import struct
 
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import ConnectError, ConnectionDone
 from twisted.internet.interfaces import IPullProducer
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -329,6 +329,35 @@ class AttackTests(unittest.TestCase):
         self.assertIsNotNone(proto.closed, "the chattering client was never closed")
         self.assertLess((rss_kb(relay.proc.pid) - before) / 1024, 64)
         await relay.proc.wait_for(r"boxes in one heartbeat interval")
+
+    async def test_many_unregistered_connections(self):
+        """100 connections from one address, each holding a box just under the caps: the
+        relay closes all beyond MAX_PENDING_PER_ADDRESS at once and does not grow."""
+        relay = await start_arps(self)
+        before = rss_kb(relay.proc.pid)
+        held = b"".join(pair(b"k%d" % i, b"v" * 400) for i in range(30))  # 30 keys, ~12 KiB
+        protos = []
+        reset = 0  # connections the relay reset before the connect even completed here
+        for _ in range(100):
+            try:
+                proto = await connect_control(relay.ports["control"])
+            except ConnectError:
+                reset += 1
+                continue
+            self.addCleanup(proto.transport.abortConnection)
+            proto.transport.write(held)
+            protos.append(proto)
+
+        def closed() -> int:
+            return reset + sum(p.closed is not None for p in protos)
+
+        for _ in range(100):
+            if closed() >= 100 - control.MAX_PENDING_PER_ADDRESS:
+                break
+            await sleep(0.05)
+        self.assertEqual(closed(), 100 - control.MAX_PENDING_PER_ADDRESS)
+        self.assertLess((rss_kb(relay.proc.pid) - before) / 1024, 64)
+        await relay.proc.wait_for(r"unregistered control connections from 127.0.0.1 already open")
 
     def tearDown(self):
         reactor.runUntilCurrent()
