@@ -237,6 +237,8 @@ def makeService(config: Options) -> MultiService:
     auth_keys = read_auth_keys(config["auth-keys"]) if config["auth-keys"] else {}
     if auth_key and auth_keys:
         auth_keys.setdefault("default", auth_key)
+    if auth_keys:
+        log.info("auth keys of {n} tenants from {path}", n=len(auth_keys), path=config["auth-keys"])
     if not auth_key and not auth_keys:
         data_dir = files.ensure_dir(config["data-dir"] or files.default_data_dir("arps"))
         path = data_dir / "auth-key"
