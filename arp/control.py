@@ -101,8 +101,9 @@ class Release(amp.Command):
 class BoundedBoxes:
     """Mixin for :class:`amp.AMP` that refuses a box with too many keys or bytes as it arrives.
 
-    The count is kept while the box is being read, so a box that is never ended
-    is cut at the cap instead of being held.  On a breach :meth:`box_too_large`
+    The count is kept while the box is being read, and includes the part of a
+    key or value still arriving, so a box that is never ended (or one huge
+    value) is cut at the cap instead of being held.  On a breach :meth:`box_too_large`
     runs (default: log and abort the connection) and nothing more is parsed.
     :meth:`box_completed` runs for every complete box before it is dispatched.
     """
@@ -113,8 +114,17 @@ class BoundedBoxes:
     _box_keys = 0
     _box_bytes = 0
     _box_refused = False
+    _unparsed = 0  # bytes received but not yet parsed into a key or value (a partial string)
+
+    def dataReceived(self, data: bytes) -> None:
+        self._unparsed += len(data)
+        super().dataReceived(data)  # type: ignore[misc]
+        held = self._box_bytes + self._unparsed
+        if not self._box_refused and held > self.max_box_bytes:  # e.g. one huge value, still coming
+            self.box_too_large(self._box_keys, held)
 
     def stringReceived(self, string: bytes) -> None:
+        self._unparsed -= len(string) + 2
         if self._box_refused:
             return
         if self.state in ("init", "key"):  # StatefulStringProtocol: a key (or the box's end) is next

@@ -96,6 +96,15 @@ class BoxCapTests(ControlFixture, unittest.TestCase):
         proto.dataReceived(pair(b"c", b"x" * (MAX_BOX_BYTES - 2 * 8000)))
         self.assertTrue(transport.disconnecting)
 
+    def test_one_huge_value(self):
+        """A value whose length prefix promises 60,000 bytes is cut once what has arrived of it
+        passes MAX_BOX_BYTES, before AMP's own 64 KiB limit would be reached."""
+        proto, transport = self.connect()
+        proto.dataReceived(struct.pack("!H", 1) + b"k" + struct.pack("!H", 60000) + b"x" * 16000)
+        self.assertFalse(transport.disconnecting)
+        proto.dataReceived(b"x" * 1000)
+        self.assertTrue(transport.disconnecting)
+
     def test_counts_restart_with_each_box(self):
         """The caps are per box: many boxes, each under the caps, are fine for a registered client."""
         proto, transport = self.register()
@@ -331,14 +340,15 @@ class AttackTests(unittest.TestCase):
         await relay.proc.wait_for(r"boxes in one heartbeat interval")
 
     async def test_many_unregistered_connections(self):
-        """100 connections from one address, each holding a box just under the caps: the
-        relay closes all beyond MAX_PENDING_PER_ADDRESS at once and does not grow."""
+        """MAX_PENDING_PER_ADDRESS + 32 connections from one address, each holding a box just
+        under the caps: the relay closes the 32 beyond the cap at once and does not grow."""
         relay = await start_arps(self)
         before = rss_kb(relay.proc.pid)
         held = b"".join(pair(b"k%d" % i, b"v" * 400) for i in range(30))  # 30 keys, ~12 KiB
         protos = []
         reset = 0  # connections the relay reset before the connect even completed here
-        for _ in range(100):
+        total = control.MAX_PENDING_PER_ADDRESS + 32
+        for _ in range(total):
             try:
                 proto = await connect_control(relay.ports["control"])
             except ConnectError:
@@ -352,10 +362,10 @@ class AttackTests(unittest.TestCase):
             return reset + sum(p.closed is not None for p in protos)
 
         for _ in range(100):
-            if closed() >= 100 - control.MAX_PENDING_PER_ADDRESS:
+            if closed() >= 32:
                 break
             await sleep(0.05)
-        self.assertEqual(closed(), 100 - control.MAX_PENDING_PER_ADDRESS)
+        self.assertEqual(closed(), 32)
         self.assertLess((rss_kb(relay.proc.pid) - before) / 1024, 64)
         await relay.proc.wait_for(r"unregistered control connections from 127.0.0.1 already open")
 

@@ -41,8 +41,9 @@ BOX_TIMEOUT = 10.0
 MAX_BOXES_BEFORE_REGISTRATION = 4
 #: Boxes a registered client may send per heartbeat interval.
 MAX_BOXES_PER_BEAT = 16
-#: Unregistered control connections allowed at once from one source address.
-MAX_PENDING_PER_ADDRESS = 32
+#: Unregistered control connections allowed at once from one source address (each holds at
+#: most one box, MAX_BOX_BYTES, for at most REGISTER_TIMEOUT).
+MAX_PENDING_PER_ADDRESS = 128
 #: Bytes of the relay's answers a peer may leave unread (the transport's buffer size, which
 #: calls ``pauseProducing``); if that lasts ``BOX_TIMEOUT``, the peer is closed.
 MAX_UNREAD = 64 * 1024
