@@ -96,7 +96,7 @@ class CommandService(MultiService):
             self.guard,
         )
         console = ConsoleFiles(str(CONSOLE_DIR))
-        console.childNotFound = NotFound(self.root.cors)  # a JSON 404, like the API's
+        console.childNotFound = NotFound(self.root.cors, self.guard)  # a JSON 404, like the API's
         self.root.set_console(console)
         self.site: Site = make_site(self.root)
 
