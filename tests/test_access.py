@@ -300,7 +300,7 @@ class StoreTests(unittest.TestCase):
         url = qr_svg_data_url("http://r/?access=x")
         self.assertTrue(url.startswith("data:image/svg+xml;base64,"))
         svg = base64.b64decode(url.split(",", 1)[1]).decode()
-        self.assertIn("<svg", svg)
+        self.assertIn('<svg xmlns="http://www.w3.org/2000/svg"', svg)  # a document of its own
         self.assertNotIn("<script", svg)
         text = qr_terminal("http://r/?access=x")
         self.assertGreater(text.count("\n"), 10)

@@ -497,11 +497,15 @@ def with_access(url: str, token: str) -> str:
 
 def qr_svg_data_url(text: str) -> str:
     """``text`` as a QR code, an SVG ``data:`` URL for an ``<img>`` (no script can run in it)."""
+    import io
+
     import segno  # only when a link is made: it is not needed to serve the API
 
-    qr = segno.make(text, error="m")
-    svg = qr.svg_inline(scale=6, border=4, dark="#000", light="#fff")
-    return "data:image/svg+xml;base64," + base64.b64encode(svg.encode()).decode("ascii")
+    out = io.BytesIO()
+    segno.make(text, error="m").save(
+        out, kind="svg", scale=6, border=4, dark="#000", light="#fff", xmldecl=False, omitsize=True
+    )
+    return "data:image/svg+xml;base64," + base64.b64encode(out.getvalue()).decode("ascii")
 
 
 def qr_terminal(text: str) -> str:

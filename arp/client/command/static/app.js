@@ -85,7 +85,13 @@ async function loadMe() {
   } catch (e) {
     me = null;
   }
-  document.getElementById("nav-devices").hidden = !(me && me.allows.includes("admin"));
+  document.getElementById("nav-devices").hidden = !can("admin");
+  document.querySelector("[data-nav=new]").hidden = !can("prompt");
+}
+
+/** Whether this console's token has ``scope`` (unknown: assume so, arpc decides anyway). */
+function can(scope) {
+  return !me || me.allows.includes(scope);
 }
 
 async function loadHealth() {
@@ -343,6 +349,13 @@ async function sessionView(id) {
   };
 
   const paintActions = () => {
+    if (!can("prompt")) {
+      controls.replaceChildren();
+      actions.classList.toggle("live", session.status === "running");
+      const bar = session.status === "running" ? [pill("running"), conn] : [];
+      actions.replaceChildren(h("div", { class: session.status === "running" ? "live-bar" : "note", id: "view-only" }, ...bar, h("span", { class: "muted" }, "This device may only watch.")));
+      return;
+    }
     if (session.status === "running") {
       const cancel = h("button", { class: "danger", id: "cancel", type: "button" }, "Cancel");
       cancel.addEventListener("click", async () => {
