@@ -30,7 +30,7 @@ MARKDOWN_TEXT = (
     "```sh\nmake test\n```\n\n<script>window.pwned = 1</script> and [a link](https://example.com/)"
 )
 DOCS_SHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
-IN_DOCS = {"projects", "history", "new", "session", "sessions", "live-phone-dark", "error"}
+IN_DOCS = {"projects", "history", "new", "session", "sessions", "live-phone-dark", "error", "devices"}
 PHONE = {"width": 390, "height": 844}
 
 
