@@ -660,3 +660,22 @@ class ScopeMatrixTests(unittest.TestCase):
         end = [e for e in detail["events"] if e["kind"] == "status"][-1]
         self.assertEqual(end["by"], {"token": me.id, "name": "owner"})
         await wait_until(lambda: not any("_BatchedTimer" in repr(c) for c in reactor.getDelayedCalls()), 5)
+
+
+class OptionsTests(unittest.TestCase):
+    """The access flags of ``twistd arpc``."""
+
+    def test_rotate_needs_command_mode(self):
+        """``--rotate-owner-token`` is refused in forward mode, where arpc issues no tokens."""
+        from twisted.python import usage
+
+        from arp.client.tap import Options
+
+        base = ["--server-addr", "relay", "--auth-key", "k"]
+        with self.assertRaises(usage.UsageError) as e:
+            Options().parseOptions([*base, "--local-port", "80", "--rotate-owner-token"])
+        self.assertIn("--command-mode", str(e.exception))
+        options = Options()
+        options.parseOptions([*base, "--command-mode", "--rotate-owner-token", "--no-qr"])
+        self.assertTrue(options["rotate-owner-token"])
+        self.assertTrue(options["no-qr"])
