@@ -105,7 +105,8 @@ class Options(usage.Options):
             "data-dir",
             None,
             None,
-            "Where arpc keeps its client id, instance key and logs (default: ~/.local/share/arpc).",
+            "Where arpc keeps its client id, instance key, access tokens and logs "
+            "(default: ~/.local/share/arpc).",
         ],
         ["command-path", None, None, "Command mode: the Claude Code CLI (default: claude on PATH)."],
         ["codex-path", None, None, "Command mode: the Codex CLI (default: codex on PATH)."],
