@@ -53,6 +53,10 @@ def protocols_of(factory: object) -> tuple[bytes, ...]:
 def negotiate(endpoint: object, protocols: Sequence[bytes]) -> bool:
     """Make the TLS server ``endpoint`` choose its ALPN protocol from ``protocols`` (see above).
 
+    Also drops the server's own certificate from ``extraCertChain``, so that a
+    ``fullchain.pem`` (or one combined PEM) can be named both as ``certKey``
+    and as ``extraCertChain`` without the certificate being sent twice.
+
     Returns False, changing nothing, for an endpoint that is not an ``ssl:``
     one (plain TCP, or a TLS endpoint from a plugin whose context we cannot
     reach); those keep Twisted's choice, which the factory's
@@ -63,7 +67,11 @@ def negotiate(endpoint: object, protocols: Sequence[bytes]) -> bool:
     get_context = getattr(creator, "getContext", None)
     if get_context is None:
         return False
-    get_context().set_alpn_select_callback(_selector(tuple(protocols)))
+    leaf = getattr(creator, "certificate", None)
+    chain = getattr(creator, "extraCertChain", None)
+    if leaf is not None and chain:
+        creator.extraCertChain = [c for c in chain if c.digest("sha256") != leaf.digest("sha256")]
+    get_context().set_alpn_select_callback(_selector(tuple(protocols)))  # builds the context
     return True
 
 

@@ -100,13 +100,13 @@ class GuessLimiter:
             self._seen.popitem(last=False)
 
 
-def with_hsts(raw: bytes, head: http.Head, value: bytes) -> bytes:
+def with_hsts(raw: bytes, value: bytes) -> bytes:
     """A forwarded response head with the relay's Strict-Transport-Security in place of the service's.
 
     The relay's host name is shared by every client, so its HSTS policy is the operator's: a
     service cannot shorten it (``max-age=0``) or widen it (``includeSubDomains``).
     """
-    if head.get(HSTS) is not None:
+    if HSTS in raw.lower():  # rare: the service sent its own
         full = http.parse_response_head(raw)
         full.remove(HSTS)
         raw = full.serialize()
@@ -579,7 +579,7 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         self._resp = S_BODY
         out = http.forward_response_head(head, connection)
         if self.factory.hsts is not None:
-            out = with_hsts(out, head, self.factory.hsts)
+            out = with_hsts(out, self.factory.hsts)
         self._response_body(rest, out)
 
     def _response_body(self, data: bytes, head: bytes = b"") -> None:
