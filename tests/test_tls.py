@@ -178,6 +178,30 @@ class HTTPSClientsTests(unittest.TestCase):
         self.assertIn("NO_APPLICATION_PROTOCOL", str(refused.exception).upper().replace(" ", "_"))
 
 
+class ApiEndpointOverTLSTests(unittest.TestCase):
+    """arpc's ``--api-endpoint`` (command mode) on ``ssl:`` negotiates like the relay's ports."""
+
+    timeout = 60
+
+    async def test_api_endpoint_on_ssl(self):
+        """ALPN h2 + http/1.1 gets http/1.1 and the API answers; h2 alone is refused cleanly."""
+        from tests.command_helpers import Workspace, start_command_arpc
+
+        paths = make_ca_and_cert(self.mktemp())
+        relay = await start_arps(self)
+        ws = Workspace(self)
+        arpc = await start_command_arpc(self, relay, ws, "--api-endpoint", f"ssl:0:{tls_args(paths)}")
+        port = int((await arpc.wait_for(r"api listening on 127\.0\.0\.1:(\d+)")).group(1))
+        selected, raw = await threads.deferToThread(
+            tls_get, port, paths["ca"], ["h2", "http/1.1"], "/api/health"
+        )
+        self.assertEqual((selected, status_of(raw)), ("http/1.1", 200))
+        self.assertIn("sessions", json.loads(body_of(raw)))
+        with self.assertRaises(ssl.SSLError) as refused:
+            await threads.deferToThread(tls_get, port, paths["ca"], ["h2"], "/api/health")
+        self.assertIn("NO_APPLICATION_PROTOCOL", str(refused.exception).upper().replace(" ", "_"))
+
+
 def readme_block(first_line: str, containing: str = "") -> str:
     """The README literal block that starts with ``first_line`` and contains ``containing``
     (up to the next blank line)."""
@@ -236,9 +260,7 @@ class ReadmeHTTPSRelayTests(unittest.TestCase):
         chain = await threads.deferToThread(served_chain, ports["443"])
         self.assertEqual(chain, ["localhost", "ARP test intermediate"])  # the leaf is not sent twice
 
-        block = readme_block(
-            "twistd -n arpc --server-addr relay.example.com", "tls:relay.example.com:17001 "
-        )
+        block = readme_block("twistd -n arpc --server-addr relay.example.com", "tls:relay.example.com:17001 ")
         block = block.replace("relay.example.com", "localhost")
         for port in ("17001", "17002"):
             block = block.replace(
