@@ -99,10 +99,14 @@ def _selector(ours: tuple[bytes, ...]):  # noqa: ANN202 -- returns a pyOpenSSL c
 
 def explain(failure: BaseException) -> str | None:
     """Say in words why a TLS connection to the relay failed, or None if it is not a TLS failure."""
-    kind = type(failure).__name__
-    if kind == "VerificationError":  # service_identity: the certificate names other hosts
+    try:  # both are there whenever a TLS endpoint is used; imported only on this failure path
+        from OpenSSL.SSL import Error
+        from service_identity import VerificationError
+    except ImportError:
+        return None
+    if isinstance(failure, VerificationError):  # the certificate names other hosts
         names = []
-        for mismatch in getattr(failure, "errors", ()):
+        for mismatch in failure.errors:
             wanted = getattr(mismatch, "mismatched_id", None)
             name = getattr(wanted, "hostname", None) or getattr(wanted, "ip", None)
             if name is not None:
@@ -112,18 +116,13 @@ def explain(failure: BaseException) -> str | None:
             f"{', '.join(names) or 'the host name we connected to'} (connect with a name the "
             "certificate lists, or give the relay a certificate for this name)"
         )
-    try:
-        from OpenSSL.SSL import Error
-    except ImportError:
-        return None
     if not isinstance(failure, Error):
         return None
-    reasons = [str(entry[-1]) for entry in (failure.args[0] if failure.args else ()) if entry]
+    queue = failure.args[0] if failure.args and isinstance(failure.args[0], list) else []
+    reasons = [str(entry[-1]) for entry in queue if isinstance(entry, tuple) and entry]
     if "certificate verify failed" in reasons:
         return (
             "certificate not trusted: the relay's certificate is not signed by a CA in trustRoots= "
             "(or the system's CAs when trustRoots is not given), or it has expired"
         )
-    if "wrong version number" in reasons or "packet length too long" in reasons:
-        return "the relay does not speak TLS on this port (use a tcp: endpoint, or the relay's TLS port)"
     return "TLS handshake failed: " + ("; ".join(reasons) or str(failure))

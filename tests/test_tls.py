@@ -494,3 +494,36 @@ class ConsoleOverHTTPSTests(unittest.TestCase):
             self.assertTrue(url.startswith(f"wss://127.0.0.1:{relay.ports['public']}/"), url)
         self.assertGreaterEqual(len(seen["ticks"]), 5)
         self.assertEqual(seen["ticks"], list(range(len(seen["ticks"]))))
+
+
+class UnitTests(unittest.SynchronousTestCase):
+    """The small pieces of :mod:`arp.tls` and the HSTS rewrite, without sockets."""
+
+    def test_explain(self):
+        """Only TLS failures are explained; odd error shapes do not break the explanation."""
+        from OpenSSL import SSL
+
+        from arp.tls import explain
+
+        self.assertIsNone(explain(ValueError("not TLS")))
+        verify = SSL.Error([("SSL routines", "", "certificate verify failed")])
+        self.assertTrue(explain(verify).startswith("certificate not trusted: "))
+        self.assertEqual(
+            explain(SSL.SysCallError(-1, "Unexpected EOF")), "TLS handshake failed: (-1, 'Unexpected EOF')"
+        )
+        other = SSL.Error([("SSL routines", "", "tlsv1 alert protocol version")])
+        self.assertEqual(explain(other), "TLS handshake failed: tlsv1 alert protocol version")
+
+    def test_with_hsts(self):
+        """The relay's header is added once; a service's own (any case) is dropped first."""
+        from arp.server.public import with_hsts
+
+        plain = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+        self.assertEqual(
+            with_hsts(plain, b"max-age=5"),
+            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nStrict-Transport-Security: max-age=5\r\n\r\n",
+        )
+        own = b"HTTP/1.1 200 OK\r\nSTRICT-Transport-Security: max-age=0\r\nContent-Length: 0\r\n\r\n"
+        out = with_hsts(own, b"max-age=5")
+        self.assertEqual(header_values(out, b"strict-transport-security"), [b"max-age=5"])
+        self.assertIn(b"Content-Length: 0\r\n", out)
