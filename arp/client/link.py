@@ -27,7 +27,7 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from arp import wire
+from arp import tls, wire
 from arp.control import (
     AuthFailed,
     BadRegistration,
@@ -149,6 +149,8 @@ class RelayLink(MultiService):
         max_backoff: float = 30.0,
         grace: float = 10.0,
         on_fatal: Callable[[str], None] | None = None,
+        access_token: str | None = None,
+        on_public_url: callable | None = None,  # type: ignore[valid-type]
     ) -> None:
         """``identity``: this instance's Ed25519 private key (:func:`arp.wire.new_identity`).
         ``on_fatal(message)`` runs once if the relay refuses us for good (default: log it)."""
@@ -170,6 +172,9 @@ class RelayLink(MultiService):
         self.failures = 0
         self.tunnel_secret = ""
         self.public_url = ""
+        self.route_url = ""  # the relay's URL for this client, without our access token
+        self.access_token = access_token  # command mode: the owner's, printed in the Public URL
+        self.on_public_url = on_public_url
         self.tunnels: set[Protocol] = set()
         self.control: ControlClientProtocol | None = None
         self.connection: ControlClientProtocol | None = None  # registered or not
@@ -265,7 +270,8 @@ class RelayLink(MultiService):
             raise
         except Exception as e:
             if not self.stopping:
-                self.log.warn("could not register with the relay: {why}", why=str(e) or repr(e))
+                why = tls.explain(e) or str(e) or repr(e)  # a TLS failure in words: untrusted, wrong name...
+                self.log.warn("could not register with the relay: {why}", why=why)
             raise
         self.tunnel_secret = tunnel_secret
         self.control = proto
@@ -278,8 +284,15 @@ class RelayLink(MultiService):
             self.public_url = f"tcp://{host}:{result['remote_port']}"
             self.log.info("Registered. Public address: {url}", url=self.public_url)
         else:
-            self.public_url = f"{base}/?token={self.client_id}"
+            self.route_url = f"{base}/?token={self.client_id}"
+            self.public_url = self.route_url
+            if self.access_token:  # the routing id for the relay, the access token for arpc
+                from arp.client.command.access import with_access
+
+                self.public_url = with_access(self.route_url, self.access_token)
             self.log.info("Registered. Public URL: {url}", url=self.public_url)
+            if self.on_public_url is not None:
+                self.on_public_url(self.public_url)
 
     def control_lost(self, proto: ControlClientProtocol) -> None:
         """A control connection closed: reconnect unless we are stopping or were refused."""
