@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 
 from twisted.internet import reactor
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import ConnectError, ConnectionDone
 from twisted.internet.interfaces import IPullProducer
 from twisted.internet.task import Clock
@@ -227,6 +227,16 @@ class ProgressTests(ControlFixture, unittest.TestCase):
         second.connectionLost(Failure(ConnectionDone()))
         registered, _ = self.register()  # registered from 10.0.0.1: no longer pending
         self.assertNotIn(registered, self.factory.pending["10.0.0.1"])
+
+    def test_ipv6_counts_per_64(self):
+        """Addresses of one IPv6 /64 share one budget (a host owns the whole /64); IPv4-mapped
+        addresses count as their IPv4 address."""
+        self.assertEqual(control.source_of(IPv6Address("TCP", "2001:db8:1:2::5", 1)), "2001:db8:1:2::/64")
+        self.assertEqual(
+            control.source_of(IPv6Address("TCP", "2001:db8:1:2:ffff::9", 1)), "2001:db8:1:2::/64"
+        )
+        self.assertEqual(control.source_of(IPv6Address("TCP", "::ffff:10.0.0.1", 1)), "10.0.0.1")
+        self.assertEqual(control.source_of(IPv4Address("TCP", "10.0.0.1", 1)), "10.0.0.1")
 
 
 @implementer(IPullProducer)

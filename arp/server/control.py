@@ -19,6 +19,8 @@ Each breach logs one line saying which limit, then aborts the connection.
 
 from __future__ import annotations
 
+import ipaddress
+
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
@@ -41,8 +43,8 @@ BOX_TIMEOUT = 10.0
 MAX_BOXES_BEFORE_REGISTRATION = 4
 #: Boxes a registered client may send per heartbeat interval.
 MAX_BOXES_PER_BEAT = 16
-#: Unregistered control connections allowed at once from one source address (each holds at
-#: most one box, MAX_BOX_BYTES, for at most REGISTER_TIMEOUT).
+#: Unregistered control connections allowed at once from one source address (an IPv6 /64
+#: counts as one; each holds at most one box, MAX_BOX_BYTES, for at most REGISTER_TIMEOUT).
 MAX_PENDING_PER_ADDRESS = 128
 #: Bytes of the relay's answers a peer may leave unread (the transport's buffer size, which
 #: calls ``pauseProducing``); if that lasts ``BOX_TIMEOUT``, the peer is closed.
@@ -226,6 +228,20 @@ class ControlServerProtocol(BoundedBoxes, amp.AMP, TimeoutMixin):
         super().connectionLost(reason)
 
 
+def source_of(addr: object) -> str:
+    """Whom a connection counts against: its IPv4 address, or its IPv6 /64 (one host's range)."""
+    host = str(getattr(addr, "host", addr))
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host  # a UNIX socket or a test's fake address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
 class ControlFactory(Factory):
     """Builds :class:`ControlServerProtocol` for the control port; caps unregistered
     connections per source address."""
@@ -239,7 +255,7 @@ class ControlFactory(Factory):
         self.pending: dict[str, set[ControlServerProtocol]] = {}
 
     def buildProtocol(self, addr: object) -> ControlServerProtocol:
-        host = str(getattr(addr, "host", addr))
+        host = source_of(addr)
         waiting = self.pending.setdefault(host, set())
         if len(waiting) >= MAX_PENDING_PER_ADDRESS:
             # a protocol that closes at once (None would break a TLS wrapper around this factory)
