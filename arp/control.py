@@ -49,7 +49,8 @@ class Register(amp.Command):
 
     ``identity`` is arpc's Ed25519 public key, ``signature`` its signature of the
     registration transcript (:func:`arp.wire.transcript`), ``proof`` the MAC of the
-    same transcript under the auth key, ``exchange`` an ephemeral X25519 public key.
+    same transcript under the auth key, ``exchange`` an ephemeral X25519 public key,
+    ``binding`` arpc's TLS channel binding (empty without TLS), also in the transcript.
     The answer carries the relay's X25519 public key; both ends derive the tunnel key.
     Nothing secret is in either box.
     """
@@ -62,6 +63,7 @@ class Register(amp.Command):
         (b"proof", amp.String()),
         (b"mode", amp.Unicode()),
         (b"remote_port", amp.Integer()),
+        (b"binding", amp.String(optional=True)),
     ]
     response = [
         (b"exchange", amp.String()),

@@ -10,6 +10,8 @@ connection, and arpc answers with
   signature of the same transcript: the proof that it owns the id, which arps
   pins to the id (nothing secret is sent, so a capture gives an eavesdropper
   nothing to unseal or replay: the next connection has another nonce);
+- over TLS, the session's exported keying material in the transcript, so a
+  man in the middle who terminates TLS cannot pass a registration on;
 - an ephemeral X25519 public key; arps answers with its own, and both derive
   the registration's tunnel key from the shared secret.  Tunnel connections to
   the proxy port start with one header line naming the client and a one-time
@@ -66,11 +68,18 @@ def key_bytes(auth_key: str) -> bytes:
 
 
 def transcript(
-    nonce: bytes, client_id: str, mode: str, remote_port: int, identity: bytes, exchange: bytes
+    nonce: bytes,
+    client_id: str,
+    mode: str,
+    remote_port: int,
+    identity: bytes,
+    exchange: bytes,
+    binding: bytes = b"",
 ) -> bytes:
     """What one registration commits to: signed by the identity key and MACed with the auth key.
 
-    The relay's nonce makes it good for one control connection only.
+    The relay's nonce makes it good for one control connection only; ``binding``
+    (see :func:`channel_binding`) ties it to arpc's TLS session, if it has one.
     """
     parts = (
         nonce,
@@ -79,12 +88,30 @@ def transcript(
         str(remote_port).encode("ascii"),
         identity,
         exchange,
+        binding,
     )
     out = [b"arp-register/2"]
     for part in parts:
         out.append(len(part).to_bytes(4, "big"))
         out.append(part)
     return b"".join(out)
+
+
+def channel_binding(transport: object) -> bytes:
+    """The TLS session's exported keying material (RFC 5705), or b"" on a connection without TLS.
+
+    Both ends of one TLS session get the same 32 bytes; a man in the middle who
+    terminates TLS has two sessions and so two different values.
+    """
+    from twisted.internet.interfaces import ISSLTransport
+
+    if not ISSLTransport.providedBy(transport):
+        return b""
+    try:
+        export = transport.getHandle().export_keying_material  # type: ignore[attr-defined]
+        return bytes(export(b"EXPORTER-arp-register", 32))
+    except Exception:  # an SSL object without exporters, or a handshake not finished
+        return b""
 
 
 def admission_proof(key: bytes, data: bytes) -> bytes:

@@ -7,7 +7,13 @@ import os
 import stat
 
 from twisted.internet import reactor
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    clientFromString,
+    connectProtocol,
+    serverFromString,
+)
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.protocols import amp
 from twisted.trial import unittest
@@ -15,6 +21,7 @@ from twisted.trial import unittest
 from arp import wire
 from arp.control import AuthFailed, ClientIdInUse, Hello, Register
 from arp.server.registry import MAX_SPENT_SERIALS, Registry, RelayConfig
+from tests.certs import make_ca_and_cert
 from tests.control_helpers import connect_control, register_over, register_record, registration
 from tests.helpers import (
     AUTH_KEY,
@@ -199,6 +206,91 @@ class TenantKeyTests(unittest.TestCase):
         await bad.ended
         self.assertNotEqual(bad.exit_code, 0)
         self.assertIn("line 2: expected 'name key'", bad.output)
+
+
+class MiddleSplice(Protocol):
+    """One connection through a man in the middle: it ends the client's TLS and opens its own."""
+
+    def __init__(self, upstream) -> None:
+        self.upstream = upstream
+        self.back: Protocol | None = None
+
+    def connectionMade(self) -> None:
+        self.transport.pauseProducing()
+        back = Protocol()
+        back.dataReceived = self.transport.write
+        back.connectionLost = lambda reason: self.transport.loseConnection()
+        connecting = connectProtocol(self.upstream, back)
+        connecting.addCallbacks(self._up, lambda f: self.transport.abortConnection())
+
+    def _up(self, back: Protocol) -> None:
+        self.back = back
+        self.transport.resumeProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.back.transport.write(data)
+
+    def connectionLost(self, reason) -> None:
+        if self.back is not None:
+            self.back.transport.loseConnection()
+
+
+class ChannelBindingTests(unittest.TestCase):
+    """Over TLS the registration is bound to arpc's TLS session (exported keying material)."""
+
+    timeout = 90
+
+    async def middle(self, listen: str, upstream: str) -> int:
+        endpoint = serverFromString(reactor, listen)
+        target = clientFromString(reactor, upstream)
+        port = await endpoint.listen(Factory.forProtocol(lambda: MiddleSplice(target)))
+        self.addCleanup(port.stopListening)
+        return port.getHost().port
+
+    async def attempt(self, control: str, proxy: str) -> TwistdProcess:
+        args = ["arpc", "--auth-key", AUTH_KEY, "--data-dir", self.mktemp(), "--no-log-file"]
+        args += ["--local-port", str(listen_backend(self))]
+        args += ["--control-endpoint", control, "--proxy-endpoint", proxy]
+        proc = TwistdProcess("arpc", args).start()
+        self.addCleanup(proc.stop)
+        return proc
+
+    async def test_man_in_the_middle_refused(self):
+        """A man in the middle holding the auth key and a certificate arpc trusts ends arpc's TLS
+        and opens its own to arps: the registration it passes on is refused (arpc exits 2 saying
+        something in between ends TLS); so is one it downgrades to plain TCP; connected
+        directly, the same arpc registers."""
+        paths = make_ca_and_cert(self.mktemp())
+        tls = f"interface=127.0.0.1:privateKey={paths['key']}:certKey={paths['cert']}"
+        relay = await start_arps(
+            self, "--control-endpoint", f"ssl:0:{tls}", "--proxy-endpoint", f"ssl:0:{tls}"
+        )
+        trust = f"trustRoots={paths['ca_dir']}"
+        upstream = f"tls:localhost:{relay.ports['control']}:{trust}"
+        proxy = f"tls:localhost:{relay.ports['proxy']}:{trust}"
+
+        middle = await self.middle(f"ssl:0:{tls}", upstream)
+        relayed = await self.attempt(f"tls:localhost:{middle}:{trust}", proxy)
+        await relayed.ended
+        self.assertEqual(relayed.exit_code, 2)
+        self.assertIn("something in between ends TLS", relayed.output)
+        await relay.proc.wait_for(r"its TLS session is not this one")
+
+        stripping = await self.middle("tcp:0:interface=127.0.0.1", upstream)
+        downgraded = await self.attempt(f"tcp:127.0.0.1:{stripping}", proxy)
+        await downgraded.ended
+        self.assertEqual(downgraded.exit_code, 2)
+        self.assertIn("something in between ends TLS", downgraded.output)
+
+        direct = await self.attempt(upstream, proxy)
+        await direct.wait_for(r"Public URL: ")
+        self.assertNotIn("Traceback", relay.proc.output)
+
+    def test_binding_without_tls_is_empty(self):
+        """A plain TCP transport has no channel binding (the transcript then has an empty one)."""
+        from twisted.internet.testing import StringTransport
+
+        self.assertEqual(wire.channel_binding(StringTransport()), b"")
 
 
 class ArpcExitTests(unittest.TestCase):

@@ -235,8 +235,15 @@ class RelayLink(MultiService):
             nonce = hello["nonce"]
             exchange = wire.new_exchange()
             exchange_public = wire.public_bytes(exchange)
+            binding = wire.channel_binding(proto.transport)
             data = wire.transcript(
-                nonce, self.client_id, self.mode, self.remote_port, self.identity_public, exchange_public
+                nonce,
+                self.client_id,
+                self.mode,
+                self.remote_port,
+                self.identity_public,
+                exchange_public,
+                binding,
             )
             result = await proto.callRemote(
                 Register,
@@ -247,9 +254,15 @@ class RelayLink(MultiService):
                 proof=wire.admission_proof(self.key, data),
                 mode=self.mode,
                 remote_port=self.remote_port,
+                binding=binding,
             )
             tunnel_secret = wire.tunnel_key(exchange, result["exchange"], nonce, self.client_id)
         except AuthFailed as e:
+            if "TLS session" in str(e):
+                raise RegistrationRefused(
+                    f"the relay refused us: {e}: check that --control-endpoint reaches arps itself "
+                    "(a TLS proxy in front of arps must pass TLS through, or arps listen without TLS)"
+                ) from None
             why = "" if str(e) == "wrong auth key" else f" ({e})"
             raise RegistrationRefused(
                 f"the relay refused our auth key{why}: start arpc with the relay's key, "

@@ -20,6 +20,7 @@ Each breach logs one line saying which limit, then aborts the connection.
 from __future__ import annotations
 
 import ipaddress
+from hmac import compare_digest as secrets_equal
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory
@@ -31,7 +32,16 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from arp import wire
-from arp.control import BadRegistration, BoundedBoxes, Heartbeat, Hello, OpenTunnels, Register, Release
+from arp.control import (
+    AuthFailed,
+    BadRegistration,
+    BoundedBoxes,
+    Heartbeat,
+    Hello,
+    OpenTunnels,
+    Register,
+    Release,
+)
 from arp.server.registry import ClientRecord, Registry
 from arp.splice import tune
 
@@ -155,12 +165,24 @@ class ControlServerProtocol(BoundedBoxes, amp.AMP, TimeoutMixin):
         proof: bytes,
         mode: str,
         remote_port: int,
+        binding: bytes | None = None,
     ) -> dict:
         if self.record is not None:
             raise BadRegistration("already registered on this connection")
         if self.nonce is None:
             raise BadRegistration("send Hello first (each connection gets its own nonce)")
         nonce, self.nonce = self.nonce, b""  # one registration attempt per connection
+        binding = binding or b""
+        ours = wire.channel_binding(self.transport)
+        # without TLS here (TLS ended by a proxy in front) there is nothing to compare
+        if ours and not secrets_equal(binding, ours):
+            self.log.warn(
+                "refused registration for {client_id} from {address}: its TLS session is not this one "
+                "(something between arpc and the relay terminates TLS)",
+                client_id=wire.redact(client_id),
+                address=self.peer_address(),
+            )
+            raise AuthFailed("the TLS session arpc signed is not the relay's (something in between ends TLS)")
         record = self.registry.register(
             self,
             nonce,
@@ -172,6 +194,7 @@ class ControlServerProtocol(BoundedBoxes, amp.AMP, TimeoutMixin):
             mode,
             remote_port,
             self.peer_address(),
+            binding=binding,
         )
         self.record = record
         if self.factory is not None:

@@ -148,6 +148,8 @@ class Registry(Service):
         mode: str,
         remote_port: int,
         remote_address: str,
+        *,
+        binding: bytes = b"",
     ) -> ClientRecord:
         """Check a registration and bring the client online; raise an AMP error to refuse it.
 
@@ -164,7 +166,7 @@ class Registry(Service):
             raise BadRegistration("send Hello first (each connection gets its own nonce)")
         if len(identity) != wire.PUBLIC_KEY_SIZE or len(exchange) != wire.PUBLIC_KEY_SIZE:
             raise BadRegistration("identity and exchange must be 32-byte public keys")
-        data = wire.transcript(nonce, client_id, mode, remote_port, identity, exchange)
+        data = wire.transcript(nonce, client_id, mode, remote_port, identity, exchange, binding)
         admitted = (name for name, key in self.keys.items() if wire.check_admission(key, data, proof))
         tenant = next(admitted, None)
         if tenant is None:
