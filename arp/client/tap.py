@@ -34,9 +34,10 @@ _permission_mode.coerceDoc = (  # type: ignore[attr-defined]
 )
 
 
-class Options(usage.Options):
+class Options(options.TwistdOptions):
     """Command line of ``twistd arpc``."""
 
+    command = "arpc"
     synopsis = "--server-addr HOST (--local-port PORT | --command-mode) [options]"
     longdesc = (
         "The ARP client.  It connects out to the relay arps (so this machine needs no "
@@ -80,8 +81,8 @@ class Options(usage.Options):
         [
             "remote-port",
             None,
-            0,
-            "With --tcp: the public port to ask for (default: any the relay offers).",
+            None,
+            "With --tcp: the public port to ask for (default: any port the relay offers).",
             options.port_number,
         ],
         [
@@ -104,7 +105,8 @@ class Options(usage.Options):
             "api-endpoint",
             None,
             None,
-            "Command mode: also serve the API locally on this endpoint, e.g. tcp:8765:interface=127.0.0.1.",
+            "Command mode: also serve the API, without a token, on this loopback endpoint, "
+            "e.g. tcp:8765:interface=127.0.0.1.",
         ],
         [
             "permission-mode",
@@ -150,6 +152,8 @@ class Options(usage.Options):
             raise usage.UsageError("--control-endpoint needs --proxy-endpoint (or --server-addr)")
         if self["command-mode"]:
             self._check_command_mode()
+        elif self["api-endpoint"]:
+            raise usage.UsageError("--api-endpoint serves the agent API: it needs --command-mode")
         elif self["local-port"] is None:
             raise usage.UsageError("give the local service's port: --local-port PORT")
         if self["client-id"] is not None and not wire.CLIENT_ID_RE.match(self["client-id"]):
@@ -168,6 +172,16 @@ class Options(usage.Options):
     def _check_command_mode(self) -> None:
         if self["tcp"]:
             raise usage.UsageError("--command-mode serves HTTP; it cannot be combined with --tcp")
+        if self["api-endpoint"]:
+            try:
+                loopback = options.is_loopback(self["api-endpoint"])  # as Twisted will bind it
+            except ValueError as e:
+                raise usage.UsageError(f"--api-endpoint {e}") from e
+            if not loopback:
+                raise usage.UsageError(
+                    "--api-endpoint serves the agent API without a token: bind it to loopback, "
+                    "e.g. tcp:8765:interface=127.0.0.1"
+                )
         for root in self["project-root"]:
             if not os.path.isdir(os.path.expanduser(root)):
                 raise usage.UsageError(f"--project-root {root!r} is not a directory")
@@ -248,7 +262,7 @@ def makeService(config: Options) -> MultiService:
         instance_token=instance_token,
         auth_key=config["auth-key"],
         mode="tcp" if raw_tcp else "http",
-        remote_port=config["remote-port"],
+        remote_port=config["remote-port"] or 0,
         public_host=public_host,
         max_backoff=config["max-backoff"],
     )
