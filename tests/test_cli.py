@@ -8,9 +8,10 @@ import os
 import re
 import stat
 import subprocess
+import sys
 from importlib import metadata
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import FilteringLogObserver, globalLogPublisher
@@ -21,7 +22,15 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from arp import options
-from tests.helpers import TWISTD, HTTPClient, TwistdProcess, listen_backend, start_arpc, start_arps
+from tests.helpers import (
+    TWISTD,
+    HTTPClient,
+    TwistdProcess,
+    free_port,
+    listen_backend,
+    start_arpc,
+    start_arps,
+)
 
 
 def twistd_output(*args: str) -> str:
@@ -273,3 +282,79 @@ class ForwardErrorTests(unittest.TestCase):
             answer = json.loads(body)
             self.assertEqual(answer["service"], expected)
             self.assertIn(expected, answer["error"])
+
+
+README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.rst")
+
+
+def readme_command(plugin: str) -> list[str]:
+    """The first ``twistd -n <plugin> ...`` command line of the README's quick start, as argv."""
+    with open(README) as f:
+        match = re.search(rf"^\s+(twistd -n {plugin} .*)$", f.read(), re.MULTILINE)
+    return match.group(1).split()
+
+
+class ReadmeProcess(TwistdProcess):
+    """A README command line run as written (no ``--pidfile=``), in a given directory."""
+
+    def __init__(self, argv: list[str], cwd: str, env: dict[str, str]) -> None:
+        super().__init__(argv[2], argv[1:], env)
+        self.argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", *argv[1:]]
+        self.cwd = cwd
+
+    def start(self) -> ReadmeProcess:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("ARP_", "XDG_"))}
+        env.update(self.env, PYTHONUNBUFFERED="1")
+        reactor.spawnProcess(self, self.argv[0], self.argv, env=env, path=self.cwd)
+        return self
+
+
+class ReadmeCommandsTests(unittest.TestCase):
+    """The README's own commands, run from one directory as a newcomer would."""
+
+    timeout = 90
+
+    async def test_arps_and_arpc_from_one_directory(self):
+        """``twistd -n arps ...`` then ``twistd -n arpc ...`` from one directory both run, each with
+        its own pid file; the dead local service's 502 names it; both stop and remove their pid files."""
+        work = os.path.abspath(self.mktemp())
+        os.makedirs(work)
+        env = {"HOME": work}  # the generated key and the client id land in <work>/.local/share
+        arps_argv = readme_command("arps")
+        self.assertEqual(arps_argv[:3], ["twistd", "-n", "arps"])
+        arps_argv += [
+            f"--{name}-endpoint=tcp:0:interface=127.0.0.1" for name in ("control", "proxy", "public")
+        ]
+        arps_argv += ["--admin-endpoint=tcp:0:interface=127.0.0.1"]
+        arps = ReadmeProcess(arps_argv, work, env).start()
+        self.addCleanup(arps.stop)
+        ports = {}
+        for name in ("control", "proxy", "public"):
+            ports[name] = (await arps.wait_for(rf"{name} listening on \S+:(\d+)")).group(1)
+        key = (await arps.wait_for(r"--auth-key (\w+)")).group(1)
+
+        service_port = str(free_port())  # nothing listens there: the service is "down"
+        arpc_argv = readme_command("arpc")
+        self.assertEqual(arpc_argv[:3], ["twistd", "-n", "arpc"])
+        replace = {"relay.example.com": "127.0.0.1", "KEY": key, "3000": service_port}
+        arpc_argv = [replace.get(arg, arg) for arg in arpc_argv]
+        arpc_argv += ["--control-port", ports["control"], "--proxy-port", ports["proxy"]]
+        arpc = ReadmeProcess(arpc_argv, work, env).start()
+        self.addCleanup(arpc.stop)
+        url = (await arpc.wait_for(r"Public URL: \S+token=(\w+)")).group(1)
+
+        for proc, name in ((arps, "arps.pid"), (arpc, "arpc.pid")):
+            with open(os.path.join(work, name)) as f:
+                self.assertEqual(int(f.read()), proc.pid)
+        self.assertFalse(os.path.exists(os.path.join(work, "twistd.pid")))
+
+        response, body = await HTTPClient(self, persistent=False).request(
+            "GET", f"http://127.0.0.1:{ports['public']}/?token={url}"
+        )
+        self.assertEqual(response.code, 502)
+        self.assertIn(f"127.0.0.1:{service_port}", json.loads(body)["error"])
+
+        await arpc.stop()
+        await arps.stop()
+        self.assertTrue(arpc.stopped_cleanly and arps.stopped_cleanly)
+        self.assertEqual(sorted(f for f in os.listdir(work) if f.endswith(".pid")), [])
