@@ -69,6 +69,15 @@ def log_level(value: str) -> str:
     return value
 
 
+def env_log_level() -> str:
+    """The log level from ``ARP_LOG_LEVEL`` (default info); a usage error if it is not one."""
+    value = env_default("ARP_LOG_LEVEL", "info")
+    try:
+        return log_level(value)
+    except ValueError as e:
+        raise usage.UsageError(f"ARP_LOG_LEVEL {value!r}: {e}") from e
+
+
 # Twisted namespaces whose info events are routine at ARP's scale; shown with --log-level debug.
 QUIET_NAMESPACES = (
     "twisted.protocols.amp",  # AMP announces every connection

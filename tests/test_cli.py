@@ -191,8 +191,10 @@ class NewcomerTests(unittest.TestCase):
             (["arpc", "--auth-key", "k", "--local-port", "3000"], "--server-addr HOST"),
             (["arpc", "--server-addr", "x", "--auth-key", "k", "--local-port", "99999"], "--local-port"),
         ]
+        cases.append((["arpc", "-s", "x", "--auth-key", "k", "--local-port", "1"], "ARP_LOG_LEVEL 'loud'"))
         for args, expected in cases:
-            result = subprocess.run(TWISTD + args, capture_output=True, text=True, timeout=60)
+            env = dict(os.environ, ARP_LOG_LEVEL="loud" if "ARP_LOG_LEVEL" in expected else "info")
+            result = subprocess.run(TWISTD + args, capture_output=True, text=True, timeout=60, env=env)
             lines = (result.stdout + result.stderr).strip().splitlines()
             self.assertEqual(result.returncode, 1, lines)
             self.assertEqual(len(lines), 2, lines)

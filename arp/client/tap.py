@@ -167,7 +167,7 @@ class Options(options.TwistdOptions):
                 "give the relay's auth key: --auth-key KEY or ARP_AUTH_KEY (arps prints it at first start)"
             )
         if self["log-level"] is None:
-            self["log-level"] = options.log_level(options.env_default("ARP_LOG_LEVEL", "info"))
+            self["log-level"] = options.env_log_level()
 
     def _check_command_mode(self) -> None:
         if self["tcp"]:

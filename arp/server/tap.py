@@ -195,7 +195,7 @@ class Options(options.TwistdOptions):
                     "--admin-endpoint is reachable from other hosts: set --admin-token (or ARP_ADMIN_TOKEN)"
                 )
         if self["log-level"] is None:
-            self["log-level"] = options.log_level(options.env_default("ARP_LOG_LEVEL", "info"))
+            self["log-level"] = options.env_log_level()
 
 
 def _scheme(endpoint: str) -> str:
