@@ -195,6 +195,10 @@ def is_loopback(description: str) -> bool:
     host = address.host
     if not host:
         return False
+    try:
+        return _loopback_ip(host)  # an address literal: no lookup
+    except ValueError:
+        pass
     family = socket.AF_INET6 if isIPv6Address(host) else socket.AF_INET  # as twisted.internet.tcp.Port
     try:
         found = socket.getaddrinfo(host, None, family, socket.SOCK_STREAM)
