@@ -214,6 +214,8 @@ class AdminCrossSiteTests(unittest.TestCase):
         why = await self.refused("DELETE", "", {"Sec-Fetch-Site": "cross-site", "Origin": own})
         self.assertIn("Sec-Fetch-Site", why)
         await self.refused("POST", "/disconnect", {"X-ARP-Admin": "1", "Sec-Fetch-Site": "same-site"})
+        other_port = {"Origin": "http://127.0.0.1:9", "Sec-Fetch-Site": "same-site"}  # another local page
+        await self.refused("DELETE", "", other_port)
 
     async def test_same_origin_and_scripted_changes_pass(self):
         """The panel's own DELETE (same Origin) and a curl POST with a JSON type or X-ARP-Admin work."""

@@ -206,25 +206,22 @@ def _media_type(request: server.Request) -> bytes:
     return (request.getHeader(b"content-type") or b"").split(b";", 1)[0].strip().lower()
 
 
-def _own_origin(request: server.Request) -> str:
-    scheme = "https" if request.isSecure() else "http"
-    host = (request.getHeader(b"host") or b"").decode("latin-1").lower()
-    return f"{scheme}://{host}"
+def _host_name(request: server.Request) -> str | None:
+    """The host name in the ``Host`` header (no port, no brackets), or None if it has none."""
+    host = (request.getHeader(b"host") or b"").decode("latin-1").strip()
+    try:
+        return urlsplit("//" + host).hostname or None
+    except ValueError:
+        return None
 
 
-def _same_origin(origin: str, own: str) -> bool:
-    """Whether ``origin`` is ``own`` (default ports made explicit)."""
-    defaults = {"http": 80, "https": 443}
-
-    def key(url: str) -> tuple[str, str, int | None] | None:
-        try:
-            parts = urlsplit(url)
-            return parts.scheme, (parts.hostname or ""), parts.port or defaults.get(parts.scheme)
-        except ValueError:
-            return None
-
-    mine = key(own)
-    return mine is not None and key(origin) == mine
+def _origin_host(origin: str) -> str | None:
+    """The host name of an ``Origin`` (None for ``null`` and anything not http(s))."""
+    try:
+        parts = urlsplit(origin)
+        return parts.hostname if parts.scheme in ("http", "https") else None
+    except ValueError:
+        return None
 
 
 def cross_site_refusal(request: server.Request) -> str | None:
@@ -233,9 +230,10 @@ def cross_site_refusal(request: server.Request) -> str | None:
     It must be a request no page on another site can make without a CORS preflight (which the
     admin never grants): ``DELETE``, or a ``POST`` with ``Content-Type: application/json`` or
     an ``X-ARP-Admin`` header.  And when the browser says where it comes from, that must be
-    the admin itself: ``Sec-Fetch-Site`` same-origin (or none) and ``Origin`` equal to this
-    request's own origin.  Clients that send neither (curl, scripts) are judged by the first
-    rule alone.
+    the admin itself: ``Sec-Fetch-Site`` same-origin (or none) and an ``Origin`` whose host is
+    the ``Host`` of the request.  (Scheme and port are left to ``Sec-Fetch-Site`` and the
+    preflight rule, so the panel keeps working behind a proxy that terminates TLS.)  Clients
+    that send neither header (curl, scripts) are judged by the first rule alone.
     """
     method = request.method.upper()
     if (
@@ -248,7 +246,7 @@ def cross_site_refusal(request: server.Request) -> str | None:
     if fetch_site is not None and fetch_site.strip().lower() not in _SAME_ORIGIN_FETCHES:
         return "cross-site request refused (Sec-Fetch-Site: " + fetch_site.decode("latin-1") + ")"
     origin = request.getHeader(b"origin")
-    if origin is not None and not _same_origin(origin.decode("latin-1").strip(), _own_origin(request)):
+    if origin is not None and _origin_host(origin.decode("latin-1").strip()) != _host_name(request):
         return "cross-origin request refused (Origin: " + origin.decode("latin-1") + ")"
     return None
 
@@ -256,11 +254,7 @@ def cross_site_refusal(request: server.Request) -> str | None:
 def loopback_host(request: server.Request) -> bool:
     """Whether the ``Host`` header names this machine the way only a local user would: an IP
     address, ``localhost`` or a ``*.localhost`` name (not a DNS name an attacker controls)."""
-    host = (request.getHeader(b"host") or b"").decode("latin-1").strip().lower()
-    try:
-        name = urlsplit("//" + host).hostname or ""
-    except ValueError:
-        return False
+    name = _host_name(request) or ""
     if name == "localhost" or name.endswith(".localhost"):
         return True
     try:
