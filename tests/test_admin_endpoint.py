@@ -110,34 +110,22 @@ class EndpointJudgementTests(unittest.TestCase):
             Options().parseOptions(["--auth-key", AUTH_KEY, "--admin-endpoint", INVALID[0]])
         self.assertIn("--admin-endpoint", str(caught.exception))
 
-    def test_arpc_api_endpoint_must_be_loopback(self):
-        """arpc --api-endpoint serves the agent API without a token: only loopback endpoints pass."""
+    def test_arpc_api_endpoint_is_checked_at_start(self):
+        """arpc --api-endpoint: a string Twisted cannot listen on, or no --command-mode, is a usage error."""
         from arp.client.tap import Options
 
-        base = ["--server-addr", "h", "--auth-key", "k", "--command-mode", "--project-root", self.mktemp()]
-
-        os.makedirs(base[-1])
-        for description, loopback in HOSTILE:
-            args = [*base, "--api-endpoint", description]
-            if loopback:
-                Options().parseOptions(args)
-            else:
-                with self.assertRaises(usage.UsageError, msg=description) as caught:
-                    Options().parseOptions(args)
-                self.assertIn("--api-endpoint", str(caught.exception))
-        with self.assertRaises(usage.UsageError):
-            Options().parseOptions(
-                [
-                    "--server-addr",
-                    "h",
-                    "--auth-key",
-                    "k",
-                    "--local-port",
-                    "1",
-                    "--api-endpoint",
-                    "tcp:0:interface=127.0.0.1",
-                ]
-            )
+        root = self.mktemp()
+        os.makedirs(root)
+        base = ["--server-addr", "h", "--auth-key", "k", "--command-mode", "--project-root", root]
+        Options().parseOptions([*base, "--api-endpoint", "tcp:0:interface=127.0.0.1"])
+        for description in INVALID:
+            with self.assertRaises(usage.UsageError, msg=description) as caught:
+                Options().parseOptions([*base, "--api-endpoint", description])
+            self.assertIn("--api-endpoint", str(caught.exception))
+        forward = ["--server-addr", "h", "--auth-key", "k", "--local-port", "1"]
+        with self.assertRaises(usage.UsageError) as caught:
+            Options().parseOptions([*forward, "--api-endpoint", "tcp:0:interface=127.0.0.1"])
+        self.assertIn("--command-mode", str(caught.exception))
 
 
 class HostileAdminEndpointTests(unittest.TestCase):

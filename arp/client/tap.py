@@ -9,6 +9,7 @@ skip_tls_if_unused()  # before anything imports Twisted's endpoints (see arp/lea
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import clientFromString
@@ -19,6 +20,9 @@ from arp import __version__, files, options, wire
 from arp.client.link import RelayLink
 from arp.logs import DailyFileObserver, open_log_directory
 from arp.reactor import install_unless_chosen
+
+if TYPE_CHECKING:
+    from arp.client.command.service import CommandService
 
 log = Logger()
 
@@ -51,6 +55,12 @@ class Options(options.TwistdOptions):
         ["tcp", None, "Raw TCP service (database, SSH): ask the relay for a dedicated public port."],
         ["no-log-file", None, "Do not write daily log files (arpc.log.YYYY-MM-DD)."],
         ["command-mode", None, "Serve the agent API (Claude Code, Codex, Gemini) instead of forwarding."],
+        [
+            "rotate-owner-token",
+            None,
+            "Command mode: replace the owner's access token (the old Public URL stops working).",
+        ],
+        ["no-qr", None, "Command mode: do not show the Public URL as a QR code at start."],
     ]
     optParameters = [
         ["server-addr", "s", None, "Host name or address of the relay (arps)."],
@@ -96,7 +106,8 @@ class Options(options.TwistdOptions):
             "data-dir",
             None,
             None,
-            "Where arpc keeps its client id, instance key and logs (default: ~/.local/share/arpc).",
+            "Where arpc keeps its client id, instance key, access tokens and logs "
+            "(default: ~/.local/share/arpc).",
         ],
         ["command-path", None, None, "Command mode: the Claude Code CLI (default: claude on PATH)."],
         ["codex-path", None, None, "Command mode: the Codex CLI (default: codex on PATH)."],
@@ -105,8 +116,7 @@ class Options(options.TwistdOptions):
             "api-endpoint",
             None,
             None,
-            "Command mode: also serve the API, without a token, on this loopback endpoint, "
-            "e.g. tcp:8765:interface=127.0.0.1.",
+            "Command mode: also serve the API locally on this endpoint, e.g. tcp:8765:interface=127.0.0.1.",
         ],
         [
             "permission-mode",
@@ -154,6 +164,8 @@ class Options(options.TwistdOptions):
             self._check_command_mode()
         elif self["api-endpoint"]:
             raise usage.UsageError("--api-endpoint serves the agent API: it needs --command-mode")
+        elif self["rotate-owner-token"]:
+            raise usage.UsageError("--rotate-owner-token is for --command-mode (access tokens)")
         elif self["local-port"] is None:
             raise usage.UsageError("give the local service's port: --local-port PORT")
         if self["client-id"] is not None and not wire.CLIENT_ID_RE.match(self["client-id"]):
@@ -174,14 +186,9 @@ class Options(options.TwistdOptions):
             raise usage.UsageError("--command-mode serves HTTP; it cannot be combined with --tcp")
         if self["api-endpoint"]:
             try:
-                loopback = options.is_loopback(self["api-endpoint"])  # as Twisted will bind it
+                options.listen_address(self["api-endpoint"])  # refuse what Twisted cannot listen on
             except ValueError as e:
                 raise usage.UsageError(f"--api-endpoint {e}") from e
-            if not loopback:
-                raise usage.UsageError(
-                    "--api-endpoint serves the agent API without a token: bind it to loopback, "
-                    "e.g. tcp:8765:interface=127.0.0.1"
-                )
         for root in self["project-root"]:
             if not os.path.isdir(os.path.expanduser(root)):
                 raise usage.UsageError(f"--project-root {root!r} is not a directory")
@@ -234,8 +241,10 @@ def makeService(config: Options) -> MultiService:
     raw_tcp = bool(config["tcp"])
     top = MultiService()
 
+    command = None
     if config["command-mode"]:
-        tunnel_protocol = _command_mode(config, reactor, data_dir, top, client_id)
+        command = _command_mode(config, reactor, data_dir, top, client_id)
+        tunnel_protocol = command.tunnel_protocol
     else:
         from arp.client.forward import ForwardTunnel, backend_endpoint
 
@@ -265,15 +274,19 @@ def makeService(config: Options) -> MultiService:
         remote_port=config["remote-port"] or 0,
         public_host=public_host,
         max_backoff=config["max-backoff"],
+        access_token=command.owner_token if command is not None else None,
+        on_public_url=command.announce if command is not None else None,
     )
+    if command is not None:
+        command.guard.route_url = lambda: link.route_url
     link.setServiceParent(top)
     return top
 
 
 def _command_mode(
     config: Options, reactor: object, data_dir: Path, top: MultiService, client_id: str
-) -> object:
-    """Add the command-mode service to ``top``; return the tunnel protocol builder for the link."""
+) -> CommandService:
+    """Add the command-mode service to ``top`` and return it."""
     from arp.client.command.service import CommandService
     from arp.listen import Listener
 
@@ -290,6 +303,9 @@ def _command_mode(
         max_permission_mode=config["max-permission-mode"],
         max_sessions=config["max-sessions"],
         cors_origins=config["cors-origin"],
+        client_id=client_id,
+        rotate_owner_token=bool(config["rotate-owner-token"]),
+        show_qr=not config["no-qr"],
     )
     command.setServiceParent(top)
     if config["api-endpoint"]:
@@ -302,7 +318,7 @@ def _command_mode(
         roots=info["roots"],
         executors=info["executors"],
     )
-    return command.tunnel_protocol
+    return command
 
 
 __all__ = ["Options", "makeService"]
