@@ -14,7 +14,7 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from arp import wire
+from arp import tls, wire
 from arp.control import (
     AuthFailed,
     BadRegistration,
@@ -189,7 +189,8 @@ class RelayLink(MultiService):
             self.log.error("the relay refused the registration: {why}", why=str(e))
             raise
         except Exception as e:
-            self.log.warn("could not register with the relay: {why}", why=str(e) or repr(e))
+            why = tls.explain(e) or str(e) or repr(e)  # a TLS failure in words: untrusted, wrong name...
+            self.log.warn("could not register with the relay: {why}", why=why)
             raise
         self.tunnel_secret = result["tunnel_secret"]
         self.control = proto
