@@ -212,8 +212,8 @@ class AdminCrossSiteTests(unittest.TestCase):
             "POST", self.url + "/disconnect", {"Content-Type": "application/json; charset=utf-8"}, b"{}"
         )
         self.assertEqual(response.code, 200)
-        await self.arpc.wait_for("the relay dropped this client")
-        await self.arpc.wait_for("Public URL", since=len(self.arpc.output))
+        dropped = await self.arpc.wait_for("the relay dropped this client")
+        await self.arpc.wait_for("Public URL", since=dropped.end())
         headers = {"Origin": self.relay.admin, "Sec-Fetch-Site": "same-origin"}
         response, _ = await self.client.request("DELETE", self.url, headers)
         self.assertEqual(response.code, 200)
