@@ -50,6 +50,11 @@ class Options(usage.Options):
         ["tcp", None, "Raw TCP service (database, SSH): ask the relay for a dedicated public port."],
         ["no-log-file", None, "Do not write daily log files (arpc.log.YYYY-MM-DD)."],
         ["command-mode", None, "Serve the agent API (Claude Code, Codex, Gemini) instead of forwarding."],
+        [
+            "history-anywhere",
+            None,
+            "Command mode: show the agents' history of every project, not only those under --project-root.",
+        ],
     ]
     optParameters = [
         ["server-addr", "s", None, "Host name or address of the relay (arps)."],
@@ -134,6 +139,7 @@ class Options(usage.Options):
         super().__init__()
         self["project-root"] = []
         self["cors-origin"] = []
+        self["api-host"] = []
 
     def opt_project_root(self, path: str) -> None:
         """Command mode: a directory agents may work in (repeatable; default: your home)."""
@@ -142,6 +148,12 @@ class Options(usage.Options):
     def opt_cors_origin(self, origin: str) -> None:
         """Command mode: a browser origin that may call the API, e.g. https://console.example (repeatable)."""
         self["cors-origin"].append(origin)
+
+    def opt_api_host(self, name: str) -> None:
+        """Command mode: a host name --api-endpoint may be reached by (besides localhost; repeatable)."""
+        if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})", name):
+            raise usage.UsageError(f"--api-host {name!r} must be a host name like box.lan (no port)")
+        self["api-host"].append(name)
 
     def postOptions(self) -> None:
         if not self["server-addr"] and not self["control-endpoint"]:
@@ -276,10 +288,12 @@ def _command_mode(
         max_permission_mode=config["max-permission-mode"],
         max_sessions=config["max-sessions"],
         cors_origins=config["cors-origin"],
+        history_anywhere=bool(config["history-anywhere"]),
+        api_hosts=config["api-host"],
     )
     command.setServiceParent(top)
     if config["api-endpoint"]:
-        Listener("api", config["api-endpoint"], command.site, reactor).setServiceParent(top)
+        Listener("api", config["api-endpoint"], command.api_site, reactor).setServiceParent(top)
     info = command.describe()
     log.info(
         "arpc {version} starting: client id {client_id}, command mode; projects under {roots}; {executors}",
