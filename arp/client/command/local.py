@@ -95,6 +95,8 @@ class HostCheckedRequest(Request):
         self.setHeader(b"content-type", b"application/json; charset=utf-8")
         self.setHeader(b"cache-control", b"no-store")
         self.setHeader(b"content-length", str(len(data)).encode())
+        self.setHeader(b"connection", b"close")
+        self.channel.persistent = False  # nothing more from a client that does not know where it is
         if self.method != b"HEAD":
             self.write(data)
         self.finish()
