@@ -20,8 +20,8 @@ from twisted.logger import Logger
 from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 
-#: The largest request body the command-mode API takes (JSON bodies are far smaller).
-MAX_BODY = 256 * 1024
+from arp.client.command.web import MAX_BODY  # the largest body the API takes (JSON bodies are far smaller)
+
 #: How long a refused client may keep sending (its bytes are dropped) before it is cut off.
 BODY_LINGER = 2.0
 

@@ -73,6 +73,7 @@ class Session:
         self._error: str | None = None
         self._result_text: str | None = None
         self._line_buffer: list[dict] = []
+        self._bad_id_warned = False
 
     @property
     def id(self) -> str:
@@ -128,12 +129,14 @@ class Session:
     def _learn(self, d: Any) -> None:
         record = self.record
         if d.agent_session_id and not self._valid_agent_id(d.agent_session_id):
-            self.manager.log.warn(
-                "session {id}: ignoring the agent's session id {sid!r}: not a {executor} session id",
-                id=self.id,
-                sid=d.agent_session_id[:80],
-                executor=record["executor"],
-            )
+            if not self._bad_id_warned:  # once per session: the agent may repeat it on every line
+                self._bad_id_warned = True
+                self.manager.log.warn(
+                    "session {id}: ignoring the agent's session id {sid!r}: not a {executor} session id",
+                    id=self.id,
+                    sid=d.agent_session_id[:80],
+                    executor=record["executor"],
+                )
         elif d.agent_session_id:
             record["agentSessionId"] = d.agent_session_id
             ids = record.setdefault("agentSessionIds", [])
