@@ -260,6 +260,7 @@ class BodyLimitTests(unittest.TestCase):
             self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 "), transport.value()[:100])
             channel.connectionLost(None)
         self.assertEqual(rendered, [MAX_BODY, MAX_BODY])
+        self.assertEqual(site.acceptableProtocols(), [b"http/1.1"])  # no HTTP/2 around the channel
 
 
 # -- 2 and 3. the project directory and the agent's session id, with the fake CLIs -------------

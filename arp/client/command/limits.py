@@ -140,4 +140,6 @@ def bound_bodies(site: Site) -> Site:
             base = BoundedRequest
     site.requestFactory = base
     site.protocol = BoundedChannel  # type: ignore[assignment]
+    # HTTP/1.1 only: an HTTP/2 connection (TLS with ALPN, when h2 is installed) would bypass the channel
+    site.acceptableProtocols = lambda: [b"http/1.1"]  # type: ignore[method-assign]
     return site
