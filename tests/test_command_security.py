@@ -410,6 +410,20 @@ class HostCheckTests(unittest.TestCase):
         self.assertFalse(host_allowed(b"127.0.0.1:8765", "192.168.1.5", 8765))
         self.assertTrue(host_allowed(b"192.168.1.5:8765", "::ffff:192.168.1.5", 8765))
 
+    def test_api_host_option(self):
+        """--api-host takes host names (repeatable); a port or a URL is a usage error."""
+        from twisted.python.usage import UsageError
+
+        from arp.client.tap import Options
+
+        base = ["--server-addr", "127.0.0.1", "--auth-key", "k", "--command-mode"]
+        options = Options()
+        options.parseOptions([*base, "--api-host", "box.lan", "--api-host", "10.0.0.7"])
+        self.assertEqual(options["api-host"], ["box.lan", "10.0.0.7"])
+        for bad in ("box.lan:8765", "http://box.lan", "-x", ""):
+            with self.assertRaises(UsageError, msg=bad):
+                Options().parseOptions([*base, "--api-host", bad])
+
     async def test_rebinding_host_is_refused(self):
         """A request on the local API socket with ``Host: evil.example`` (what a rebound page
         sends) gets a JSON 421 and reaches no resource, for the API, the WebSocket and the console;
