@@ -229,6 +229,7 @@ class BodyLimitTests(unittest.TestCase):
         self.assertEqual(rendered, [])
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 413 "), transport.value()[:100])
         self.assertEqual(transport.value().count(b"HTTP/1.1"), 1)
+        self.assertIsNone(channel.requests[-1].content)  # what was received is freed at once
         self.assertFalse(transport.disconnecting)  # lingers, reading and dropping...
         clock.advance(BoundedChannel.linger)
         self.assertTrue(transport.disconnected or transport.disconnecting)  # ...then cut

@@ -7,9 +7,10 @@ the last byte.  Here the channel refuses a ``Content-Length`` above the limit
 as soon as the head is read (before any ``100 Continue``), and the request
 counts a chunked body as it is decoded and refuses it on the chunk that
 crosses the limit.  Either way the client gets a JSON ``413`` with
-``Connection: close``; whatever it still sends is read and dropped (so it sees
-the answer instead of a reset), for :data:`BODY_LINGER` seconds at most, and
-then the connection is closed.  Nothing is stored past the limit.
+``Connection: close``, and what it sent so far is freed; whatever it still
+sends is read and dropped (so it sees the answer instead of a reset), for
+:data:`BODY_LINGER` seconds at most, and then the connection is closed.
+Nothing is stored past the limit.
 """
 
 from __future__ import annotations
@@ -89,6 +90,11 @@ class BoundedChannel(HTTPChannel):
         self.setTimeout(None)
         self.log.info("refusing a request body from {peer}: {why}", peer=_peer(self), why=message)
         self.transport.write(refusal(413, "Content Too Large", message))
+        if self.requests:  # the request being received (earlier ones were answered): free its body now
+            request = self.requests[-1]
+            content, request.content = request.content, None
+            if content is not None:
+                content.close()
         self._linger_call = self.callLater(self.linger, self._cut)
 
     def _cut(self) -> None:
