@@ -181,7 +181,7 @@ class BodyLimitTests(unittest.TestCase):
         upload, spool, rss = await self._attack(self.api_port, local_head)
         self._check_refused(upload, spool, rss)
         # arpc still serves
-        code, body = await Api(self, self.relay, self.arpc.token).get("/api/health")
+        code, body = await Api(self, self.relay, self.arpc.token, self.arpc.access).get("/api/health")
         self.assertEqual(code, 200, body)
 
     async def test_content_length_over_the_limit_is_refused_before_the_body(self):
@@ -427,8 +427,8 @@ class HostCheckTests(unittest.TestCase):
 
     async def test_rebinding_host_is_refused(self):
         """A request on the local API socket with ``Host: evil.example`` (what a rebound page
-        sends) gets a JSON 421 and reaches no resource, for the API, the WebSocket and the console;
-        our own names work; the relay path is unaffected."""
+        sends) gets a JSON 421 and reaches no resource, for the API, the WebSocket and the console,
+        even with a valid access token; our own names work; the relay path is unaffected."""
         ws = Workspace(self)
         relay = await start_arps(self)
         arpc = await start_command_arpc(
@@ -436,14 +436,15 @@ class HostCheckTests(unittest.TestCase):
         )
         port = int((await arpc.wait_for(r"api listening on 127\.0\.0\.1:(\d+)")).group(1))
         body = json.dumps({"executor": "Claude", "prompt": "rebound", "projectPath": str(ws.project)})
+        auth = f"Authorization: Bearer {arpc.access}\r\n"
         for host in ("evil.example", f"evil.example:{port}", f"127.0.0.1:{port + 1}"):
             for request in (
-                f"POST /api/sessions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                f"POST /api/sessions HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Type: application/json\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n{body}",
-                f"GET /api/health HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n",
-                f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n",
-                f"GET /api/sessions/{'a' * 32}/stream HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
-                "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                f"GET /api/health HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n",
+                f"GET / HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n",
+                f"GET /api/sessions/{'a' * 32}/stream HTTP/1.1\r\nHost: {host}\r\n{auth}"
+                "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
                 "Sec-WebSocket-Version: 13\r\n\r\n",
             ):
                 raw = await raw_exchange(port, request.encode(), timeout=10)
@@ -453,10 +454,10 @@ class HostCheckTests(unittest.TestCase):
         self.assertEqual(ws.recorded_for("rebound"), [])
         for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"box.lan:{port}"):
             raw = await raw_exchange(
-                port, f"GET /api/health HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
+                port, f"GET /api/health HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n".encode()
             )
             self.assertEqual(status_of(raw), 200, raw[:300])
-        code, _ = await Api(self, relay, arpc.token).call(
+        code, _ = await Api(self, relay, arpc.token, arpc.access).call(
             "GET", "/api/health", headers={"Host": "evil.example"}
         )
         self.assertEqual(code, 200)
@@ -533,7 +534,7 @@ class HistoryScopeTests(unittest.TestCase):
         seen = {}
         for flags in ((), ("--history-anywhere",)):
             arpc = await start_command_arpc(self, relay, ws, *flags)
-            api = Api(self, relay, arpc.token)
+            api = Api(self, relay, arpc.token, arpc.access)
             _, projects = await api.get("/api/claude/projects")
             _, codex = await api.get("/api/codex/sessions")
             _, gemini = await api.get("/api/gemini/sessions")

@@ -10,10 +10,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet import reactor
 from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial import unittest
+from twisted.web.server import Site
 
+from arp.client.command.access import AccessStore
 from arp.client.command.executors import (
     EXECUTORS,
     UnsafeSessionId,
@@ -33,7 +36,7 @@ from arp.client.command.history import (
 from arp.client.command.sessions import ApiError, SessionManager
 from arp.client.command.store import SessionStore
 from arp.client.command.tunnel import SiteTunnel
-from arp.client.command.web import VIEWER_BUFFER, StreamProtocol, build_root, make_site
+from arp.client.command.web import VIEWER_BUFFER, Guard, StreamProtocol, build_root, make_site
 from tests.command_helpers import (
     CLAUDE_ID,
     CODEX_ID,
@@ -424,6 +427,15 @@ class CodexGeminiHistoryTests(unittest.TestCase):
         self.assertEqual(history.messages(GEMINI_ID)["messages"][0]["text"], "Hi")
 
 
+def _site(manager: SessionManager, ws: Workspace) -> tuple[Site, str]:
+    """The command-mode site over ``manager``, and an owner's Authorization header line."""
+    data = Path(ws.data)
+    data.mkdir(parents=True, exist_ok=True)
+    guard = Guard(AccessStore(data, Clock()), "client1")
+    root = build_root(manager, ClaudeHistory([]), CodexHistory(ws.codex), GeminiHistory(ws.gemini), [], guard)
+    return make_site(root), f"Authorization: Bearer {guard.store.owner_token}\r\n"
+
+
 class SiteTunnelTests(unittest.TestCase):
     """The tunnel hands its bytes to the Site and stays usable for keep-alive requests."""
 
@@ -433,9 +445,7 @@ class SiteTunnelTests(unittest.TestCase):
         manager = SessionManager(
             store=SessionStore(Path(ws.data)), reactor=reactor, binaries={}, project_roots=[ws.root]
         )
-        site = make_site(
-            build_root(manager, ClaudeHistory([]), CodexHistory(ws.codex), GeminiHistory(ws.gemini), [])
-        )
+        site, owner = _site(manager, ws)
         tunnels: set = set()
         tunnel = SiteTunnel(b"HEADER\n", site, tunnels)
         transport = StringTransport()
@@ -444,7 +454,7 @@ class SiteTunnelTests(unittest.TestCase):
         self.assertIn(tunnel, tunnels)
         self.assertIsNone(tunnel.wrappedProtocol)  # no channel (and no idle timer) before use
         transport.clear()
-        tunnel.dataReceived(b"GET /api/sessions HTTP/1.1\r\nHost: relay\r\n\r\n")
+        tunnel.dataReceived(f"GET /api/sessions HTTP/1.1\r\nHost: relay\r\n{owner}\r\n".encode())
         self.assertIn(b"200 OK", transport.value())
         self.assertIn(b'"sessions":[]', transport.value())
         transport.clear()
@@ -475,16 +485,14 @@ class SiteTunnelTests(unittest.TestCase):
         manager = SessionManager(
             store=SessionStore(Path(ws.data)), reactor=reactor, binaries={}, project_roots=[ws.root]
         )
-        site = make_site(
-            build_root(manager, ClaudeHistory([]), CodexHistory(ws.codex), GeminiHistory(ws.gemini), [])
-        )
+        site, owner = _site(manager, ws)
         tunnels: set = set()
         tunnel = SiteTunnel(b"H\n", site, tunnels)
         transport = StringTransport()
         tunnel.makeConnection(transport)
         transport.clear()
         tunnel.dataReceived(
-            f"GET /api/sessions/{sid}/stream?since=0 HTTP/1.1\r\nHost: relay\r\nUpgrade: websocket\r\n"
+            f"GET /api/sessions/{sid}/stream?since=0 HTTP/1.1\r\nHost: relay\r\nUpgrade: websocket\r\n{owner}"
             "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
             "Sec-WebSocket-Version: 13\r\n\r\n".encode()
         )

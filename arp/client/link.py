@@ -14,7 +14,7 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from arp import wire
+from arp import tls, wire
 from arp.control import (
     AuthFailed,
     BadRegistration,
@@ -126,6 +126,8 @@ class RelayLink(MultiService):
         public_host: str = "localhost",
         max_backoff: float = 30.0,
         grace: float = 10.0,
+        access_token: str | None = None,
+        on_public_url: callable | None = None,  # type: ignore[valid-type]
     ) -> None:
         super().__init__()
         self.clock = clock
@@ -140,6 +142,9 @@ class RelayLink(MultiService):
         self.grace = grace
         self.tunnel_secret = ""
         self.public_url = ""
+        self.route_url = ""  # the relay's URL for this client, without our access token
+        self.access_token = access_token  # command mode: the owner's, printed in the Public URL
+        self.on_public_url = on_public_url
         self.tunnels: set[Protocol] = set()
         self.control: ControlClientProtocol | None = None
         self.registrations = 0
@@ -184,7 +189,8 @@ class RelayLink(MultiService):
             self.log.error("the relay refused the registration: {why}", why=str(e))
             raise
         except Exception as e:
-            self.log.warn("could not register with the relay: {why}", why=str(e) or repr(e))
+            why = tls.explain(e) or str(e) or repr(e)  # a TLS failure in words: untrusted, wrong name...
+            self.log.warn("could not register with the relay: {why}", why=why)
             raise
         self.tunnel_secret = result["tunnel_secret"]
         self.control = proto
@@ -196,8 +202,15 @@ class RelayLink(MultiService):
             self.public_url = f"tcp://{host}:{result['remote_port']}"
             self.log.info("Registered. Public address: {url}", url=self.public_url)
         else:
-            self.public_url = f"{base}/?token={self.client_id}"
+            self.route_url = f"{base}/?token={self.client_id}"
+            self.public_url = self.route_url
+            if self.access_token:  # the routing id for the relay, the access token for arpc
+                from arp.client.command.access import with_access
+
+                self.public_url = with_access(self.route_url, self.access_token)
             self.log.info("Registered. Public URL: {url}", url=self.public_url)
+            if self.on_public_url is not None:
+                self.on_public_url(self.public_url)
 
     def control_lost(self, proto: ControlClientProtocol) -> None:
         """The control channel closed: ClientService reconnects by itself."""

@@ -9,6 +9,7 @@ skip_tls_if_unused()  # before anything imports Twisted's endpoints (see arp/lea
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import clientFromString
@@ -19,6 +20,9 @@ from arp import __version__, files, options, wire
 from arp.client.link import RelayLink
 from arp.logs import DailyFileObserver, open_log_directory
 from arp.reactor import install_unless_chosen
+
+if TYPE_CHECKING:
+    from arp.client.command.service import CommandService
 
 log = Logger()
 
@@ -55,6 +59,12 @@ class Options(usage.Options):
             None,
             "Command mode: show the agents' history of every project, not only those under --project-root.",
         ],
+        [
+            "rotate-owner-token",
+            None,
+            "Command mode: replace the owner's access token (the old Public URL stops working).",
+        ],
+        ["no-qr", None, "Command mode: do not show the Public URL as a QR code at start."],
     ]
     optParameters = [
         ["server-addr", "s", None, "Host name or address of the relay (arps)."],
@@ -100,7 +110,8 @@ class Options(usage.Options):
             "data-dir",
             None,
             None,
-            "Where arpc keeps its client id, instance key and logs (default: ~/.local/share/arpc).",
+            "Where arpc keeps its client id, instance key, access tokens and logs "
+            "(default: ~/.local/share/arpc).",
         ],
         ["command-path", None, None, "Command mode: the Claude Code CLI (default: claude on PATH)."],
         ["codex-path", None, None, "Command mode: the Codex CLI (default: codex on PATH)."],
@@ -162,6 +173,8 @@ class Options(usage.Options):
             raise usage.UsageError("--control-endpoint needs --proxy-endpoint (or --server-addr)")
         if self["command-mode"]:
             self._check_command_mode()
+        elif self["rotate-owner-token"]:
+            raise usage.UsageError("--rotate-owner-token is for --command-mode (access tokens)")
         elif self["local-port"] is None:
             raise usage.UsageError("give the local service's port: --local-port PORT")
         if self["client-id"] is not None and not wire.CLIENT_ID_RE.match(self["client-id"]):
@@ -232,8 +245,10 @@ def makeService(config: Options) -> MultiService:
     raw_tcp = bool(config["tcp"])
     top = MultiService()
 
+    command = None
     if config["command-mode"]:
-        tunnel_protocol = _command_mode(config, reactor, data_dir, top, client_id)
+        command = _command_mode(config, reactor, data_dir, top, client_id)
+        tunnel_protocol = command.tunnel_protocol
     else:
         from arp.client.forward import ForwardTunnel, backend_endpoint
 
@@ -263,15 +278,19 @@ def makeService(config: Options) -> MultiService:
         remote_port=config["remote-port"],
         public_host=public_host,
         max_backoff=config["max-backoff"],
+        access_token=command.owner_token if command is not None else None,
+        on_public_url=command.announce if command is not None else None,
     )
+    if command is not None:
+        command.guard.route_url = lambda: link.route_url
     link.setServiceParent(top)
     return top
 
 
 def _command_mode(
     config: Options, reactor: object, data_dir: Path, top: MultiService, client_id: str
-) -> object:
-    """Add the command-mode service to ``top``; return the tunnel protocol builder for the link."""
+) -> CommandService:
+    """Add the command-mode service to ``top`` and return it."""
     from arp.client.command.service import CommandService
     from arp.listen import Listener
 
@@ -290,6 +309,9 @@ def _command_mode(
         cors_origins=config["cors-origin"],
         history_anywhere=bool(config["history-anywhere"]),
         api_hosts=config["api-host"],
+        client_id=client_id,
+        rotate_owner_token=bool(config["rotate-owner-token"]),
+        show_qr=not config["no-qr"],
     )
     command.setServiceParent(top)
     if config["api-endpoint"]:
@@ -302,7 +324,7 @@ def _command_mode(
         roots=info["roots"],
         executors=info["executors"],
     )
-    return command.tunnel_protocol
+    return command
 
 
 __all__ = ["Options", "makeService"]

@@ -29,9 +29,11 @@ from arp.server.pool import PoolClosed, PoolTimeout
 from arp.server.registry import ClientRecord, Registry
 from arp.server.tunnel import TunnelOwner, TunnelServerProtocol
 from arp.splice import Throttle, fast_write, half_close, join, tune, unjoin
+from arp.tls import NegotiatesHTTP11
 
 TOKEN_COOKIE = b"arp_token"
 TOKEN_HEADER = b"x-arp-token"
+HSTS = b"strict-transport-security"
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 MAX_RETRIES = 2
 SWEEP_INTERVAL = 1.0  # seconds between timeout checks of all public connections
@@ -63,6 +65,7 @@ class PublicConfig:
     body_timeout: float = 60.0
     guess_limit: int = 30
     guess_window: float = 60.0
+    hsts: int = 0  # over https: Strict-Transport-Security max-age on every response (0: off)
 
 
 class GuessLimiter:
@@ -95,6 +98,19 @@ class GuessLimiter:
         self._seen[address] = (start, count + 1)
         while len(self._seen) > self.max_addresses:
             self._seen.popitem(last=False)
+
+
+def with_hsts(raw: bytes, value: bytes) -> bytes:
+    """A forwarded response head with the relay's Strict-Transport-Security in place of the service's.
+
+    The relay's host name is shared by every client, so its HSTS policy is the operator's: a
+    service cannot shorten it (``max-age=0``) or widen it (``includeSubDomains``).
+    """
+    if HSTS in raw.lower():  # rare: the service sent its own
+        full = http.parse_response_head(raw)
+        full.remove(HSTS)
+        raw = full.serialize()
+    return raw[:-2] + b"Strict-Transport-Security: " + value + b"\r\n\r\n"
 
 
 def error_body(status: int, message: str, **extra: object) -> bytes:
@@ -561,7 +577,10 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         self._sent_response = True
         self._resp_framer = framer
         self._resp = S_BODY
-        self._response_body(rest, http.forward_response_head(head, connection))
+        out = http.forward_response_head(head, connection)
+        if self.factory.hsts is not None:
+            out = with_hsts(out, self.factory.hsts)
+        self._response_body(rest, out)
 
     def _response_body(self, data: bytes, head: bytes = b"") -> None:
         framer = self._resp_framer
@@ -676,6 +695,8 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         framer = self._req_framer
         unread_body = framer is not None and not framer.done
         close = not keep or not self._keep_alive or self._finished() or unread_body
+        if self.factory.hsts is not None:
+            extra = [*extra, (b"Strict-Transport-Security", self.factory.hsts)]
         self.transport.write(http.json_response(status, body, extra, close=close))
         self._sent_response = True
         if close:
@@ -723,8 +744,11 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         self._refuse(status, message, keep=False, **extra)
 
 
-class PublicFactory(Factory):
-    """Builds :class:`PublicHTTPProtocol`; holds what all public connections share."""
+class PublicFactory(NegotiatesHTTP11, Factory):
+    """Builds :class:`PublicHTTPProtocol`; holds what all public connections share.
+
+    Over TLS it tells ALPN that it speaks ``http/1.1`` (see :mod:`arp.tls`).
+    """
 
     noisy = False
 
@@ -735,6 +759,7 @@ class PublicFactory(Factory):
         self.limiter = GuessLimiter(config.guess_limit, config.guess_window, clock)
         self.domain = config.domain.encode() if config.domain else None
         self.scheme = config.scheme.encode()
+        self.hsts = b"max-age=%d" % config.hsts if config.hsts and config.scheme == "https" else None
         self.connections: set[PublicHTTPProtocol] = set()
         self.stopping = False
         self._sweeper = LoopingCall(self._sweep)

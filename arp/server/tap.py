@@ -20,6 +20,7 @@ from arp.server.control import ControlFactory
 from arp.server.public import PublicConfig, PublicFactory
 from arp.server.registry import Registry, RelayConfig
 from arp.server.tunnel import TunnelFactory
+from arp.tls import HTTP_1_1
 from arp.wire import random_hex
 
 log = Logger()
@@ -121,7 +122,17 @@ class Options(usage.Options):
             None,
             None,
             "Base URL clients print, e.g. https://relay.example.com. Default: "
-            "<scheme>://<server address arpc used>:<public port>.",
+            "<scheme>://<server address arpc used>:<public port>. An https:// URL in front of a "
+            "plain public endpoint means a TLS-terminating proxy: cookies get Secure and services "
+            "see X-Forwarded-Proto: https.",
+        ],
+        [
+            "hsts",
+            None,
+            0,
+            "Over HTTPS, send Strict-Transport-Security: max-age=SECONDS with every response "
+            "(0: off). Needs a TLS public endpoint or an https:// --public-url.",
+            int,
         ],
         ["domain", None, None, "Also route by host name: <token>.<domain> (wildcard DNS needed)."],
         [
@@ -189,12 +200,29 @@ class Options(usage.Options):
                 raise usage.UsageError(
                     "--admin-endpoint is reachable from other hosts: set --admin-token (or ARP_ADMIN_TOKEN)"
                 )
+        public_url = self["public-url"]
+        if public_url and not public_url.lower().startswith(("http://", "https://")):
+            raise usage.UsageError("--public-url must start with http:// or https://")
+        if self["hsts"] < 0:
+            raise usage.UsageError("--hsts must be a number of seconds, or 0 for off")
+        if self["hsts"] and public_scheme(self["public-endpoint"], public_url) != "https":
+            raise usage.UsageError(
+                "--hsts needs HTTPS: a TLS --public-endpoint (ssl:...) or an https:// --public-url"
+            )
         if self["log-level"] is None:
             self["log-level"] = options.log_level(options.env_default("ARP_LOG_LEVEL", "info"))
 
 
 def _scheme(endpoint: str) -> str:
     return "https" if endpoint.split(":", 1)[0] in ("ssl", "tls", "le", "lets") else "http"
+
+
+def public_scheme(endpoint: str, public_url: str | None) -> str:
+    """``https`` when the public side is HTTPS: a TLS endpoint, or an https:// public URL (a
+    TLS-terminating proxy in front of a plain endpoint); else ``http``."""
+    if public_url and public_url.lower().startswith("https://"):
+        return "https"
+    return _scheme(endpoint)
 
 
 def makeService(config: Options) -> MultiService:
@@ -221,8 +249,8 @@ def makeService(config: Options) -> MultiService:
         else:
             log.info("using the auth key kept in {path} (give it to arpc as --auth-key)", path=str(path))
     public_endpoint = config["public-endpoint"]
-    scheme = _scheme(public_endpoint)
     public_url = config["public-url"]
+    scheme = public_scheme(public_endpoint, public_url)
     relay_config = RelayConfig(
         pool_size=config["pool-size"],
         max_tunnels=config["max-tunnels"],
@@ -250,6 +278,7 @@ def makeService(config: Options) -> MultiService:
         idle_timeout=config["idle-timeout"],
         response_timeout=config["response-timeout"],
         guess_limit=config["guess-limit"],
+        hsts=config["hsts"],
     )
     public_factory = PublicFactory(registry, public_config, reactor)
     Listener(
@@ -267,7 +296,8 @@ def makeService(config: Options) -> MultiService:
 
             return admin_site(registry, public_factory, config["admin-token"])
 
-        Listener("admin", config["admin-endpoint"], LazyFactory(admin), reactor).setServiceParent(top)
+        admin_factory = LazyFactory(admin, (HTTP_1_1,))  # the admin site speaks HTTP/1.1 (TLS ALPN)
+        Listener("admin", config["admin-endpoint"], admin_factory, reactor).setServiceParent(top)
     if not relay_config.public_url:
         # filled in once the public port is known (it may be tcp:0)
         def base_url(client_id: str) -> str:

@@ -66,6 +66,7 @@ class Session:
         self.viewers: set[Viewer] = set()
         self.process: AgentProcess | None = None
         self.cancelling = False
+        self.cancelled_by: dict | None = None
         self._stderr_kept = 0
         self._stderr_dropped = 0
         self._stderr_tail = b""
@@ -194,6 +195,7 @@ class Session:
             "permissionMode",
             "status",
             "createdAt",
+            "createdBy",
             "updatedAt",
             "exitCode",
             "agentSessionId",
@@ -217,12 +219,17 @@ class Session:
 
     # -- running ------------------------------------------------------------------------
 
-    def start_turn(self, executor: Executor, binary: str, prompt: str, resume: str | None) -> None:
-        """Spawn the agent for one turn (``resume`` must be a valid id: see :meth:`Executor.argv`)."""
+    def start_turn(
+        self, executor: Executor, binary: str, prompt: str, resume: str | None, by: dict | None = None
+    ) -> None:
+        """Spawn the agent for one turn; ``by`` is the access token that asked (audit).
+
+        ``resume`` must be a valid agent session id (see :meth:`Executor.argv`).
+        """
         record = self.record
         manager = self.manager
         argv = executor.argv(binary, prompt, record.get("model"), record["permissionMode"], resume)
-        record["turns"].append({"prompt": prompt, "startedAt": now_iso(), "resume": resume})
+        record["turns"].append({"prompt": prompt, "startedAt": now_iso(), "resume": resume, "by": by})
         record["status"] = "running"
         record["exitCode"] = None
         record["error"] = None
@@ -232,7 +239,7 @@ class Session:
         self._error = None
         self._stderr_kept = self._stderr_dropped = 0
         self._stderr_tail = b""
-        self.emit("turn", prompt=prompt, resume=resume, argv=argv[1:])
+        self.emit("turn", prompt=prompt, resume=resume, argv=argv[1:], by=by)
         process = AgentProcess(manager.reactor, self._line, self._stderr, self._ended)
         try:
             process.spawn(manager.reactor, argv, executor.environment(manager.environ), record["projectPath"])
@@ -289,9 +296,9 @@ class Session:
                 why = f"exit code {code}" if code is not None else f"killed by signal {sig}"
         else:
             status, why = "completed", None
-        self._finish(status, code, why)
+        self._finish(status, code, why, self.cancelled_by if self.cancelling else None)
 
-    def _finish(self, status: str, code: int | None, why: str | None) -> None:
+    def _finish(self, status: str, code: int | None, why: str | None, by: dict | None = None) -> None:
         record = self.record
         record["status"] = status
         record["exitCode"] = code
@@ -300,7 +307,7 @@ class Session:
         record.pop("pid", None)
         if record["turns"]:
             record["turns"][-1].update(endedAt=record["updatedAt"], status=status, exitCode=code)
-        self.emit("status", status=status, exitCode=code, error=why)
+        self.emit("status", status=status, exitCode=code, error=why, **({"by": by} if by else {}))
         self.manager.store.save(record)
         self.manager.store.close_events(self.id)
         self.manager.log.info("session {id}: {status}", id=self.id, status=status)
@@ -460,7 +467,7 @@ class SessionManager(Service):
 
     # -- actions ------------------------------------------------------------------------
 
-    def create(self, body: object) -> Session:
+    def create(self, body: object, actor: dict | None = None) -> Session:
         """Validate a new-session request and start the agent."""
         if not isinstance(body, dict):
             raise ApiError(400, "the body must be a JSON object")
@@ -492,14 +499,15 @@ class SessionManager(Service):
             "costUsd": None,
             "lastSeq": 0,
             "turns": [],
+            "createdBy": actor,
         }
         session = Session(self, record)
         session._events = []
         self.sessions[record["id"]] = session
-        session.start_turn(executor, binary, prompt, None)
+        session.start_turn(executor, binary, prompt, None, actor)
         return session
 
-    def follow_up(self, session_id: str, body: object) -> Session:
+    def follow_up(self, session_id: str, body: object, actor: dict | None = None) -> Session:
         """Continue a finished session's agent conversation with a new prompt."""
         session = self.get(session_id)
         if not isinstance(body, dict):
@@ -518,7 +526,7 @@ class SessionManager(Service):
         self._capacity()
         session.record["model"] = model
         try:
-            session.start_turn(executor, binary, prompt, resume)
+            session.start_turn(executor, binary, prompt, resume, actor)
         except UnsafeSessionId as e:  # _resume_id only offers valid ids; this is the last guard
             raise ApiError(409, str(e))
         return session
@@ -554,12 +562,13 @@ class SessionManager(Service):
                         return candidate
         return ids[-1]
 
-    def cancel(self, session: Session) -> Deferred[Session]:
-        """End a running session's agent and every process it started."""
+    def cancel(self, session: Session, actor: dict | None = None) -> Deferred[Session]:
+        """End a running session's agent and every process it started (``actor``: who asked)."""
         process = session.process
         if not session.running or process is None:
             return succeed(session)
         session.cancelling = True
+        session.cancelled_by = actor
         self.log.info("session {id}: cancelling", id=session.id)
         d = process.terminate(self.grace)
         d.addCallback(lambda _: session)
