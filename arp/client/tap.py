@@ -56,6 +56,11 @@ class Options(options.TwistdOptions):
         ["no-log-file", None, "Do not write daily log files (arpc.log.YYYY-MM-DD)."],
         ["command-mode", None, "Serve the agent API (Claude Code, Codex, Gemini) instead of forwarding."],
         [
+            "history-anywhere",
+            None,
+            "Command mode: show the agents' history of every project, not only those under --project-root.",
+        ],
+        [
             "rotate-owner-token",
             None,
             "Command mode: replace the owner's access token (the old Public URL stops working).",
@@ -146,6 +151,7 @@ class Options(options.TwistdOptions):
         super().__init__()
         self["project-root"] = []
         self["cors-origin"] = []
+        self["api-host"] = []
 
     def opt_project_root(self, path: str) -> None:
         """Command mode: a directory agents may work in (repeatable; default: your home)."""
@@ -154,6 +160,12 @@ class Options(options.TwistdOptions):
     def opt_cors_origin(self, origin: str) -> None:
         """Command mode: a browser origin that may call the API, e.g. https://console.example (repeatable)."""
         self["cors-origin"].append(origin)
+
+    def opt_api_host(self, name: str) -> None:
+        """Command mode: a host name --api-endpoint may be reached by (besides localhost; repeatable)."""
+        if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})", name):
+            raise usage.UsageError(f"--api-host {name!r} must be a host name like box.lan (no port)")
+        self["api-host"].append(name)
 
     def postOptions(self) -> None:
         if not self["server-addr"] and not self["control-endpoint"]:
@@ -303,13 +315,15 @@ def _command_mode(
         max_permission_mode=config["max-permission-mode"],
         max_sessions=config["max-sessions"],
         cors_origins=config["cors-origin"],
+        history_anywhere=bool(config["history-anywhere"]),
+        api_hosts=config["api-host"],
         client_id=client_id,
         rotate_owner_token=bool(config["rotate-owner-token"]),
         show_qr=not config["no-qr"],
     )
     command.setServiceParent(top)
     if config["api-endpoint"]:
-        Listener("api", config["api-endpoint"], command.site, reactor).setServiceParent(top)
+        Listener("api", config["api-endpoint"], command.api_site, reactor).setServiceParent(top)
     info = command.describe()
     log.info(
         "arpc {version} starting: client id {client_id}, command mode; projects under {roots}; {executors}",
