@@ -204,14 +204,15 @@ class CommandModeTests(unittest.TestCase):
             self.assertEqual(follow["resume"], results[prompt]["agentSessionId"])
 
     async def test_history_listings(self):
-        """Claude projects/sessions/messages, Codex and Gemini sessions, read from the real layouts."""
+        """Claude projects/sessions/messages, Codex and Gemini sessions, read from the real layouts
+        (the fixtures' projects are outside --project-root, so --history-anywhere shows them)."""
         ws_holder = Workspace(self)
         info = write_claude_history(ws_holder.claude)
         write_codex_history(ws_holder.codex)
         write_gemini_history(ws_holder.gemini)
         self.ws = ws_holder
         self.relay = await start_arps(self)
-        self.arpc = await start_command_arpc(self, self.relay, self.ws)
+        self.arpc = await start_command_arpc(self, self.relay, self.ws, "--history-anywhere")
         api = Api(self, self.relay, self.arpc.token, self.arpc.access)
         code, body = await api.get("/api/claude/projects")
         self.assertEqual(code, 200)

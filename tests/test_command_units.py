@@ -17,7 +17,14 @@ from twisted.trial import unittest
 from twisted.web.server import Site
 
 from arp.client.command.access import AccessStore
-from arp.client.command.executors import EXECUTORS, digest, executor_named, permission_mode, strip_ansi
+from arp.client.command.executors import (
+    EXECUTORS,
+    UnsafeSessionId,
+    digest,
+    executor_named,
+    permission_mode,
+    strip_ansi,
+)
 from arp.client.command.history import (
     ClaudeHistory,
     CodexHistory,
@@ -170,7 +177,7 @@ class ExecutorTests(unittest.TestCase):
 
     def test_claude_argv(self):
         """stream-json needs --verbose; the prompt follows --, so a leading dash is not a flag."""
-        argv = EXECUTORS["Claude"].argv("/bin/claude", "-rf", "sonnet", "acceptEdits", "abc")
+        argv = EXECUTORS["Claude"].argv("/bin/claude", "-rf", "sonnet", "acceptEdits", CLAUDE_ID)
         self.assertEqual(
             argv,
             [
@@ -182,8 +189,7 @@ class ExecutorTests(unittest.TestCase):
                 "--model=sonnet",
                 "--permission-mode",
                 "acceptEdits",
-                "--resume",
-                "abc",
+                f"--resume={CLAUDE_ID}",
                 "--",
                 "-rf",
             ],
@@ -191,7 +197,7 @@ class ExecutorTests(unittest.TestCase):
 
     def test_codex_argv(self):
         """Flags before ``resume``; the permission level maps to a sandbox."""
-        argv = EXECUTORS["Codex"].argv("codex", "go", None, "plan", "T")
+        argv = EXECUTORS["Codex"].argv("codex", "go", None, "plan", CODEX_ID)
         self.assertEqual(
             argv,
             [
@@ -202,7 +208,7 @@ class ExecutorTests(unittest.TestCase):
                 "--sandbox",
                 "read-only",
                 "resume",
-                "T",
+                CODEX_ID,
                 "--",
                 "go",
             ],
@@ -212,7 +218,7 @@ class ExecutorTests(unittest.TestCase):
 
     def test_gemini_argv_and_env(self):
         """--prompt= keeps the prompt one value; the workspace is trusted through the environment."""
-        argv = EXECUTORS["Gemini"].argv("gemini", "-x", "flash", "auto", "S")
+        argv = EXECUTORS["Gemini"].argv("gemini", "-x", "flash", "auto", GEMINI_ID)
         self.assertEqual(
             argv,
             [
@@ -222,14 +228,36 @@ class ExecutorTests(unittest.TestCase):
                 "--model=flash",
                 "--approval-mode",
                 "auto_edit",
-                "--resume",
-                "S",
+                f"--resume={GEMINI_ID}",
                 "--prompt=-x",
             ],
         )
         env = EXECUTORS["Gemini"].environment({"CLAUDECODE": "1", "PATH": "/bin"})
         self.assertEqual(env["GEMINI_CLI_TRUST_WORKSPACE"], "true")
         self.assertNotIn("CLAUDECODE", EXECUTORS["Claude"].environment({"CLAUDECODE": "1"}))
+
+    def test_session_id_never_becomes_a_flag(self):
+        """An agent-reported id that is not a UUID (a flag, a path, a glob) never reaches a command
+        line: every executor refuses it; a UUID goes in as one ``--resume=ID`` argument."""
+        hostile = [
+            "--dangerously-skip-permissions",
+            "-r",
+            "x --yolo",
+            "../../etc/passwd",
+            "*",
+            "",
+            CLAUDE_ID + "\n--yolo",
+            " " + CLAUDE_ID,
+        ]
+        for executor in EXECUTORS.values():
+            for bad in hostile:
+                self.assertFalse(executor.valid_session_id(bad), bad)
+                with self.assertRaises(UnsafeSessionId, msg=f"{executor.name} {bad!r}"):
+                    executor.argv("bin", "hi", None, "default", bad)
+            self.assertTrue(executor.valid_session_id(CLAUDE_ID))
+            argv = executor.argv("bin", "hi", None, "default", CLAUDE_ID)
+            self.assertFalse([a for a in argv if a.startswith("-") and "dangerously" in a])
+            self.assertEqual(sum(CLAUDE_ID in a for a in argv), 1)
 
     def test_names(self):
         """Executor names are case-insensitive and accept the vibe-kanban spellings."""

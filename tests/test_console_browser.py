@@ -223,7 +223,7 @@ class ConsoleBrowserTests(unittest.TestCase):
         self.assertNotIn(token, seen["url"])
         self.assertNotIn("access", seen["url"])
         self.assertIn(project, seen["projects"])
-        self.assertIn("/srv/a_b c", seen["projects"])
+        self.assertNotIn("/srv/a_b c", seen["projects"])  # outside --project-root: not shown
         self.assertIn("File listing", seen["titles"])
         self.assertIsNone(seen["call_open_before"])  # folded until tapped
         self.assertIn("Bash: ls", seen["call_summary"])

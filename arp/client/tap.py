@@ -38,9 +38,10 @@ _permission_mode.coerceDoc = (  # type: ignore[attr-defined]
 )
 
 
-class Options(usage.Options):
+class Options(options.TwistdOptions):
     """Command line of ``twistd arpc``."""
 
+    command = "arpc"
     synopsis = "--server-addr HOST (--local-port PORT | --command-mode) [options]"
     longdesc = (
         "The ARP client.  It connects out to the relay arps (so this machine needs no "
@@ -54,6 +55,11 @@ class Options(usage.Options):
         ["tcp", None, "Raw TCP service (database, SSH): ask the relay for a dedicated public port."],
         ["no-log-file", None, "Do not write daily log files (arpc.log.YYYY-MM-DD)."],
         ["command-mode", None, "Serve the agent API (Claude Code, Codex, Gemini) instead of forwarding."],
+        [
+            "history-anywhere",
+            None,
+            "Command mode: show the agents' history of every project, not only those under --project-root.",
+        ],
         [
             "rotate-owner-token",
             None,
@@ -90,8 +96,8 @@ class Options(usage.Options):
         [
             "remote-port",
             None,
-            0,
-            "With --tcp: the public port to ask for (default: any the relay offers).",
+            None,
+            "With --tcp: the public port to ask for (default: any port the relay offers).",
             options.port_number,
         ],
         [
@@ -145,6 +151,7 @@ class Options(usage.Options):
         super().__init__()
         self["project-root"] = []
         self["cors-origin"] = []
+        self["api-host"] = []
 
     def opt_project_root(self, path: str) -> None:
         """Command mode: a directory agents may work in (repeatable; default: your home)."""
@@ -154,6 +161,12 @@ class Options(usage.Options):
         """Command mode: a browser origin that may call the API, e.g. https://console.example (repeatable)."""
         self["cors-origin"].append(origin)
 
+    def opt_api_host(self, name: str) -> None:
+        """Command mode: a host name --api-endpoint may be reached by (besides localhost; repeatable)."""
+        if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})", name):
+            raise usage.UsageError(f"--api-host {name!r} must be a host name like box.lan (no port)")
+        self["api-host"].append(name)
+
     def postOptions(self) -> None:
         if not self["server-addr"] and not self["control-endpoint"]:
             raise usage.UsageError("give the relay's address: --server-addr HOST")
@@ -161,6 +174,8 @@ class Options(usage.Options):
             raise usage.UsageError("--control-endpoint needs --proxy-endpoint (or --server-addr)")
         if self["command-mode"]:
             self._check_command_mode()
+        elif self["api-endpoint"]:
+            raise usage.UsageError("--api-endpoint serves the agent API: it needs --command-mode")
         elif self["rotate-owner-token"]:
             raise usage.UsageError("--rotate-owner-token is for --command-mode (access tokens)")
         elif self["local-port"] is None:
@@ -176,11 +191,16 @@ class Options(usage.Options):
                 "give the relay's auth key: --auth-key KEY or ARP_AUTH_KEY (arps prints it at first start)"
             )
         if self["log-level"] is None:
-            self["log-level"] = options.log_level(options.env_default("ARP_LOG_LEVEL", "info"))
+            self["log-level"] = options.env_log_level()
 
     def _check_command_mode(self) -> None:
         if self["tcp"]:
             raise usage.UsageError("--command-mode serves HTTP; it cannot be combined with --tcp")
+        if self["api-endpoint"]:
+            try:
+                options.listen_address(self["api-endpoint"])  # refuse what Twisted cannot listen on
+            except ValueError as e:
+                raise usage.UsageError(f"--api-endpoint {e}") from e
         for root in self["project-root"]:
             if not os.path.isdir(os.path.expanduser(root)):
                 raise usage.UsageError(f"--project-root {root!r} is not a directory")
@@ -281,7 +301,7 @@ def makeService(config: Options) -> MultiService:
         on_fatal=exit_with_status(reactor, 2),
         auth_key=config["auth-key"],
         mode="tcp" if raw_tcp else "http",
-        remote_port=config["remote-port"],
+        remote_port=config["remote-port"] or 0,
         public_host=public_host,
         max_backoff=config["max-backoff"],
         access_token=command.owner_token if command is not None else None,
@@ -313,13 +333,15 @@ def _command_mode(
         max_permission_mode=config["max-permission-mode"],
         max_sessions=config["max-sessions"],
         cors_origins=config["cors-origin"],
+        history_anywhere=bool(config["history-anywhere"]),
+        api_hosts=config["api-host"],
         client_id=client_id,
         rotate_owner_token=bool(config["rotate-owner-token"]),
         show_qr=not config["no-qr"],
     )
     command.setServiceParent(top)
     if config["api-endpoint"]:
-        Listener("api", config["api-endpoint"], command.site, reactor).setServiceParent(top)
+        Listener("api", config["api-endpoint"], command.api_site, reactor).setServiceParent(top)
     info = command.describe()
     log.info(
         "arpc {version} starting: client id {client_id}, command mode; projects under {roots}; {executors}",

@@ -26,9 +26,10 @@ from arp.wire import random_hex
 log = Logger()
 
 
-class Options(usage.Options):
+class Options(options.TwistdOptions):
     """Command line of ``twistd arps``."""
 
+    command = "arps"
     synopsis = "[options]"
     longdesc = (
         "The ARP relay.  arpc clients register on the control port and keep warm "
@@ -149,7 +150,7 @@ class Options(usage.Options):
             "Port range offered to arpc --tcp clients, e.g. 20000-20100 (default: none).",
             options.port_range,
         ],
-        ["tcp-interface", None, "", "Interface the TCP ports listen on (default: all)."],
+        ["tcp-interface", None, None, "Interface the TCP ports listen on (default: all interfaces)."],
         [
             "guess-limit",
             None,
@@ -203,7 +204,11 @@ class Options(usage.Options):
         if self["admin-endpoint"].lower() in ("none", "off", ""):
             self["admin-endpoint"] = None
         elif not self["admin-token"]:
-            if not options.is_loopback(self["admin-endpoint"]):
+            try:
+                loopback = options.is_loopback(self["admin-endpoint"])  # as Twisted will bind it
+            except ValueError as e:
+                raise usage.UsageError(f"--admin-endpoint {e}") from e
+            if not loopback:
                 raise usage.UsageError(
                     "--admin-endpoint is reachable from other hosts: set --admin-token (or ARP_ADMIN_TOKEN)"
                 )
@@ -217,7 +222,7 @@ class Options(usage.Options):
                 "--hsts needs HTTPS: a TLS --public-endpoint (ssl:...) or an https:// --public-url"
             )
         if self["log-level"] is None:
-            self["log-level"] = options.log_level(options.env_default("ARP_LOG_LEVEL", "info"))
+            self["log-level"] = options.env_log_level()
 
 
 def read_auth_keys(path: str) -> dict[str, str]:
@@ -300,7 +305,7 @@ def makeService(config: Options) -> MultiService:
         from arp.server.tcp import TCPPorts
 
         first, last = config["tcp-ports"]
-        ports = TCPPorts(first, last, config["tcp-interface"], reactor)
+        ports = TCPPorts(first, last, config["tcp-interface"] or "", reactor)
         registry.tcp_opener = lambda record: ports.open_for(record, registry)
     public_config = PublicConfig(
         scheme=scheme,

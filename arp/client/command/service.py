@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,13 @@ from arp.client.command.history import (
     ClaudeHistory,
     CodexHistory,
     GeminiHistory,
+    ProjectScope,
     claude_roots,
     codex_root,
     gemini_root,
 )
+from arp.client.command.limits import bound_bodies
+from arp.client.command.local import check_host
 from arp.client.command.sessions import SessionManager
 from arp.client.command.store import SessionStore
 from arp.client.command.tunnel import SiteTunnel
@@ -67,6 +71,8 @@ class CommandService(MultiService):
         rotate_owner_token: bool = False,
         show_qr: bool = True,
         environ: dict[str, str] | None = None,
+        history_anywhere: bool = False,
+        api_hosts: Sequence[str] = (),
     ) -> None:
         super().__init__()
         self.access = AccessStore(Path(data_dir), reactor, rotate_owner=rotate_owner_token)  # type: ignore[arg-type]
@@ -75,11 +81,12 @@ class CommandService(MultiService):
         self._announced = False
         environ = dict(os.environ if environ is None else environ)
         roots = claude_roots(environ)
+        project_roots = project_roots or [environ.get("HOME") or str(Path.home())]
         self.manager = SessionManager(
             store=SessionStore(Path(data_dir) / "sessions"),
             reactor=reactor,
             binaries=binaries,
-            project_roots=project_roots or [environ.get("HOME") or str(Path.home())],
+            project_roots=project_roots,
             permission_mode=permission_mode,
             max_permission_mode=max_permission_mode,
             max_sessions=max_sessions,
@@ -87,18 +94,23 @@ class CommandService(MultiService):
             environ=environ,
         )
         self.manager.setServiceParent(self)
+        # history is read only for projects under --project-root, unless --history-anywhere
+        given = [os.path.abspath(os.path.expanduser(p)) for p in project_roots]
+        within = None if history_anywhere else ProjectScope([*given, *self.manager.project_roots])
         self.root = build_root(
             self.manager,
-            ClaudeHistory(roots),
-            CodexHistory(codex_root(environ)),
-            GeminiHistory(gemini_root(environ)),
+            ClaudeHistory(roots, within=within),
+            CodexHistory(codex_root(environ), within=within),
+            GeminiHistory(gemini_root(environ), within=within),
             cors_origins,
             self.guard,
         )
         console = ConsoleFiles(str(CONSOLE_DIR))
         console.childNotFound = NotFound(self.root.cors, self.guard)  # a JSON 404, like the API's
         self.root.set_console(console)
-        self.site: Site = make_site(self.root)
+        self.site: Site = bound_bodies(make_site(self.root))
+        #: the ``--api-endpoint`` site: the same tree, for requests whose Host addresses it
+        self.api_site: Site = check_host(bound_bodies(make_site(self.root)), api_hosts)
 
     @property
     def owner_token(self) -> str:
