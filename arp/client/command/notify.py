@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
-from twisted.web.client import Agent, FileBodyProducer, readBody
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, _HTTP11ClientFactory, readBody
 from twisted.web.http_headers import Headers
 
 QUEUE = 200  # events kept per webhook while it is down; the oldest are dropped beyond
@@ -107,6 +107,17 @@ def ntfy_message(body: dict[str, Any]) -> tuple[dict[str, str], str]:
     return headers, message[:MAX_SUMMARY]
 
 
+class _QuietFactory(_HTTP11ClientFactory):
+    noisy = False  # no "Starting factory" lines per delivery
+
+
+def quiet_agent(reactor: Any) -> Agent:
+    """An HTTP client that does not log every connection."""
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    pool._factory = _QuietFactory  # type: ignore[attr-defined]
+    return Agent(reactor, connectTimeout=REQUEST_TIMEOUT, pool=pool)
+
+
 class Webhook:
     """One ``--notify`` URL: queued events, sent one at a time, retried with backoff."""
 
@@ -117,7 +128,7 @@ class Webhook:
         self.url = url
         self.target = url[5:] if url.startswith("ntfy:") else url
         self.ntfy = is_ntfy(url)
-        self.agent = agent or Agent(reactor, connectTimeout=REQUEST_TIMEOUT)
+        self.agent = agent or quiet_agent(reactor)
         self.queue: deque[tuple[dict[str, Any], int]] = deque()
         self.busy = False
         self.failing = False
