@@ -65,8 +65,9 @@ class Pending:
 
 def unified_diff(path: str, old: str, new: str) -> str:
     """A unified diff of ``old`` -> ``new`` for ``path``, cut at :data:`MAX_DIFF` characters."""
+    label = path.lstrip("/")
     lines = difflib.unified_diff(
-        old.splitlines(keepends=True), new.splitlines(keepends=True), f"a/{path}", f"b/{path}"
+        old.splitlines(keepends=True), new.splitlines(keepends=True), f"a/{label}", f"b/{label}"
     )
     text = "".join(line if line.endswith("\n") else line + "\n" for line in lines)
     if len(text) > MAX_DIFF:
@@ -84,6 +85,13 @@ def _read_small(path: str) -> str:
         return ""
 
 
+def shown_path(path: str, cwd: str) -> str:
+    """``path`` relative to the project when it is inside it (shorter on a phone), else as given."""
+    if os.path.isabs(path) and (path + os.sep).startswith(cwd.rstrip(os.sep) + os.sep):
+        return os.path.relpath(path, cwd)
+    return path
+
+
 def _within(cwd: str, path: str) -> str:
     return path if os.path.isabs(path) else os.path.join(cwd, path)
 
@@ -95,6 +103,7 @@ def claude_summary(tool: str, data: dict[str, Any], cwd: str) -> dict[str, Any]:
         return {"command": data["command"], "cwd": cwd, "description": data.get("description")}
     if isinstance(path, str) and tool in ("Edit", "MultiEdit", "Write", "NotebookEdit"):
         full = _within(cwd, path)
+        path = shown_path(full, cwd)
         if tool == "Write" and isinstance(data.get("content"), str):
             return {"path": path, "diff": unified_diff(path, _read_small(full), data["content"])}
         edits = data.get("edits") if tool == "MultiEdit" else [data]

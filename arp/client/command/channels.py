@@ -18,7 +18,7 @@ import json
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from arp.client.command.approvals import Answer, claude_summary, text_of, unified_diff
+from arp.client.command.approvals import Answer, claude_summary, shown_path, text_of, unified_diff
 
 #: What the model is told when a request is not allowed.
 DENIED = "The user denied this."
@@ -311,7 +311,7 @@ class CodexChannel(JsonRpcChannel):
             changes = item.get("changes") if isinstance(item.get("changes"), list) else []
             paths = [c.get("path") for c in changes if isinstance(c, dict) and isinstance(c.get("path"), str)]
             if paths:
-                summary["path"] = ", ".join(paths)
+                summary["path"] = ", ".join(shown_path(p, self.host.cwd) for p in paths)
                 summary["diff"] = "".join(
                     c["diff"] for c in changes if isinstance(c, dict) and isinstance(c.get("diff"), str)
                 )
@@ -426,8 +426,9 @@ def acp_summary(call: dict[str, Any], cwd: str) -> dict[str, Any]:
         if isinstance(block, dict) and block.get("type") == "diff" and isinstance(block.get("path"), str):
             old = block.get("oldText") if isinstance(block.get("oldText"), str) else ""
             new = block.get("newText") if isinstance(block.get("newText"), str) else ""
-            summary["path"] = block["path"]
-            summary["diff"] = summary.get("diff", "") + unified_diff(block["path"], old, new)
+            path = shown_path(block["path"], cwd)
+            summary["path"] = path
+            summary["diff"] = summary.get("diff", "") + unified_diff(path, old, new)
     if "path" not in summary and call.get("kind") == "execute" and raw.get("command") is not None:
         summary["command"] = text_of(raw["command"])
         summary["cwd"] = raw.get("cwd") if isinstance(raw.get("cwd"), str) else cwd
