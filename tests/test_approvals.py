@@ -175,6 +175,38 @@ class ApprovalTests(unittest.TestCase):
         self.assertIn(winner["answeredBy"]["name"], ("owner", "phone"))
         self.assertEqual(session["status"], "completed")
 
+    async def test_long_poll_other_sessions_and_oneshot_fallback(self):
+        """``GET /api/approvals?wait=`` returns as soon as an agent asks; an approval id answered
+        under another session's path is 404; ``--oneshot-agent Codex`` runs the old command line
+        and ``/api/health`` says so."""
+        api = await self._setup("--oneshot-agent", "Codex")
+        code, health = await api.get("/api/health")
+        modes = {name: e["mode"] for name, e in health["executors"].items()}
+        self.assertEqual(
+            modes,
+            {"Claude": "interactive", "Codex": "oneshot", "Gemini": "interactive", "Helper": "interactive"},
+        )
+        code, first = await api.get("/api/approvals?status=pending")
+        waiting = defer.ensureDeferred(
+            api.get(f"/api/approvals?status=pending&wait=30&version={first['version']}")
+        )
+        code, session = await api.post("/api/sessions", self._new("ASK_BASH wake the poll"))
+        code, woken = await waiting
+        self.assertEqual(code, 200)
+        self.assertEqual([a["sessionId"] for a in woken["approvals"]], [session["id"]])
+        self.assertGreater(woken["version"], first["version"])
+        code, err = await api.get("/api/approvals?status=maybe")
+        self.assertEqual(code, 400, err)
+        code, other = await api.post("/api/sessions", self._new("plain", "Codex"))
+        done = await api.wait_status(other["id"], FINAL)
+        self.assertEqual(done["output"], "Codex says: plain")
+        self.assertIn("exec", self.ws.recorded_for("plain")[0]["argv"])
+        approval = woken["approvals"][0]
+        code, err = await self._answer(other["id"], approval["id"], {"decision": "allow"})
+        self.assertEqual(code, 404, err)
+        code, done = await self._answer(session["id"], approval["id"], {"decision": "allow"})
+        self.assertEqual(code, 200, done)
+
     async def test_question_answered(self):
         """AskUserQuestion becomes a question card; answers come back to Claude in its format,
         a multi-select as a comma-joined list, a free-text answer outside the options as is."""

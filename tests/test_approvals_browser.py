@@ -154,8 +154,8 @@ class ApprovalBrowserTests(unittest.TestCase):
         print(f"\ntap on Allow -> the agent's output on the page: {seen['tap_to_output_ms']:.0f} ms")
 
     async def test_diff_and_question_cards_dark(self):
-        """An edit shows its path and diff; a question card takes a choice, several checkboxes
-        and a typed answer (phone, dark)."""
+        """An edit shows its path and diff; a command made of markup stays text (no element, no
+        script run); a question card takes a choice and several checkboxes (phone, dark)."""
         url, client, ws = await self._setup()
         project = str(ws.project)
 
@@ -202,6 +202,10 @@ class ApprovalBrowserTests(unittest.TestCase):
             return seen
 
         seen = await run_in_browser(drive, viewport=PHONE, color_scheme="dark")
+        self.assertEqual(
+            seen["markup"], '<img src=x onerror="window.pwned=1"><script>window.pwned=2</script>'
+        )
+        self.assertEqual((seen["elements"], seen["pwned"]), (0, None))
         self.assertIn("-Hello wrold", seen["diff"])
         self.assertIn("+Hello world", seen["diff"])
         expected = {"Which color?": "Red", "Which toppings?": "Cheese, Basil"}

@@ -115,11 +115,13 @@ def session_ids(prompt, resume, make=new_id):
 # edit with a diff), ``ASK_QUESTION`` (Claude's AskUserQuestion), ``ASK_TWICE`` (the same command
 # twice: "allow for this session" answers the second), ``WITHDRAW`` (ask, then withdraw the
 # request), ``DIE_ASKING`` (ask, then exit 9 without waiting).  Each asked request blocks until
-# answered; what the fake was told ends up in its output ("allowed: ...", "denied: ...",
+# answered (with ``HTML`` in the prompt, Claude's command is markup that must stay text); what
+# the fake was told ends up in its output ("allowed: ...", "denied: ...",
 # "answer: ...") and in its record file (``told``).
 
 ASK_MARKERS = ("ASK_BASH", "ASK_EDIT", "ASK_QUESTION", "ASK_TWICE", "WITHDRAW", "DIE_ASKING")
 COMMAND = "rm -rf build"
+HTML_COMMAND = '<img src=x onerror="window.pwned=1"><script>window.pwned=2</script>'  # the HTML marker
 QUESTION = {
     "question": "Which color?",
     "header": "Color",
@@ -203,6 +205,12 @@ def acp_main(name, argv):
                         "params": {"sessionId": sid, "update": {"sessionUpdate": "plan", "entries": []}},
                     }
                 )
+            listing = {"toolCallId": "t1", "title": "list_directory", "kind": "read"}
+            listing["rawInput"] = {"dir_path": "."}
+            update(params["sessionId"], {"sessionUpdate": "tool_call", **listing, "status": "pending"})
+            done = {"toolCallId": "t1", "status": "completed"}
+            done["content"] = [{"type": "content", "content": {"type": "text", "text": "2 items"}}]
+            update(params["sessionId"], {"sessionUpdate": "tool_call_update", **done})
             text = acp_turn(name, argv, prompt, params["sessionId"], told, pending_id, resume)
             if text is None:
                 return 9
@@ -219,6 +227,10 @@ def acp_main(name, argv):
             pass  # a stray answer
         elif rid is not None:
             rpc({"id": rid, "error": {"code": -32601, "message": f"unknown method {method}"}})
+
+
+def update(sid, body):
+    rpc({"method": "session/update", "params": {"sessionId": sid, "update": body}})
 
 
 def acp_chunk(sid, text):

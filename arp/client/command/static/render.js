@@ -248,7 +248,8 @@ export class Transcript {
     if (item.type === "reasoning") return thinking(item.text || (item.summary || []).join("\n"), time);
     if (item.type === "commandExecution") {
       const cmd = Array.isArray(item.command) ? item.command.join(" ") : item.command;
-      return [toolCall("shell", { command: cmd }, time), toolResult(item.aggregatedOutput ?? "", item.status !== "completed", time, item.status || "done")];
+      const failed = item.status !== "completed" || (item.exitCode ?? 0) !== 0;
+      return [toolCall("shell", { command: cmd }, time), toolResult(item.aggregatedOutput ?? "", failed, time, item.status === "declined" ? "declined" : `exit ${item.exitCode ?? "?"}`)];
     }
     if (item.type === "fileChange") return toolCall("file change", item.changes || item, time);
     if (item.type === "userMessage") return null;
@@ -273,6 +274,10 @@ export class Transcript {
     this.delta = null;
     if (u.sessionUpdate === "agent_thought_chunk" && c.type === "text") return thinking(c.text, time);
     if (u.sessionUpdate === "tool_call") return toolCall(u.title || u.kind || "tool", u.rawInput || u.content || {}, time);
+    if (u.sessionUpdate === "tool_call_update" && (u.status === "completed" || u.status === "failed")) {
+      const text = (u.content || []).map((b) => (b && b.content && b.content.text) || (b && b.type === "diff" ? `diff ${b.path}` : "")).join("\n");
+      return toolResult(text, u.status === "failed", time);
+    }
     return null;
   }
 
