@@ -22,13 +22,14 @@ from tests.test_console_browser import PHONE, _ShortTemp, run_in_browser
 
 DOCS_SHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 COMMAND = "rm -rf build"
+IN_DOCS = {"card-phone", "diff-phone-dark", "question-phone-dark"}  # the README shows these
 
 
 def shot(page, name: str) -> str:
     """Save ``approvals-<name>.png`` (and copy it to the docs when asked to)."""
     path = os.path.join(browser.screenshot_dir(), f"approvals-{name}.png")
     page.screenshot(path=path)
-    if os.environ.get("ARP_UPDATE_SCREENSHOTS"):
+    if os.environ.get("ARP_UPDATE_SCREENSHOTS") and name in IN_DOCS:
         shutil.copy(path, DOCS_SHOTS / os.path.basename(path))
     return path
 
@@ -180,6 +181,22 @@ class ApprovalBrowserTests(unittest.TestCase):
             shot(page, "deny-phone-dark")
             card.locator("button.confirm-deny").click()
             page.locator(".msg.assistant .md", has_text="denied: use sed instead").wait_for()
+
+            # a hostile command: shown as text, never run as markup
+            code, hostile = client.call(
+                "POST",
+                "/api/sessions",
+                {"executor": "Claude", "prompt": "ASK_BASH HTML", "projectPath": project},
+            )
+            page.goto(f"{base}#/session/{hostile['id']}")
+            card = page.locator(".approval-card[data-status=pending]")
+            card.wait_for()
+            seen["markup"] = card.locator("pre.cmd").inner_text()
+            seen["elements"] = card.locator("img, script").count()
+            seen["pwned"] = page.evaluate("window.pwned === undefined ? null : window.pwned")
+            card.locator("button.deny").click()
+            card.locator("button.confirm-deny").click()
+            page.locator(".approval-card[data-status=denied]").wait_for()
 
             code, ask = client.call(
                 "POST",
