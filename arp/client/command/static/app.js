@@ -298,6 +298,11 @@ async function sessionView(id) {
       paint();
     }
     if (nearBottom && stream) el.scrollTop = el.scrollHeight;
+    if (event.kind === "approval" && event.approval.status === "pending") {
+      // the agent waits for this: bring the card (and its buttons) above the live bar
+      const card = transcript.querySelector(`[data-approval="${CSS.escape(event.approval.id)}"]`);
+      if (card && card.dataset.status === "pending") card.scrollIntoView({ block: "center" });
+    }
   };
 
   const paint = () => {
