@@ -86,8 +86,9 @@ class ApprovalBrowserTests(unittest.TestCase):
 
     async def test_tap_allow_on_a_phone(self):
         """On a 390 px page: the card shows the command and cwd with the "needs you" badge; a tap
-        on Allow lets the agent continue and its output streams in; a card answered by another
-        device turns resolved live; the badge is on every screen."""
+        on Allow lets the agent continue and its output streams in; in the background a new
+        approval raises a browser notification; a card answered by another device turns resolved
+        live; the badge is on every screen."""
         url, client, ws = await self._setup()
         project = str(ws.project)
 
@@ -121,16 +122,30 @@ class ApprovalBrowserTests(unittest.TestCase):
             page.locator("#status [data-status=completed]").wait_for()
             page.wait_for_function("document.getElementById('needs-you').hidden")
             seen["badge_after"] = badge.is_hidden()
+            # in the background with notifications allowed: a new approval raises one
+            page.evaluate(
+                """() => {
+                  window.notes = [];
+                  window.Notification = class {
+                    static permission = "granted";
+                    constructor(title, options) { window.notes.push([title, options.body]); }
+                    close() {}
+                  };
+                  Object.defineProperty(document, "hidden", { configurable: true, get: () => true });
+                }"""
+            )
             # another device answers while this one watches: the card turns, live
             code, session = client.call(
                 "POST",
                 "/api/sessions",
                 {"executor": "Claude", "prompt": "ASK_BASH elsewhere", "projectPath": project},
             )
-            page.goto(url.split("?")[0] + f"?token={client.token}#/sessions")
+            page.evaluate("location.hash = '#/sessions'")  # same document: the stubs stay
             badge.wait_for()
             seen["badge_on_list"] = badge.inner_text()
-            page.goto(url.split("?")[0] + f"?token={client.token}#/session/{session['id']}")
+            page.wait_for_function("window.notes && window.notes.length > 0")
+            seen["notes"] = page.evaluate("window.notes")
+            page.evaluate(f"location.hash = '#/session/{session['id']}'")
             page.locator(".approval-card[data-status=pending]").wait_for()
             [approval] = client.pending(session["id"])
             client.call(
@@ -151,6 +166,7 @@ class ApprovalBrowserTests(unittest.TestCase):
         self.assertIn("Allowed by owner", seen["outcome"])
         self.assertTrue(seen["badge_after"])
         self.assertIn("1", seen["badge_on_list"])
+        self.assertIn(["Claude needs approval", COMMAND], seen["notes"])
         self.assertIn("Denied by owner", seen["denied"])
         print(f"\ntap on Allow -> the agent's output on the page: {seen['tap_to_output_ms']:.0f} ms")
 
