@@ -227,11 +227,6 @@ class Notifier(Service):
 
     def event(self, event: str, session: Any, approval: dict | None) -> None:
         """One manager event: queue it on every webhook."""
-        if (
-            approval is not None
-            and (approval.get("answeredBy") or {}).get("rule") == "allowed for this session"
-        ):
-            return  # answered by a rule, nobody needs to hear of it
         body = payload(event, session, approval, self.link(session.id))
         for hook in self.hooks:
             hook.send(body)

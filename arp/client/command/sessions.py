@@ -217,10 +217,11 @@ class Session:
         self.pending[record["id"]] = pending
         manager.approvals.put(record)
         self.emit("approval", approval=record)
-        manager.announce("approval", self, record)
         if record["kind"] == "permission" and record["tool"] in self.allowed_tools:
+            # allowed for this session already: recorded, answered at once, nobody is nudged
             self._resolve(pending, Answer("allowed", scope="session"), {"rule": "allowed for this session"})
         else:
+            manager.announce("approval", self, record)
             pending.timer = manager.reactor.callLater(timeout, self._expire, record["id"])  # type: ignore[attr-defined]
         return record["id"]
 
@@ -276,7 +277,8 @@ class Session:
             self.manager.log.failure("session {id}: could not pass an answer to the agent", id=self.id)
         self.manager.approvals.put(record)
         self.emit("approval_resolved", approval=record)
-        self.manager.announce("approval_resolved", self, record)
+        if by != {"rule": "allowed for this session"}:
+            self.manager.announce("approval_resolved", self, record)
         return record
 
     def emit(self, kind: str, **fields: Any) -> dict[str, Any]:
