@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
+
+from arp.compat import slots_dataclass
 
 _TOKEN_RE = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _TARGET_BAD_RE = re.compile(rb"[\x00-\x20\x7f]")
@@ -36,7 +38,7 @@ class HTTPError(Exception):
         self.message = message
 
 
-@dataclass(slots=True)
+@slots_dataclass
 class Head:
     """A parsed request or response head.  Header names keep their case.
 

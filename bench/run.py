@@ -1507,7 +1507,7 @@ def main() -> int:
     started = time.monotonic()
     results: dict[str, Any] = {
         "mode": mode.name,
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(),
         "notes": results_notes,
         "skipped": {},

@@ -19,7 +19,7 @@ def _name(common: str) -> x509.Name:
 def make_ca_and_cert(directory: str, ip: str = "127.0.0.1") -> dict[str, str]:
     """Write ``ca/ca.pem``, ``server.key`` and ``server.pem`` into ``directory``; return paths."""
     os.makedirs(os.path.join(directory, "ca"), exist_ok=True)
-    now = datetime.datetime.now(datetime.UTC)
+    now = datetime.datetime.now(datetime.timezone.utc)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_cert = (
         x509.CertificateBuilder()
@@ -86,7 +86,7 @@ def make_lets_encrypt_style(directory: str, ip: str = "127.0.0.1") -> dict[str, 
     live = os.path.join(directory, "live")
     os.makedirs(live, exist_ok=True)
     os.makedirs(os.path.join(directory, "ca"), exist_ok=True)
-    now = datetime.datetime.now(datetime.UTC)
+    now = datetime.datetime.now(datetime.timezone.utc)
     week = datetime.timedelta(days=7)
 
     def issue(subject, key, issuer, issuer_key, ca: bool, sans=None):

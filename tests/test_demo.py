@@ -21,7 +21,7 @@ class DemoTests(unittest.TestCase):
         self.assertIsNotNone(script, "arp-demo is not installed (pip install -e .)")
         ports = [free_port() for _ in range(5)]
         args = ["--check"]
-        for name, port in zip(("app", "public", "control", "proxy", "admin"), ports, strict=True):
+        for name, port in zip(("app", "public", "control", "proxy", "admin"), ports):
             args += [f"--{name}-port", str(port)]
         env = dict(os.environ)
         env.pop("ARP_AUTH_KEY", None)

@@ -275,7 +275,7 @@ async def run(args: argparse.Namespace) -> dict:
                 (after["arps"]["rss_kb"] - before["arps"]["rss_kb"]) * per_100k
             ),
             "arpc_rss_growth_kb_per_100k": round(
-                max(a["rss_kb"] - b["rss_kb"] for a, b in zip(after["arpc"], before["arpc"], strict=True))
+                max(a["rss_kb"] - b["rss_kb"] for a, b in zip(after["arpc"], before["arpc"]))
                 * per_100k
             ),
             # tunnels come and go with the pool, so allow the pool's size of slack per client

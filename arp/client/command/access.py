@@ -30,7 +30,7 @@ import re
 import secrets
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -97,7 +97,7 @@ def iso(ts: float | None) -> str | None:
     """A POSIX time as the API shows times (UTC, milliseconds, ``Z``)."""
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def digest(token: str) -> str:
@@ -407,7 +407,7 @@ class AccessStore:
         expires_in = body.get("expiresIn")
         if expires_in is not None and (
             isinstance(expires_in, bool)
-            or not isinstance(expires_in, int | float)
+            or not isinstance(expires_in, (int, float))
             or not 60 <= expires_in <= MAX_EXPIRES_IN
         ):
             raise BadRequest(

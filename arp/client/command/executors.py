@@ -232,7 +232,7 @@ def _claude(obj: dict) -> Digest:
     elif kind == "result":
         d.usage = obj.get("usage")
         cost = obj.get("total_cost_usd", obj.get("cost_usd"))
-        d.cost_usd = cost if isinstance(cost, int | float) else None
+        d.cost_usd = cost if isinstance(cost, (int, float)) else None
         d.failed = bool(obj.get("is_error")) or obj.get("subtype") not in (None, "success")
         if isinstance(obj.get("result"), str):
             d.result_text = obj["result"]

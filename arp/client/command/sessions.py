@@ -6,7 +6,7 @@ import json
 import os
 import uuid
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -61,7 +61,7 @@ class Viewer(Protocol):
 
 def now_iso(later: float = 0.0) -> str:
     """The current UTC time (plus ``later`` seconds) as ISO 8601 with milliseconds."""
-    when = datetime.now(UTC) + timedelta(seconds=later)
+    when = datetime.now(timezone.utc) + timedelta(seconds=later)
     return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
