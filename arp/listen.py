@@ -105,8 +105,8 @@ class Listener(Service):
         outcome: list = []
         try:
             endpoint = serverFromString(self.reactor, self.description)
-            tls.negotiate(endpoint, tls.protocols_of(self.factory))  # ALPN, see arp/tls.py
-            d: Deferred = endpoint.listen(self.factory)
+            chosen = tls.negotiate(endpoint, tls.protocols_of(self.factory))  # ALPN, see arp/tls.py
+            d: Deferred = endpoint.listen(tls.ChoiceMade(self.factory) if chosen else self.factory)
         except Exception as e:
             raise SystemExit(f"{self.label}: bad endpoint {self.description!r}: {e}")
         d.addBoth(outcome.append)

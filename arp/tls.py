@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from twisted.internet.interfaces import IProtocolNegotiationFactory
+from twisted.internet.interfaces import ILoggingContext, IProtocolFactory, IProtocolNegotiationFactory
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -73,6 +73,35 @@ def negotiate(endpoint: object, protocols: Sequence[bytes]) -> bool:
         creator.extraCertChain = [c for c in chain if c.digest("sha256") != leaf.digest("sha256")]
     get_context().set_alpn_select_callback(_selector(tuple(protocols)))  # builds the context
     return True
+
+
+@implementer(IProtocolFactory, ILoggingContext)
+class ChoiceMade:
+    """The factory listening on an endpoint whose ALPN choice :func:`negotiate` made.
+
+    It hides the real factory's :class:`IProtocolNegotiationFactory`: Twisted
+    before 26 (the last releases for Python 3.9, so for Debian's PyPy) installs
+    its own choice on the context at every connection of a factory providing it,
+    over ours, and that one answers a client offering only ``h2`` with the
+    ``internal error`` alert.  Everything else goes to the real factory.
+    """
+
+    def __init__(self, factory: IProtocolFactory) -> None:
+        self.factory = factory
+
+    def doStart(self) -> None:
+        self.factory.doStart()
+
+    def doStop(self) -> None:
+        self.factory.doStop()
+
+    def buildProtocol(self, addr: object) -> object:
+        return self.factory.buildProtocol(addr)
+
+    def logPrefix(self) -> str:
+        """The real factory's log prefix."""
+        prefix = getattr(self.factory, "logPrefix", None)
+        return prefix() if prefix is not None else self.factory.__class__.__name__
 
 
 def _selector(ours: tuple[bytes, ...]):  # noqa: ANN202 -- returns a pyOpenSSL callback

@@ -45,7 +45,10 @@ def source_tree(rev: str, workdir: Path) -> Path:
     ).stdout
     dest = workdir / ("src-" + rev.replace("/", "_"))
     with tarfile.open(fileobj=BytesIO(archive)) as tar:
-        tar.extractall(dest, filter="data")
+        if hasattr(tarfile, "data_filter"):  # Python 3.12, and 3.9.17+ / 3.10.12+ / 3.11.4+
+            tar.extractall(dest, filter="data")
+        else:  # our own `git archive`: only plain files and directories of the repository
+            tar.extractall(dest)
     return dest
 
 

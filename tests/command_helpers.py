@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import stat
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,10 @@ class Workspace:
             "ARP_FAKE_RECORD_DIR": str(self.records),
             "CLAUDECODE": "1",  # arpc must drop it for the child
             "HOME": str(self.base),
+            # the fakes (``#!/usr/bin/env python3``) run on the interpreter under test: under
+            # ``trial -j`` the workers' PYTHONPATH is that interpreter's sys.path, which another
+            # Python (CPython beside PyPy) cannot import its standard library from
+            "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", os.defpath)]),
         }
 
     def recorded(self) -> list[dict[str, Any]]:
