@@ -153,8 +153,7 @@ class DigestTests(unittest.TestCase):
                 d = digest(executor, obj)
                 self.assertIsNone(d.text)
 
-    # generation speed is no property of digest(): a cold PyPy JIT on a busy machine is slow to start
-    @settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])  # a loaded CI machine is slow
     @given(
         st.recursive(
             st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
