@@ -1,6 +1,6 @@
 """Compare two revisions of ARP on the keep-alive benchmark, in alternating rounds.
 
-    python3 bench/ab.py OLD [NEW] [--rounds 3] [--seconds 5]
+    python3 bench/ab.py OLD [NEW] [--rounds 3] [--seconds 5] [--python PYTHON] [--warmup 1]
 
 ``OLD`` and ``NEW`` are git revisions (``NEW`` defaults to the working tree).
 Each round runs arps and arpc of one revision, then of the other, against the
@@ -8,7 +8,10 @@ same backend (nginx, as in ``bench/run.py``): ``wrk -t2 -c50`` keep-alive with
 every response checked, the CPU each of arps and arpc spent per request, and
 ``wrk -t1 -c1`` for the latency of one connection.  Alternating rounds and
 taking medians is what makes a 5 % difference visible on a noisy machine,
-where two full runs minutes apart differ by 10 %.  This is how the
+where two full runs minutes apart differ by 10 %.  ``--python`` runs arps and
+arpc on another interpreter (e.g. a PyPy venv's ``bin/python``, with ARP's
+dependencies installed in it); give PyPy's JIT ``--warmup 10`` seconds of load
+before measuring.  This is how the
 optimisations in the README's "Performance" section were measured.  Loopback
 only; every process is stopped at the end.
 """
@@ -53,7 +56,7 @@ def source_tree(rev: str, workdir: Path) -> Path:
 
 
 def one_round(
-    procs: bench.Processes, workdir: Path, backend: bench.Backend, root: Path, seconds: int
+    procs: bench.Processes, workdir: Path, backend: bench.Backend, root: Path, seconds: int, warmup: int = 1
 ) -> dict:
     """Start arps and arpc from ``root``, load them, stop them; their figures."""
     env = {"PYTHONPATH": str(root)}  # ahead of any installed copy of arp
@@ -64,7 +67,7 @@ def one_round(
     try:
         time.sleep(1.0)  # the pool fills
         url = f"http://127.0.0.1:{ports['public']}/1k?token={client_id}"
-        bench.run_wrk(url, 2, 50, 1)  # warm up
+        bench.run_wrk(url, 2, 50, warmup)  # warm up (PyPy: let the JIT compile the hot path)
 
         def cpu_s() -> dict[str, float]:
             return {name: bench.proc_stat(child.pid)[1] for name, child in (("arps", arps), ("arpc", arpc))}
@@ -92,7 +95,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("new", nargs="?", default=WORKTREE, help="git revision (default: the working tree)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds, each running both (3)")
     parser.add_argument("--seconds", type=int, default=5, help="seconds of each wrk run (5)")
+    parser.add_argument("--python", default=sys.executable, help="interpreter for arps and arpc (this one)")
+    parser.add_argument("--warmup", type=int, default=1, help="seconds of load first (1; PyPy: 10)")
     args = parser.parse_args(argv)
+    if not 1 <= args.warmup <= 120:
+        raise SystemExit("--warmup must be 1 to 120 seconds")
+    if not shutil.which(args.python):
+        raise SystemExit(f"--python {args.python}: no such interpreter")
+    bench.TWISTD[0] = args.python
     if not shutil.which("wrk"):
         raise SystemExit("bench/ab.py needs wrk (Debian package wrk)")
     workdir = Path(tempfile.mkdtemp(prefix="arp-ab-"))
@@ -106,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         for n in range(args.rounds):
             order = list(results) if n % 2 == 0 else list(reversed(results))  # neither always goes first
             for rev in order:
-                r = one_round(procs, workdir, backend, roots[rev], args.seconds)
+                r = one_round(procs, workdir, backend, roots[rev], args.seconds, args.warmup)
                 results[rev].append(r)
                 bench.note(
                     f"round {n + 1} {rev:>12}: {r['rps']:9,.0f} req/s  arps {r['arps_us']:5.1f} us  "
@@ -117,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         procs.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)
-    bench.note("\nmedians:")
+    bench.note(f"\nmedians ({args.python}, {args.warmup} s warm-up):")
     med = {rev: {k: statistics.median(r[k] for r in rs) for k in ("rps", "arps_us", "arpc_us", "p50_us")}
            for rev, rs in results.items()}  # fmt: skip
     for rev, m in med.items():

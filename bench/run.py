@@ -10,6 +10,8 @@ measures one target at a time, so they never share the CPU:
 
 - ``direct``: wrk/curl straight to the backend, the physical limit here;
 - ``arp``: arps + arpc (forward mode, pool size 5) as real twistd processes;
+- ``arp-pypy``: the same on PyPy (``--pypy``, default ``.venv-pypy/bin/python``),
+  after 10 s of load for the JIT (skipped with a note when there is no such venv);
 - ``ssh``: ``ssh -R`` through a local sshd with its own config, host key and
   authorized key, with a session (``sleep``) so both ends set TCP_NODELAY.
 
@@ -51,7 +53,11 @@ LUA = HERE / "check.lua"
 SMALL = 1024
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
-TARGETS = ("direct", "splice", "arp", "ssh")
+TARGETS = ("direct", "splice", "arp", "arp-pypy", "ssh")
+#: arp-pypy's interpreter when --pypy is not given: the venv .ci/run makes
+PYPY_DEFAULT = REPO / ".venv-pypy" / "bin" / "python"
+#: seconds of keep-alive load before arp-pypy's figures (full run): PyPy's JIT compiles the hot path
+PYPY_WARMUP_S = 10
 NOFILE_WANT = 65536
 ARPS_ENDPOINT_EXTRA = ""  # e.g. ":backlog=1024" (--backlog)
 HIDDEN: set[str] = set()  # tools to treat as missing (--without), to exercise the fallbacks
@@ -697,9 +703,15 @@ def _arps_has_option(name: str) -> bool:
 
 
 def start_arps(
-    procs: Processes, workdir: Path, auth_key: str, *extra: str, nofile: int = 0, env: dict | None = None
+    procs: Processes,
+    workdir: Path,
+    auth_key: str,
+    *extra: str,
+    nofile: int = 0,
+    env: dict | None = None,
+    python: str | None = None,
 ) -> tuple:
-    args = [*TWISTD, "arps"]
+    args = [python or TWISTD[0], *TWISTD[1:], "arps"]
     for name in ("control", "proxy", "public"):
         args += [f"--{name}-endpoint", "tcp:0:interface=127.0.0.1" + ARPS_ENDPOINT_EXTRA]
     if _arps_has_option("admin-endpoint"):
@@ -725,10 +737,12 @@ def start_arpc(
     client_id: str,
     nofile: int = 0,
     env: dict | None = None,
+    python: str | None = None,
 ) -> Child:
     data = Path(tempfile.mkdtemp(prefix="arpc-", dir=workdir))
     args = [
-        *TWISTD,
+        python or TWISTD[0],
+        *TWISTD[1:],
         "arpc",
         "--server-addr",
         "127.0.0.1",
@@ -755,6 +769,7 @@ class Arp(Target):
     name = "arp"
     server_label = "arps"
     client_label = "arpc"
+    python: str | None = None  # the interpreter running arps and arpc (None: this one)
 
     def __init__(self, procs: Processes, backend: Backend, workdir: Path) -> None:
         super().__init__(procs, backend)
@@ -765,8 +780,10 @@ class Arp(Target):
     def start(self) -> None:
         key = "bench-" + os.urandom(12).hex()
         client_id = "bench" + os.urandom(14).hex()
-        self.arps, ports = start_arps(self.procs, self.workdir, key)
-        self.arpc = start_arpc(self.procs, self.workdir, key, ports, self.backend.port, client_id)
+        self.arps, ports = start_arps(self.procs, self.workdir, key, python=self.python)
+        self.arpc = start_arpc(
+            self.procs, self.workdir, key, ports, self.backend.port, client_id, python=self.python
+        )
         self.port = ports["public"]
         self.suffix = f"?token={client_id}"
         # the pool is warm when arps has 5 idle tunnels; give the handshakes a moment
@@ -781,6 +798,37 @@ class Arp(Target):
     def stop(self) -> None:
         self.procs.stop(self.arpc)
         self.procs.stop(self.arps)
+
+
+class ArpPyPy(Arp):
+    """arps and arpc as in ``arp``, on PyPy, after a warm-up for the JIT (recorded with the figures)."""
+
+    name = "arp-pypy"
+    warmup_s = PYPY_WARMUP_S
+
+    def __init__(self, procs: Processes, backend: Backend, workdir: Path, python: str) -> None:
+        super().__init__(procs, backend, workdir)
+        self.python = python
+
+    @staticmethod
+    def available(python: str) -> str:
+        """Why PyPy with ARP's dependencies cannot run from ``python`` ("" if it can)."""
+        if not shutil.which(python):
+            return f"no PyPy interpreter at {python} (make the venv as .ci/run does, or give --pypy)"
+        try:
+            probe = subprocess.run(
+                [python, "-c", "import platform, twisted, arp; print(platform.python_implementation())"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return f"{python} does not run: {e}"
+        if probe.returncode != 0:
+            return f"{python} cannot import twisted and arp: {probe.stderr.strip()[-300:]}"
+        if probe.stdout.strip() != "PyPy":
+            return f"{python} is {probe.stdout.strip()}, not PyPy"
+        return ""
 
 
 SSHD_CONF = """\
@@ -943,8 +991,9 @@ def measure(target: Target, mode: Mode, backend: Backend, profile_dir: Path | No
     out["idle"] = target.stats()
     before = out["idle"]
     started = time.monotonic()
-    if mode.warmup_s:
-        load("1k", 2, 50, mode.warmup_s)
+    out["warmup_s"] = max(mode.warmup_s, getattr(target, "warmup_s", 0) if mode.name == "full" else 0)
+    if out["warmup_s"]:
+        load("1k", 2, 50, out["warmup_s"])
     profilers = []
     if profile_dir is not None and target.server_pid():
         for label, pid in (("server", target.server_pid()), ("client", target.client_pid())):
@@ -1456,7 +1505,12 @@ def main() -> int:
     parser.add_argument("--smoke", action="store_true", help="a run of seconds, for CI")
     parser.add_argument("--out", default=str(HERE / "results"), help="where JSON and markdown go")
     parser.add_argument(
-        "--targets", default=",".join(TARGETS), help="comma-separated subset of direct,splice,arp,ssh"
+        "--targets", default=",".join(TARGETS), help="comma-separated subset of " + ",".join(TARGETS)
+    )
+    parser.add_argument(
+        "--pypy",
+        default=str(PYPY_DEFAULT),
+        help="PyPy (a venv's bin/python with ARP installed) for the arp-pypy target (default: .venv-pypy)",
     )
     parser.add_argument("--no-scale", action="store_true", help="skip the scale section")
     parser.add_argument("--backlog", type=int, help="listen backlog of arps's endpoints (default: its own)")
@@ -1539,6 +1593,14 @@ def main() -> int:
                 target = Splice(procs, backend)
             elif name == "arp":
                 target = Arp(procs, backend, workdir)
+            elif name == "arp-pypy":
+                why = ArpPyPy.available(args.pypy)
+                if why:
+                    results["skipped"]["arp-pypy"] = why
+                    results["notes"].append(f"arp-pypy target skipped: {why}")
+                    note("NOTE: " + results["notes"][-1])
+                    continue
+                target = ArpPyPy(procs, backend, workdir, args.pypy)
             elif name == "ssh":
                 why = Ssh.available()
                 if why:
