@@ -367,3 +367,74 @@ class ControlTimeoutTests(unittest.TestCase):
                 break
         self.assertTrue(transport.disconnecting or transport.disconnected)
         self.assertLessEqual(elapsed, REGISTER_TIMEOUT + 5)
+
+
+class OwnAnswerBackpressureTests(FrontFixture, unittest.TestCase):
+    """The relay's own answers (401, 404, 503...) are flow-controlled like spliced data."""
+
+    REQUEST = b"GET / HTTP/1.1\r\nHost: relay\r\n\r\n"  # no token: answered by the relay itself
+
+    def test_unread_answers_stop_reading_and_parsing(self):
+        """When the client leaves our answers unread (the transport pauses its producer), the
+        connection stops being read and the pipelined requests wait; once drained they are answered."""
+        public, transport = self.public()
+        public.dataReceived(self.REQUEST)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 401 "))
+        self.assertIsNotNone(transport.producer, "no producer registered for the relay's own answers")
+        transport.producer.pauseProducing()  # what Twisted does when the write buffer passes its bound
+        self.assertEqual(transport.producerState, "paused")
+        transport.clear()
+        public.dataReceived(self.REQUEST * 50)
+        self.assertEqual(transport.value(), b"", "answers written although the client reads none")
+        transport.producer.resumeProducing()  # the buffer drained
+        self.assertEqual(transport.value().count(b"HTTP/1.1 401 "), 50)
+        self.assertEqual(transport.producerState, "producing")
+
+    def test_pause_mid_batch(self):
+        """A pause that comes while a batch of pipelined requests is being answered stops the batch."""
+        public, transport = self.public()
+        public.dataReceived(self.REQUEST)
+        own = transport.producer
+        written = []
+
+        def write(data, original=transport.write):
+            original(data)
+            written.append(data)
+            if len(written) == 3:
+                own.pauseProducing()
+
+        transport.write = write
+        public.dataReceived(self.REQUEST * 10)
+        self.assertEqual(len(written), 3)
+        own.resumeProducing()
+        self.assertEqual(len(written), 10)
+
+    def test_routed_request_swaps_in_the_tunnel_throttle(self):
+        """After an answer of our own, a routed request unregisters our producer and joins the tunnel."""
+        from arp.splice import Throttle
+
+        self.tunnel()
+        public, transport = self.public()
+        public.dataReceived(self.REQUEST + b"GET /x HTTP/1.1\r\nX-ARP-Token: client1\r\n\r\n")
+        (t,) = self.record.pool.busy
+        self.assertIn(b"GET /x ", t.transport.value())
+        self.assertIsInstance(transport.producer, Throttle)
+
+    def test_client_that_never_reads_is_cut(self):
+        """A paused connection (answers unread) is aborted at the idle timeout, not kept forever."""
+        public, transport = self.public()
+        public.dataReceived(self.REQUEST)
+        transport.producer.pauseProducing()
+        public.dataReceived(self.REQUEST * 5)
+        for _ in range(80):
+            self.clock.advance(1)
+        self.assertTrue(transport.disconnecting or transport.disconnected)
+
+    def test_close_with_paused_producer_unregisters(self):
+        """A closing answer unregisters our producer, so a paused one cannot keep the close pending."""
+        public, transport = self.public()
+        public.dataReceived(self.REQUEST)
+        transport.producer.pauseProducing()
+        public.readConnectionLost()
+        self.assertTrue(transport.disconnecting)
+        self.assertIsNone(transport.producer)

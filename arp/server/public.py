@@ -17,7 +17,7 @@ from urllib.parse import unquote_to_bytes
 
 from twisted.internet.defer import CancelledError
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -151,6 +151,33 @@ def extract_token(head: http.Head, domain: bytes | None) -> tuple[bytes | None, 
     return token, source
 
 
+@implementer(IPushProducer)
+class OwnAnswers:
+    """Flow control for the answers the relay writes itself (401, 404, 503, redirects...).
+
+    Registered as the public connection's producer while no tunnel is joined to it: once the
+    client leaves more than the transport's buffer of our answers unread, reading (and with it
+    the parsing of pipelined requests) stops until the buffer drains, as for spliced data.
+    """
+
+    __slots__ = ("proto", "paused")
+
+    def __init__(self, proto: PublicHTTPProtocol) -> None:
+        self.proto = proto
+        self.paused = False
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        self.proto.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self.proto.answers_drained()
+
+    def stopProducing(self) -> None:
+        pass
+
+
 @implementer(IHalfCloseableProtocol)
 class PublicHTTPProtocol(Protocol, TunnelOwner):
     """One public connection: requests in, routed through tunnels, responses out."""
@@ -189,6 +216,7 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         self._peer = ""
         self._reading: Throttle | None = None  # what pauses our reading for the current tunnel
         self._body_progress = 0.0  # when request body bytes last arrived
+        self._own: OwnAnswers | None = None  # registered while the relay's own answers are written
 
     # -- connection life
     def connectionMade(self) -> None:
@@ -225,7 +253,7 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         if self._upgraded and self._tunnel is not None:
             half_close(self._tunnel.transport)
         elif self._req == R_HEAD and not self._buf and self._resp == S_NONE:
-            self.transport.loseConnection()
+            self._close()
         elif self._req == R_BODY:
             self._public_close = True  # this request's body will never be complete
         # otherwise: answer every request already received, then close (see _finished)
@@ -242,7 +270,7 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         """Close now if idle, otherwise once the current exchange is complete."""
         self._public_close = True
         if self._req == R_HEAD and not self._buf and self._tunnel is None and self._waiting is None:
-            self.transport.loseConnection()
+            self._close()
 
     # -- timers: deadlines checked by the factory's sweep, so a request costs no timer objects
     def _set_timer(self, seconds: float, func: callable) -> None:  # type: ignore[valid-type]
@@ -262,12 +290,17 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
             self._response_timeout()
 
     def _idle_timeout(self) -> None:
-        if self._buf:
+        if self._own is not None and self._own.paused:  # it does not read what we answered
+            self.transport.abortConnection()
+        elif self._buf:
             self._refuse(408, "request head not received in time")
         else:
-            self.transport.loseConnection()
+            self._close()
 
     def _head_timeout(self) -> None:
+        if self._own is not None and self._own.paused:
+            self.transport.abortConnection()
+            return
         self._refuse(408, "request head not received in time")
 
     def _body_timeout(self) -> None:
@@ -305,8 +338,9 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
             self.transport.pauseProducing()  # pipelined data waits for the current exchange
 
     def _parse_head(self) -> None:
-        # a loop, not recursion: requests answered by the relay itself may be pipelined by the hundred
-        while self._req == R_HEAD and self._buf:
+        # a loop, not recursion: requests answered by the relay itself may be pipelined by the hundred;
+        # it stops while the client leaves our answers unread (see OwnAnswers)
+        while self._req == R_HEAD and self._buf and not (self._own is not None and self._own.paused):
             buf = self._buf
             end = http.find_head_end(buf)
             if end < 0:
@@ -324,9 +358,9 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
                 self._refuse(e.status, e.message)
                 return
             self._dispatch(head, framer)
-        if self._eof and self._req == R_HEAD:  # half-closed: every complete request is answered
-            self._req = R_DONE
-            self.transport.loseConnection()
+        if self._eof and self._req == R_HEAD and not (self._own is not None and self._own.paused):
+            self._req = R_DONE  # half-closed: every complete request is answered
+            self._close()
 
     # -- routing
     def _dispatch(self, head: http.Head, framer: http.BodyFramer) -> None:
@@ -417,9 +451,42 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         extra = [(b"Location", target), (b"Set-Cookie", cookie)]
         self._answer(302, body, extra, keep=True)
 
+    # -- flow control of the relay's own answers
+    def _own_on(self) -> None:
+        if self._own is None:
+            own = OwnAnswers(self)
+            try:
+                self.transport.registerProducer(own, True)
+            except RuntimeError:  # something else already throttles this connection
+                return
+            self._own = own
+
+    def _own_off(self) -> None:
+        own, self._own = self._own, None
+        if own is not None:
+            self.transport.unregisterProducer()
+            if own.paused:
+                self.transport.resumeProducing()
+
+    def _close(self) -> None:
+        """Close after flushing (a registered, paused producer would keep the close from happening)."""
+        if self._own is not None:
+            self._own_off()
+        self.transport.loseConnection()
+
+    def answers_drained(self) -> None:
+        """The client has read our answers: read and answer what it sent meanwhile."""
+        if self._closed or self._own is None:
+            return
+        self.transport.resumeProducing()
+        if self._req == R_HEAD and self._buf:
+            self._parse_head()
+
     # -- the tunnel
     def _acquire(self) -> None:
         self._req = R_WAIT
+        if self._own is not None:
+            self._own_off()
         pool = self._record.pool
         tunnel = pool.take()
         if tunnel is not None:  # a hit: no Deferred, no pause
@@ -611,11 +678,11 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         if tunnel.transport.connected:
             tunnel.transport.loseConnection()
         if self._upgraded:
-            self.transport.loseConnection()
+            self._close()
             return
         if self._resp == S_BODY and self._resp_framer.kind == http.UNTIL_CLOSE:
             self._resp = S_NONE
-            self.transport.loseConnection()
+            self._close()
             return
         if self._resp == S_HEAD and not self._sent_response:
             if not self._resp_buf and self._can_retry(tunnel):
@@ -660,7 +727,7 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         self._head = None
         if self._finished():
             self._req = R_DONE  # whatever else arrives is not read
-            self.transport.loseConnection()
+            self._close()
             return
         self._req = R_HEAD
         self._resp = S_NONE
@@ -676,11 +743,13 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         framer = self._req_framer
         unread_body = framer is not None and not framer.done
         close = not keep or not self._keep_alive or self._finished() or unread_body
+        if not close:
+            self._own_on()
         self.transport.write(http.json_response(status, body, extra, close=close))
         self._sent_response = True
         if close:
             self._req = R_DONE
-            self.transport.loseConnection()
+            self._close()
         else:
             self._req = R_HEAD
             self._sent_response = False
