@@ -438,3 +438,83 @@ class OwnAnswerBackpressureTests(FrontFixture, unittest.TestCase):
         public.readConnectionLost()
         self.assertTrue(transport.disconnecting)
         self.assertIsNone(transport.producer)
+
+
+class ProtocolPointTests(FrontFixture, unittest.TestCase):
+    """Small HTTP points seen with real applications behind the relay (issue 11)."""
+
+    def _exchange(self, request: bytes, response: bytes) -> tuple[bytes, bytes, StringTransport]:
+        t = self.tunnel()
+        public, transport = self.public()
+        public.dataReceived(request)
+        sent = t.transport.value()
+        t.dataReceived(response)
+        return sent, transport.value(), transport
+
+    def test_trailer_header_is_end_to_end(self):
+        """The ``Trailer`` response header and the trailers it announces reach the client (RFC 9110)."""
+        _, out, _ = self._exchange(
+            b"GET / HTTP/1.1\r\nX-ARP-Token: client1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\n\r\n"
+            b"2\r\nok\r\n0\r\nX-Checksum: abc\r\n\r\n",
+        )
+        self.assertIn(b"\r\nTrailer: X-Checksum\r\n", out)
+        self.assertTrue(out.endswith(b"0\r\nX-Checksum: abc\r\n\r\n"), out)
+
+    def test_h2c_offer_stripped_whole(self):
+        """``Upgrade: h2c`` and ``HTTP2-Settings`` both go: the relay speaks HTTP/1.1 to the service,
+        which sees a plain request and no half of an h2c offer."""
+        sent, out, _ = self._exchange(
+            b"GET / HTTP/1.1\r\nX-ARP-Token: client1\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+            b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        )
+        self.assertNotIn(b"h2c", sent.lower())
+        self.assertNotIn(b"http2-settings", sent.lower())
+        self.assertNotIn(b"upgrade", sent.lower())
+        self.assertTrue(out.endswith(b"\r\n\r\nok"))
+
+    def test_h2c_dropped_from_a_list_other_offers_kept(self):
+        """``Upgrade: h2c, websocket``: only h2c is dropped; the WebSocket offer goes on as an upgrade."""
+        sent, _, _ = self._exchange(
+            b"GET / HTTP/1.1\r\nX-ARP-Token: client1\r\nConnection: Upgrade\r\nUpgrade: h2c, websocket\r\n"
+            b"HTTP2-Settings: AAMAAABk\r\n\r\n",
+            b"",
+        )
+        self.assertIn(b"Connection: Upgrade\r\nUpgrade: websocket\r\n", sent)
+        self.assertNotIn(b"http2-settings", sent.lower())
+
+    def test_chunked_response_dechunked_for_http10_client(self):
+        """An HTTP/1.0 client gets a chunked response decoded, without Transfer-Encoding or trailers,
+        and the close ends the body."""
+        _, out, transport = self._exchange(
+            b"GET / HTTP/1.0\r\nX-ARP-Token: client1\r\nConnection: keep-alive\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-T\r\nContent-Type: text/plain\r\n\r\n"
+            b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-T: 1\r\n\r\n",
+        )
+        head, _, body = out.partition(b"\r\n\r\n")
+        self.assertEqual(body, b"hello world")
+        self.assertNotIn(b"transfer-encoding", head.lower())
+        self.assertNotIn(b"trailer", head.lower())
+        self.assertIn(b"Content-Type: text/plain", head)
+        self.assertIn(b"Connection: close", head)
+        self.assertTrue(transport.disconnecting)
+
+    def test_chunked_response_dechunked_across_reads(self):
+        """Chunk sizes and data split across tunnel reads decode the same."""
+        t = self.tunnel()
+        public, transport = self.public()
+        public.dataReceived(b"GET / HTTP/1.0\r\nX-ARP-Token: client1\r\n\r\n")
+        response = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\na\r\n0123456789\r\n3\r\nabc\r\n0\r\n\r\n"
+        for i in range(len(response)):
+            t.dataReceived(response[i : i + 1])
+        self.assertTrue(transport.value().endswith(b"\r\n\r\n0123456789abc"), transport.value())
+        self.assertTrue(transport.disconnecting)
+
+    def test_http11_client_still_gets_chunks(self):
+        """An HTTP/1.1 client gets the chunked body untouched."""
+        _, out, _ = self._exchange(
+            b"GET / HTTP/1.1\r\nX-ARP-Token: client1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        )
+        self.assertTrue(out.endswith(b"Transfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"), out)

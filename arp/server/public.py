@@ -41,7 +41,15 @@ SWEEP_INTERVAL = 1.0  # seconds between timeout checks of all public connections
 #: which every HTTP/1.1 request must carry.
 _NOT_LISTED = frozenset({b"close", b"keep-alive", b"upgrade", b"host"}) | http.FRAMING
 #: Request headers replaced on the way to the client: hop-by-hop ones, X-Forwarded-*, the token.
-_REWRITTEN = http.HOP_BY_HOP | {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", TOKEN_HEADER}
+#: ``HTTP2-Settings`` belongs to an ``Upgrade: h2c`` offer, which the relay never passes on (it
+#: speaks HTTP/1.1 to the service): both go, so the service never sees half an offer.
+_REWRITTEN = http.HOP_BY_HOP | {
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
+    b"x-forwarded-host",
+    b"http2-settings",
+    TOKEN_HEADER,
+}
 
 # request-side states
 R_HEAD, R_WAIT, R_BODY, R_DONE = range(4)
@@ -102,6 +110,11 @@ def error_body(status: int, message: str, **extra: object) -> bytes:
     return json.dumps({"error": message, "status": status, **extra}).encode()
 
 
+def redirect_body(location: bytes, message: str) -> bytes:
+    """The JSON body of a redirect of our own (it says where to, for clients that do not follow)."""
+    return json.dumps({"status": 302, "location": location.decode("latin-1"), "message": message}).encode()
+
+
 def extract_token(head: http.Head, domain: bytes | None) -> tuple[bytes | None, str]:
     """Find the token in ``head``; return it and where it was found.
 
@@ -149,6 +162,13 @@ def extract_token(head: http.Head, domain: bytes | None) -> tuple[bytes | None, 
         if kept_cookies:
             head.add(b"Cookie", b"; ".join(kept_cookies))
     return token, source
+
+
+def _without_h2c(upgrade: bytes) -> bytes | None:
+    """The ``Upgrade`` offer without ``h2c`` (the relay speaks HTTP/1.1), or None if nothing is left."""
+    offers = (p.strip() for p in upgrade.split(b","))
+    kept = [p for p in offers if p and p.lower().split(b"/")[0] != b"h2c"]
+    return b", ".join(kept) if kept else None
 
 
 @implementer(IPushProducer)
@@ -424,6 +444,8 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
     def _rewrite(self, head: http.Head) -> None:
         """Hop-by-hop headers and the token header out; our Connection and X-Forwarded-* in."""
         upgrade = head.get(b"upgrade")
+        if upgrade is not None and b"h2c" in upgrade.lower():
+            upgrade = _without_h2c(upgrade)
         listed = head.connection_tokens() - _NOT_LISTED
         # a header the Connection header lists is for the previous hop only: never pass on its value
         forwarded_for = head.get(b"x-forwarded-for") if b"x-forwarded-for" not in listed else None
@@ -444,12 +466,11 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         cookie = TOKEN_COOKIE + b"=" + token + b"; Path=/; HttpOnly; SameSite=Lax"
         if self.config.scheme == "https":
             cookie += b"; Secure"
-        body = b""
         if not target.startswith(b"/"):  # absolute-form: keep the path and query only
             target = b"/" + target.partition(b"://")[2].partition(b"/")[2]
         target = b"/" + target.lstrip(b"/\\")  # never //host or /\host: that would leave the relay
         extra = [(b"Location", target), (b"Set-Cookie", cookie)]
-        self._answer(302, body, extra, keep=True)
+        self._answer(302, redirect_body(target, "the token moved into a cookie"), extra, keep=True)
 
     # -- flow control of the relay's own answers
     def _own_on(self) -> None:
@@ -626,8 +647,14 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         else:
             connection = None
         self._sent_response = True
-        self._resp_framer = framer
         self._resp = S_BODY
+        if framer.kind == http.CHUNKED and self._head.version == b"HTTP/1.0":
+            # an HTTP/1.0 client cannot read chunks: decode them, the close ends the body
+            self._public_close = True
+            self._resp_framer = http.Dechunker()
+            self._response_body(rest, http.dechunked_response_head(head))
+            return
+        self._resp_framer = framer
         self._response_body(rest, http.forward_response_head(head, connection))
 
     def _response_body(self, data: bytes, head: bytes = b"") -> None:
@@ -638,7 +665,10 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
             self._fail(502, "service sent " + e.message)
             return
         if n or head:
-            fast_write(self.transport, head + (data if n == len(data) else data[:n]))
+            if type(framer) is http.Dechunker:
+                fast_write(self.transport, head + framer.take())
+            else:
+                fast_write(self.transport, head + (data if n == len(data) else data[:n]))
             self._record.bytes_out += n
         if framer.done:
             if n < len(data):
