@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import os
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from arp import wire
 from arp.control import AuthFailed, ClientIdInUse
+from arp.server.origins import PortOrigins
 from arp.server.public import PublicConfig, PublicFactory
 from arp.server.registry import Registry, RelayConfig
 from arp.server.tunnel import TunnelServerProtocol
@@ -113,6 +115,26 @@ class FrontFixture:
     def public(self):
         proto = self.factory.buildProtocol(None)
         transport = StringTransport()
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def port_origins(self):
+        """Give every HTTP client its own port (listening on a MemoryReactor); the origins."""
+        if getattr(self, "origins", None) is None:
+            self.ports_reactor = MemoryReactor()
+            self.origins = PortOrigins(
+                20000, 20009, "tcp:{}:interface=127.0.0.1".format, self.factory, self.ports_reactor, "http"
+            )
+            self.factory.use_origins(self.origins)
+        return self.origins
+
+    def own(self, record=None, peer: str = "192.168.1.1"):
+        """A connection to ``record``'s own port (client1's by default)."""
+        self.port_origins()
+        record = record or self.record
+        listeners = [f for port, f, *_ in self.ports_reactor.tcpServers if port == record.origin_port]
+        proto = listeners[-1].buildProtocol(None)
+        transport = StringTransport(peerAddress=IPv4Address("TCP", peer, 5555))
         proto.makeConnection(transport)
         return proto, transport
 
@@ -489,7 +511,8 @@ class ProtocolPointTests(FrontFixture, unittest.TestCase):
         and the close ends the body."""
         _, out, transport = self._exchange(
             b"GET / HTTP/1.0\r\nX-ARP-Token: client1\r\nConnection: keep-alive\r\n\r\n",
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-T\r\nContent-Type: text/plain\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-T\r\n"
+            b"Content-Type: text/plain\r\n\r\n"
             b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-T: 1\r\n\r\n",
         )
         head, _, body = out.partition(b"\r\n\r\n")
@@ -505,7 +528,10 @@ class ProtocolPointTests(FrontFixture, unittest.TestCase):
         t = self.tunnel()
         public, transport = self.public()
         public.dataReceived(b"GET / HTTP/1.0\r\nX-ARP-Token: client1\r\n\r\n")
-        response = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\na\r\n0123456789\r\n3\r\nabc\r\n0\r\n\r\n"
+        response = (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"a\r\n0123456789\r\n3\r\nabc\r\n0\r\n\r\n"
+        )
         for i in range(len(response)):
             t.dataReceived(response[i : i + 1])
         self.assertTrue(transport.value().endswith(b"\r\n\r\n0123456789abc"), transport.value())

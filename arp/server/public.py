@@ -10,10 +10,7 @@ Protocols`` answer turns the connection into a raw splice for its lifetime.
 
 from __future__ import annotations
 
-import json
-from collections import OrderedDict
 from dataclasses import dataclass
-from urllib.parse import unquote_to_bytes
 
 from twisted.internet.defer import CancelledError
 from twisted.internet.error import ConnectionDone
@@ -25,13 +22,15 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from arp import http, wire
+from arp.server.origins import DomainOrigins, Origins
 from arp.server.pool import PoolClosed, PoolTimeout
 from arp.server.registry import ClientRecord, Registry
+from arp.server.routing import TOKEN_HEADER, Answer, GuessLimiter, Router, error_body, strip_arp_set_cookies
 from arp.server.tunnel import TunnelOwner, TunnelServerProtocol
 from arp.splice import Throttle, fast_write, half_close, join, tune, unjoin
 
-TOKEN_COOKIE = b"arp_token"
-TOKEN_HEADER = b"x-arp-token"
+__all__ = ["GuessLimiter", "PublicConfig", "PublicFactory", "PublicHTTPProtocol", "error_body"]
+
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 MAX_RETRIES = 2
 SWEEP_INTERVAL = 1.0  # seconds between timeout checks of all public connections
@@ -71,97 +70,7 @@ class PublicConfig:
     body_timeout: float = 60.0
     guess_limit: int = 30
     guess_window: float = 60.0
-
-
-class GuessLimiter:
-    """Counts unknown-token requests per source address in a sliding window."""
-
-    def __init__(self, limit: int, window: float, clock: object, max_addresses: int = 10000) -> None:
-        self.limit = limit
-        self.window = window
-        self.clock = clock
-        self.max_addresses = max_addresses
-        self._seen: OrderedDict[str, tuple[float, int]] = OrderedDict()
-
-    def blocked(self, address: str) -> bool:
-        """Whether ``address`` is over its limit (without counting a new miss)."""
-        entry = self._seen.get(address)
-        if entry is None:
-            return False
-        start, count = entry
-        if self.clock.seconds() - start > self.window:
-            del self._seen[address]
-            return False
-        return count >= self.limit
-
-    def miss(self, address: str) -> None:
-        """Count one unknown-token request from ``address``."""
-        now = self.clock.seconds()
-        start, count = self._seen.pop(address, (now, 0))
-        if now - start > self.window:
-            start, count = now, 0
-        self._seen[address] = (start, count + 1)
-        while len(self._seen) > self.max_addresses:
-            self._seen.popitem(last=False)
-
-
-def error_body(status: int, message: str, **extra: object) -> bytes:
-    """The JSON body of an error answer."""
-    return json.dumps({"error": message, "status": status, **extra}).encode()
-
-
-def redirect_body(location: bytes, message: str) -> bytes:
-    """The JSON body of a redirect of our own (it says where to, for clients that do not follow)."""
-    return json.dumps({"status": 302, "location": location.decode("latin-1"), "message": message}).encode()
-
-
-def extract_token(head: http.Head, domain: bytes | None) -> tuple[bytes | None, str]:
-    """Find the token in ``head``; return it and where it was found.
-
-    The token is removed from the query (``token=``) and the ``arp_token``
-    cookie here; the ``X-ARP-Token`` header is left for
-    :meth:`PublicHTTPProtocol._rewrite`, which drops it with the hop-by-hop
-    headers.  Together they make sure the backend never sees the token.
-    """
-    token: bytes | None = None
-    source = ""
-    target = head.target
-    path, sep, query = target.partition(b"?")
-    if sep and b"token=" in query:
-        kept = []
-        for param in query.split(b"&"):
-            if param.startswith(b"token="):
-                if token is None:
-                    token = unquote_to_bytes(param[6:])
-                    source = "query"
-            else:
-                kept.append(param)
-        head.start = (head.start[0], path + (b"?" + b"&".join(kept) if kept else b""), head.start[2])
-    header = head.get(TOKEN_HEADER)  # dropped with the other rewritten headers (see _rewrite)
-    if header is not None and token is None:
-        token, source = header.strip(), "header"
-    if token is None and domain:
-        host = (
-            (head.get(b"host") or b"").rsplit(b":", 1)[0] if b"]" not in (head.get(b"host") or b"") else b""
-        )
-        suffix = b"." + domain
-        if host.lower().endswith(suffix) and len(host) > len(suffix):
-            token, source = host[: -len(suffix)], "host"
-    cookies = head.get_all(b"cookie")
-    if cookies and TOKEN_COOKIE in b"".join(cookies):
-        kept_cookies = []
-        for value in cookies:
-            for part in value.split(b";"):
-                name, _, val = part.strip().partition(b"=")
-                if name == TOKEN_COOKIE:
-                    if token is None:
-                        token, source = val.strip(), "cookie"
-                elif part.strip():
-                    kept_cookies.append(part.strip())
-        head.remove(b"cookie")
-        if kept_cookies:
-            head.add(b"Cookie", b"; ".join(kept_cookies))
-    return token, source
+    secure_cookies: bool = False  # https public URL (also behind a TLS-terminating proxy)
 
 
 def _without_h2c(upgrade: bytes) -> bytes | None:
@@ -237,6 +146,7 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         self._reading: Throttle | None = None  # what pauses our reading for the current tunnel
         self._body_progress = 0.0  # when request body bytes last arrived
         self._own: OwnAnswers | None = None  # registered while the relay's own answers are written
+        self.bound: ClientRecord | None = None  # set on a client's own port: the only client served here
 
     # -- connection life
     def connectionMade(self) -> None:
@@ -395,42 +305,11 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         if 0 < self.config.max_body < framer.remaining:
             self._refuse(413, "request body too large", limit=self.config.max_body)
             return
-        token, source = extract_token(head, self.factory.domain)
-        if not token:
-            self._refuse(401, "missing token: add ?token=<token> to the URL", keep=True)
+        decision = self.factory.router.route(head, self.bound, self._peer)
+        if type(decision) is Answer:
+            self._give(decision)
             return
-        limiter = self.factory.limiter
-        try:
-            client_id = token.decode("ascii")
-        except UnicodeDecodeError:
-            client_id = ""
-        record = self.registry.clients.get(client_id)
-        if record is not None and record.mode != "http":
-            record = None  # a raw TCP client's tunnels carry no HTTP
-        if record is None:
-            if limiter.blocked(self._peer):
-                self.log.warn("too many unknown tokens from {peer}", peer=self._peer)
-                self._refuse(429, "too many requests with unknown tokens", retry_after=60)
-                return
-            limiter.miss(self._peer)
-            self._refuse(404, "unknown token: no client is registered with it", keep=True)
-            return
-        if not record.online:
-            self._refuse(
-                503,
-                "client is offline; its registration is kept while it reconnects",
-                retry_after=5,
-                keep=True,
-            )
-            return
-        if (
-            source == "query"
-            and head.method == b"GET"
-            and b"text/html" in (head.get(b"accept") or b"")
-            and head.get(b"upgrade") is None
-        ):
-            self._redirect_with_cookie(head.target, token)
-            return
+        record = decision
         self._record = record
         record.open_connections += 1
         self._rewrite(head)
@@ -461,16 +340,6 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         if host is not None:
             extra.append((b"X-Forwarded-Host", host))
         head.replace(_REWRITTEN | listed if listed else _REWRITTEN, extra)
-
-    def _redirect_with_cookie(self, target: bytes, token: bytes) -> None:
-        cookie = TOKEN_COOKIE + b"=" + token + b"; Path=/; HttpOnly; SameSite=Lax"
-        if self.config.scheme == "https":
-            cookie += b"; Secure"
-        if not target.startswith(b"/"):  # absolute-form: keep the path and query only
-            target = b"/" + target.partition(b"://")[2].partition(b"/")[2]
-        target = b"/" + target.lstrip(b"/\\")  # never //host or /\host: that would leave the relay
-        extra = [(b"Location", target), (b"Set-Cookie", cookie)]
-        self._answer(302, redirect_body(target, "the token moved into a cookie"), extra, keep=True)
 
     # -- flow control of the relay's own answers
     def _own_on(self) -> None:
@@ -610,6 +479,9 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
                 self._fail(502, "response head from the service too large")
             return
         self._resp_buf = b""
+        if b"arp_" in buf[:end]:  # a service may not set (or overwrite) one of ARP's cookies
+            kept = strip_arp_set_cookies(buf[:end])
+            buf, end = kept + buf[end:], len(kept)
         try:
             head = http.scan_response_head(buf[:end])
             framer = http.response_framing(head, self._head.method)
@@ -775,6 +647,7 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         close = not keep or not self._keep_alive or self._finished() or unread_body
         if not close:
             self._own_on()
+        extra.append((b"Referrer-Policy", b"same-origin"))
         self.transport.write(http.json_response(status, body, extra, close=close))
         self._sent_response = True
         if close:
@@ -789,6 +662,15 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
     def _count(self, status: int) -> None:
         statuses = self._record.statuses if self._record is not None else self.registry.unrouted
         statuses[status] = statuses.get(status, 0) + 1
+
+    def _give(self, answer: Answer) -> None:
+        """Give an answer the router decided on."""
+        self._count(answer.status)
+        if answer.status >= 500 or answer.status == 429:
+            self.log.info(
+                "{status} to {peer}: {message}", status=answer.status, peer=self._peer, message=answer.message
+            )
+        self._answer(answer.status, answer.encode(), list(answer.headers), answer.keep)
 
     def _refuse(self, status: int, message: str, keep: bool = False, **extra: object) -> None:
         """Answer a request that never reached a tunnel."""
@@ -827,17 +709,31 @@ class PublicFactory(Factory):
 
     noisy = False
 
-    def __init__(self, registry: Registry, config: PublicConfig, clock: object) -> None:
+    def __init__(
+        self, registry: Registry, config: PublicConfig, clock: object, origins: Origins | None = None
+    ) -> None:
         self.registry = registry
         self.config = config
         self.clock = clock
         self.limiter = GuessLimiter(config.guess_limit, config.guess_window, clock)
-        self.domain = config.domain.encode() if config.domain else None
         self.scheme = config.scheme.encode()
+        if origins is None and config.domain:
+            origins = DomainOrigins(config.domain, config.scheme, lambda: "")
+        self.router = Router(registry, None, self.limiter, config.secure_cookies)
+        if origins is not None:
+            self.use_origins(origins)
         self.connections: set[PublicHTTPProtocol] = set()
         self.stopping = False
         self._sweeper = LoopingCall(self._sweep)
         self._sweeper.clock = clock
+
+    def use_origins(self, origins: Origins) -> None:
+        """Give every HTTP client (registered now or later) its own origin from ``origins``."""
+        self.router.origins = origins
+        self.registry.origins = origins
+        for record in list(self.registry.clients.values()):
+            if record.mode == "http":
+                origins.open_for(record)
 
     def _sweep(self) -> None:
         now = self.clock.seconds()

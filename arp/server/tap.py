@@ -31,9 +31,9 @@ class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
         "The ARP relay.  arpc clients register on the control port and keep warm "
-        "tunnels open to the proxy port; requests to the public port carrying a "
-        "client's token (?token=, X-ARP-Token header, arp_token cookie or "
-        "<token>.<domain> host) are routed through those tunnels.  Every "
+        "tunnels open to the proxy port.  Each HTTP client gets an origin of its "
+        "own (a port from --client-ports, or <id>.<domain>); API clients may also "
+        "use the public port with ?token= or an X-ARP-Token header.  Every "
         "--*-endpoint takes a Twisted endpoint string, e.g. "
         "ssl:443:privateKey=key.pem:certKey=cert.pem for TLS."
     )
@@ -123,7 +123,22 @@ class Options(usage.Options):
             "Base URL clients print, e.g. https://relay.example.com. Default: "
             "<scheme>://<server address arpc used>:<public port>.",
         ],
-        ["domain", None, None, "Also route by host name: <token>.<domain> (wildcard DNS needed)."],
+        [
+            "domain",
+            None,
+            None,
+            "Give each client the origin <client id>.<domain> (wildcard DNS and, for TLS, a "
+            "wildcard certificate); replaces --client-ports.",
+        ],
+        [
+            "client-ports",
+            None,
+            "20000-20999",
+            "Without --domain: public ports handed out one per HTTP client, so each has a "
+            "browser origin of its own (served like the public port, with its TLS); 'none' to "
+            "serve browsers on no origin of their own.",
+            options.port_range_or_none,
+        ],
         [
             "tcp-ports",
             None,
@@ -189,6 +204,16 @@ class Options(usage.Options):
                 raise usage.UsageError(
                     "--admin-endpoint is reachable from other hosts: set --admin-token (or ARP_ADMIN_TOKEN)"
                 )
+        if isinstance(self["client-ports"], str):  # the default is not coerced by usage.Options
+            self["client-ports"] = options.port_range_or_none(self["client-ports"])
+        if self["client-ports"] and not self["domain"]:
+            from arp.server.origins import endpoint_with_port
+
+            if endpoint_with_port(self["public-endpoint"], 1) is None:
+                raise usage.UsageError(
+                    "--client-ports needs a tcp: or ssl: --public-endpoint to copy for each client's "
+                    "port; use --domain, or --client-ports none"
+                )
         if self["log-level"] is None:
             self["log-level"] = options.log_level(options.env_default("ARP_LOG_LEVEL", "info"))
 
@@ -223,6 +248,7 @@ def makeService(config: Options) -> MultiService:
     public_endpoint = config["public-endpoint"]
     scheme = _scheme(public_endpoint)
     public_url = config["public-url"]
+    browser_scheme = public_url.split("://", 1)[0].lower() if public_url and "://" in public_url else scheme
     relay_config = RelayConfig(
         pool_size=config["pool-size"],
         max_tunnels=config["max-tunnels"],
@@ -250,6 +276,7 @@ def makeService(config: Options) -> MultiService:
         idle_timeout=config["idle-timeout"],
         response_timeout=config["response-timeout"],
         guess_limit=config["guess-limit"],
+        secure_cookies=browser_scheme == "https",
     )
     public_factory = PublicFactory(registry, public_config, reactor)
     Listener(
@@ -268,11 +295,48 @@ def makeService(config: Options) -> MultiService:
             return admin_site(registry, public_factory, config["admin-token"])
 
         Listener("admin", config["admin-endpoint"], LazyFactory(admin), reactor).setServiceParent(top)
-    if not relay_config.public_url:
-        # filled in once the public port is known (it may be tcp:0)
-        def base_url(client_id: str) -> str:
-            port = public.port.getHost().port if public.port is not None else config["public-port"]
-            return f"{scheme}://{{host}}:{port}"
+    def listening_port() -> int:  # known once listening (it may be tcp:0)
+        return public.port.getHost().port if public.port is not None else config["public-port"]
 
-        registry.public_url = base_url  # type: ignore[method-assign]
+    origins = _origins(config, public_factory, reactor, browser_scheme, listening_port)
+    if origins is not None:
+        public_factory.use_origins(origins)
+
+    def public_url_of(client_id: str) -> str:
+        record = registry.clients.get(client_id)
+        if origins is not None and record is not None and (record.label or record.origin_port):
+            return origins.url_for(record)  # the client's own origin
+        return relay_config.public_url or f"{scheme}://{{host}}:{listening_port()}"
+
+    registry.public_url = public_url_of  # type: ignore[method-assign]
     return top
+
+
+def _origins(
+    config: Options, front: PublicFactory, reactor: object, browser_scheme: str, listening_port: object
+) -> object | None:
+    """The own origins of HTTP clients: host names under --domain, else ports from --client-ports."""
+    from arp.server.origins import DomainOrigins, PortOrigins, endpoint_with_port, public_url_parts
+
+    public_url = config["public-url"]
+    host, url_port = None, ""
+    if public_url:
+        _, host, url_port = public_url_parts(public_url)
+    if config["domain"]:
+
+        def port_suffix() -> str:
+            if public_url:
+                return url_port
+            port = listening_port()
+            return "" if (browser_scheme, port) in (("http", 80), ("https", 443)) else f":{port}"
+
+        return DomainOrigins(config["domain"], browser_scheme, port_suffix)
+    if not config["client-ports"]:
+        return None
+    first, last = config["client-ports"]
+    endpoint = config["public-endpoint"]
+
+    def endpoint_for(port: int) -> str:
+        return endpoint_with_port(endpoint, port)
+
+    return PortOrigins(first, last, endpoint_for, front, reactor, browser_scheme, host)
