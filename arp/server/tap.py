@@ -133,7 +133,7 @@ class Options(usage.Options):
         [
             "client-ports",
             None,
-            "20000-20999",
+            "17100-17999",
             "Without --domain: public ports handed out one per HTTP client, so each has a "
             "browser origin of its own (served like the public port, with its TLS); 'none' to "
             "serve browsers on no origin of their own.",
