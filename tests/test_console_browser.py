@@ -116,7 +116,8 @@ class ConsoleBrowserTests(unittest.TestCase):
         )
         self.relay = await start_arps(self)
         self.arpc = await start_command_arpc(self, self.relay, self.ws, *extra)
-        return f"{self.relay.public}/?token={self.arpc.token}"
+        self.origin = self.arpc.url.split("/?", 1)[0]  # the client's own address (its own port)
+        return self.arpc.url
 
     async def test_assets_are_served_with_types_and_no_cache(self):
         """``/`` is index.html; the modules are text/javascript; nothing is cached stale."""
@@ -165,7 +166,7 @@ class ConsoleBrowserTests(unittest.TestCase):
             seen["times"] = page.locator("#messages .msg time").count()
             shot(page, "history", full_page=True)
 
-            page.goto(f"{self.relay.public}/#/history/{MARKDOWN_ID}")
+            page.goto(f"{self.origin}/#/history/{MARKDOWN_ID}")
             md = page.locator("#messages .msg.assistant .md")
             md.locator("h2").wait_for()
             seen["md"] = {
@@ -218,7 +219,7 @@ class ConsoleBrowserTests(unittest.TestCase):
             return seen
 
         seen = await run_in_browser(drive)
-        self.assertEqual(seen["url"], f"{self.relay.public}/")
+        self.assertEqual(seen["url"], f"{self.origin}/")
         self.assertNotIn(token, seen["url"])
         self.assertIn(project, seen["projects"])
         self.assertIn("/srv/a_b c", seen["projects"])
@@ -369,7 +370,7 @@ class ConsoleBrowserTests(unittest.TestCase):
         project = str(self.ws.project)
 
         def start(page, executor, prompt):
-            page.goto(f"{self.relay.public}/#/new")
+            page.goto(f"{self.origin}/#/new")
             page.locator("#executor option[value=Gemini]").wait_for(state="attached")
             page.locator("#executor").select_option(executor)
             page.locator("#project").fill(project)
