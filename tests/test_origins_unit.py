@@ -374,3 +374,30 @@ class MemoryPortsTests(unittest.TestCase):
         (port, _, _, interface) = reactor.tcpServers[0]
         self.assertEqual((port, interface), (21000, "127.0.0.1"))
         self.assertEqual(record.origin_port, 21000)
+
+
+class OptionsTests(unittest.TestCase):
+    """``arps --client-ports``: a default range, ``none``, and clear errors."""
+
+    def parse(self, *args: str):
+        from arp.server.tap import Options
+
+        options = Options()
+        options.parseOptions(["--auth-key", "k", *args])
+        return options
+
+    def test_default_and_none(self):
+        """By default HTTP clients get ports 17100-17999; ``none`` turns own ports off."""
+        self.assertEqual(self.parse()["client-ports"], (17100, 17999))
+        self.assertIsNone(self.parse("--client-ports", "none")["client-ports"])
+        self.assertEqual(self.parse("--client-ports", "30000-30009")["client-ports"], (30000, 30009))
+
+    def test_clear_errors(self):
+        """Overlapping with --tcp-ports, or a public endpoint with no port to copy, is a usage error."""
+        from twisted.python.usage import UsageError
+
+        e = self.assertRaises(UsageError, self.parse, "--tcp-ports", "17500-17600")
+        self.assertIn("overlap", str(e))
+        e = self.assertRaises(UsageError, self.parse, "--public-endpoint", "unix:/tmp/arps.sock")
+        self.assertIn("--client-ports none", str(e))
+        self.parse("--public-endpoint", "unix:/tmp/arps.sock", "--domain", "relay.test")  # fine with a domain

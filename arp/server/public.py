@@ -1,8 +1,11 @@
 """The public HTTP front: route each request by token to a client's tunnel.
 
 One :class:`PublicHTTPProtocol` per public connection handles its requests one
-after another (keep-alive, pipelining).  For each it parses the head, finds the
-token, takes a tunnel from the client's pool, sends the rewritten head and then
+after another (keep-alive, pipelining).  The same protocol serves the shared
+public port and each client's own port (``bound`` to that client, see
+:mod:`arp.server.origins`).  For each request it parses the head, asks the
+:class:`~arp.server.routing.Router` which client it is for (or which answer to
+give instead), takes a tunnel from the client's pool, sends the rewritten head and then
 streams the body both ways, tracking only where each body ends.  When both
 messages are complete the tunnel goes back to the pool.  A ``101 Switching
 Protocols`` answer turns the connection into a raw splice for its lifetime.

@@ -206,6 +206,9 @@ class Options(usage.Options):
                 )
         if isinstance(self["client-ports"], str):  # the default is not coerced by usage.Options
             self["client-ports"] = options.port_range_or_none(self["client-ports"])
+        own, tcp = self["client-ports"], self["tcp-ports"]
+        if own and tcp and not self["domain"] and own[0] <= tcp[1] and tcp[0] <= own[1]:
+            raise usage.UsageError("--client-ports and --tcp-ports overlap: give them separate ranges")
         if self["client-ports"] and not self["domain"]:
             from arp.server.origins import endpoint_with_port
 
@@ -269,7 +272,7 @@ def makeService(config: Options) -> MultiService:
         registry.tcp_opener = lambda record: ports.open_for(record, registry)
     public_config = PublicConfig(
         scheme=scheme,
-        domain=config["domain"],
+        domain=None,  # own origins (host names or ports) are chosen below, see _origins
         max_head=config["max-head-size"],
         max_body=config["max-body-size"],
         head_timeout=config["head-timeout"],
