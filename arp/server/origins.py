@@ -179,8 +179,9 @@ class ClientPortFactory(Factory):
 class PortOrigins(Origins):
     """No domain: each HTTP client gets a public port of its own from ``--client-ports``.
 
-    Ports are handed out round the range (a released port is the last to be handed out
-    again) and released when the client's registration ends.
+    A client's port is derived from a hash of its id (the next free one on a collision), so
+    the URL arpc prints stays the same across relay restarts; it is released when the
+    client's registration ends.
     """
 
     log = Logger()
@@ -205,16 +206,16 @@ class PortOrigins(Origins):
         self.scheme = scheme
         self.host = host
         self.used: dict[int, object] = {}
-        self._next = first
 
-    def _candidates(self) -> list[int]:
-        start = self._next
+    def _candidates(self, client_id: str) -> list[int]:
+        size = self.last - self.first + 1
+        start = self.first + int(sha256(b"arp-port\0" + client_id.encode()).hexdigest()[:12], 16) % size
         return list(range(start, self.last + 1)) + list(range(self.first, start))
 
     def open_for(self, record: object) -> None:
         if record.origin_listener is not None:
             return
-        for port in self._candidates():
+        for port in self._candidates(record.client_id):
             if port in self.used:
                 continue
             listener = Listener(
@@ -231,7 +232,6 @@ class PortOrigins(Origins):
             record.origin_listener = listener
             record.origin_port = port
             self.used[port] = record
-            self._next = port + 1 if port < self.last else self.first
             return
         raise BadRegistration(
             f"no free public port for this client in {self.first}-{self.last}: "
