@@ -1,5 +1,6 @@
 // Calls to the command-mode API. URLs are relative: the console is served at "/" and the relay
-// routes these requests by the arp_token cookie it set when the page was opened with ?token=.
+// routes these requests by the per-client cookie it set on this client's own origin when the page
+// was opened with ?token=.
 
 export class ApiError extends Error {
   constructor(status, message) {
