@@ -56,7 +56,7 @@ _REWRITTEN = http.HOP_BY_HOP | {
 # request-side states
 R_HEAD, R_WAIT, R_BODY, R_DONE = range(4)
 # response-side states
-S_NONE, S_HEAD, S_BODY = range(3)
+S_NONE, S_HEAD, S_BODY, S_DECODE = range(4)  # S_DECODE: a chunked body decoded for HTTP/1.0
 
 
 @dataclass(frozen=True)
@@ -469,6 +469,8 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
             self._record.bytes_out += len(data)
         elif self._resp == S_HEAD:
             self._response_head(data)
+        elif self._resp == S_DECODE:
+            self._decoded_body(data)
         else:
             self._reusable = False  # bytes nobody asked for
             self._tunnel.transport.abortConnection()
@@ -482,7 +484,7 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
                 self._fail(502, "response head from the service too large")
             return
         self._resp_buf = b""
-        if b"arp_" in buf[:end]:  # a service may not set (or overwrite) one of ARP's cookies
+        if buf.find(b"arp_", 0, end) >= 0:  # a service may not set (or overwrite) one of ARP's cookies
             kept = strip_arp_set_cookies(buf[:end])
             buf, end = kept + buf[end:], len(kept)
         try:
@@ -522,13 +524,14 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         else:
             connection = None
         self._sent_response = True
-        self._resp = S_BODY
         if framer.kind == http.CHUNKED and self._head.version == b"HTTP/1.0":
             # an HTTP/1.0 client cannot read chunks: decode them, the close ends the body
             self._public_close = True
+            self._resp = S_DECODE
             self._resp_framer = http.Dechunker()
-            self._response_body(rest, http.dechunked_response_head(head))
+            self._decoded_body(rest, http.dechunked_response_head(head))
             return
+        self._resp = S_BODY
         self._resp_framer = framer
         self._response_body(rest, http.forward_response_head(head, connection))
 
@@ -540,21 +543,34 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
             self._fail(502, "service sent " + e.message)
             return
         if n or head:
-            if type(framer) is http.Dechunker:
-                fast_write(self.transport, head + framer.take())
-            else:
-                fast_write(self.transport, head + (data if n == len(data) else data[:n]))
+            fast_write(self.transport, head + (data if n == len(data) else data[:n]))
             self._record.bytes_out += n
         if framer.done:
-            if n < len(data):
-                self._reusable = False
-            self._resp = S_NONE
-            if self._req == R_DONE:
-                self._exchange_done()
-            else:
-                self._reusable = False  # answered before reading the whole request
-                self._public_close = True
-                self._exchange_done()
+            self._response_complete(n < len(data))
+
+    def _decoded_body(self, data: bytes, head: bytes = b"") -> None:
+        framer = self._resp_framer
+        try:
+            n = framer.feed(data)
+        except http.HTTPError as e:
+            self._fail(502, "service sent " + e.message)
+            return
+        out = head + framer.take()
+        if out:
+            fast_write(self.transport, out)
+            self._record.bytes_out += n
+        if framer.done:
+            self._response_complete(n < len(data))
+
+    def _response_complete(self, leftover: bool) -> None:
+        """The response body is complete (``leftover``: the tunnel sent more than it)."""
+        if leftover:
+            self._reusable = False
+        self._resp = S_NONE
+        if self._req != R_DONE:
+            self._reusable = False  # answered before reading the whole request
+            self._public_close = True
+        self._exchange_done()
 
     def _switch_protocols(self, head: http.Head, rest: bytes) -> None:
         self._cancel_timers()

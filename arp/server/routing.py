@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from urllib.parse import unquote_to_bytes
 
@@ -95,31 +96,31 @@ class Answer:
         return error_body(self.status, self.message, **self.extra)
 
 
-def query_tokens(target: bytes) -> list[bytes]:
-    """The values of the ``token=`` parameters in a request target."""
-    _, sep, query = target.partition(b"?")
-    if not sep:
-        return []
-    return [unquote_to_bytes(p[6:]) for p in query.split(b"&") if p.startswith(b"token=")]
+def _unquote(value: bytes) -> bytes:
+    return unquote_to_bytes(value) if b"%" in value else value
 
 
-def drop_query_tokens(head: http.Head, only: bytes | None = None) -> None:
-    """Remove the ``token=`` parameters from the target: all, or those whose value is ``only``."""
+def take_query_tokens(head: http.Head, only: bytes | None = None) -> list[bytes]:
+    """The values of the ``token=`` parameters of the request target, taken out of it: all of
+    them, or (``only``) those with that value, leaving others (an arpc access token) in place."""
     path, sep, query = head.target.partition(b"?")
-    if not sep:
-        return
-    kept = [
-        p
-        for p in query.split(b"&")
-        if not (p.startswith(b"token=") and (only is None or unquote_to_bytes(p[6:]) == only))
-    ]
+    if not sep or b"token=" not in query:
+        return []
+    tokens, kept = [], []
+    for param in query.split(b"&"):
+        if param.startswith(b"token="):
+            value = _unquote(param[6:])
+            tokens.append(value)
+            if only is None or value == only:
+                continue
+        kept.append(param)
     head.start = (head.start[0], path + (b"?" + b"&".join(kept) if kept else b""), head.start[2])
+    return tokens
 
 
-def take_arp_cookies(head: http.Head) -> dict[bytes, list[bytes]] | None:
+def take_arp_cookies(head: http.Head, cookies: Sequence[bytes]) -> dict[bytes, list[bytes]] | None:
     """Take every ARP cookie out of the request's ``Cookie`` headers; their values by name."""
-    cookies = head.get_all(b"cookie")
-    if not cookies or not any(b"arp_" in value for value in cookies):
+    if not any(b"arp_" in value for value in cookies):
         return None
     jar: dict[bytes, list[bytes]] = {}
     kept = []
@@ -156,12 +157,13 @@ def strip_arp_set_cookies(raw: bytes) -> bytes:
 
 def is_navigation(head: http.Head) -> bool:
     """Whether a browser is loading a page (not a script, an API call or a WebSocket)."""
-    if head.method not in _READ_ONLY or head.get(b"upgrade") is not None:
-        return False
     mode = head.get(b"sec-fetch-mode")
     if mode is not None:
-        return mode == b"navigate"
-    return b"text/html" in (head.get(b"accept") or b"")
+        page = mode == b"navigate"
+    else:  # a browser without fetch metadata, or an API client (which rarely asks for HTML)
+        accept = head.get(b"accept")
+        page = accept is not None and b"text/html" in accept
+    return page and head.method in _READ_ONLY and head.get(b"upgrade") is None
 
 
 def _origin_is_host(head: http.Head) -> bool:
@@ -210,12 +212,11 @@ class Router:
 
     def route(self, head: http.Head, bound: object | None, peer: str) -> object:
         """The record to forward ``head`` to, or the :class:`Answer` to give instead."""
-        target = head.target
-        tokens = query_tokens(target) if b"token=" in target else ()
         header = head.get(TOKEN_HEADER)  # dropped with the other rewritten headers by the front
         if header is not None:
             header = header.strip()
-        jar = take_arp_cookies(head) if head.get(b"cookie") is not None else None
+        cookies = head.get_all(b"cookie")
+        jar = take_arp_cookies(head, cookies) if cookies else None
         origins = self.origins
         by_host = False
         if bound is None and origins is not None and origins.domain is not None:
@@ -223,15 +224,34 @@ class Router:
             if by_host and bound is None:
                 return self._unknown(peer, "no client is registered at this host name")
         if bound is not None:
-            return self._own_origin(head, bound, tokens, header, jar, by_host, peer)
-        return self._shared_origin(head, tokens, header, jar, peer)
+            return self._own_origin(head, bound, header, jar, by_host, peer)
+        # the shared origin: API clients by ?token= or X-ARP-Token; no cookie routes here
+        tokens = take_query_tokens(head) if b"token=" in head.target else None
+        token = tokens[0] if tokens else header
+        if token is None:
+            legacy = jar.get(LEGACY_COOKIE) if jar else None
+            if legacy:
+                return self._legacy_cookie(head, legacy[0])
+            return Answer(401, "missing token: add ?token=<token> to the URL")
+        try:
+            record = self.registry.clients.get(token.decode("ascii"))
+        except UnicodeDecodeError:
+            record = None
+        if record is None or record.mode != "http":  # a raw TCP client's tunnels carry no HTTP
+            return self._unknown(peer, "unknown token: no client is registered with it")
+        if not record.online:
+            return self._offline()
+        if origins is not None and is_navigation(head):
+            moved = self._to_own_origin(head, record)
+            if moved is not None:
+                return moved
+        return record
 
     # -- a client's own origin
     def _own_origin(
         self,
         head: http.Head,
         record: object,
-        tokens: list[bytes],
         header: bytes | None,
         jar: dict | None,
         by_host: bool,
@@ -240,6 +260,7 @@ class Router:
         if self.registry.clients.get(record.client_id) is not record or record.mode != "http":
             return Answer(404, "the client of this address is no longer registered")
         cid = record.client_id.encode()
+        tokens = take_query_tokens(head, cid) if b"token=" in head.target else ()
         name = cookie_name(record.client_id)
         if by_host:
             via = "host"  # the host name is the client's
@@ -257,8 +278,6 @@ class Router:
                 "this address serves one client: open the URL arpc printed (it ends in ?token=...) "
                 "once in this browser, or send the X-ARP-Token header",
             )
-        if cid in tokens:
-            drop_query_tokens(head, cid)
         if not record.online:
             return self._offline()
         if not by_host and head.get(b"service-worker") is not None:
@@ -280,29 +299,6 @@ class Router:
                 "a request from another origin's page carries only this client's cookie: refused "
                 "(send the X-ARP-Token header to call this client from elsewhere)",
             )
-        return record
-
-    # -- the shared origin
-    def _shared_origin(
-        self, head: http.Head, tokens: list[bytes], header: bytes | None, jar: dict | None, peer: str
-    ) -> object:
-        token = tokens[0] if tokens else header
-        if tokens:
-            drop_query_tokens(head)
-        if token is None:
-            legacy = jar.get(LEGACY_COOKIE) if jar else None
-            if legacy:
-                return self._legacy_cookie(head, legacy[0])
-            return Answer(401, "missing token: add ?token=<token> to the URL")
-        record = self._lookup(token)
-        if record is None:
-            return self._unknown(peer, "unknown token: no client is registered with it")
-        if not record.online:
-            return self._offline()
-        if is_navigation(head):
-            moved = self._to_own_origin(head, record)
-            if moved is not None:
-                return moved
         return record
 
     def _to_own_origin(self, head: http.Head, record: object, extra: list | None = None) -> Answer | None:
