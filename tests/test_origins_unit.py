@@ -403,3 +403,16 @@ class OptionsTests(unittest.TestCase):
         e = self.assertRaises(UsageError, self.parse, "--public-endpoint", "unix:/tmp/arps.sock")
         self.assertIn("--client-ports none", str(e))
         self.parse("--public-endpoint", "unix:/tmp/arps.sock", "--domain", "relay.test")  # fine with a domain
+
+
+class DrainTests(FrontFixture, unittest.TestCase):
+    """Shutting down: the clients' own ports stop listening with the public port."""
+
+    def test_drain_stops_own_ports(self):
+        """``drain()`` closes every own port's listener; releasing the client later is harmless."""
+        self.port_origins()
+        listener = self.record.origin_listener
+        self.factory.drain()
+        self.assertIsNone(listener.port)
+        self.registry.disconnect("client1")
+        self.assertEqual(self.origins.used, {})

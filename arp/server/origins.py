@@ -115,6 +115,9 @@ class Origins:
         """The client's base URL for arpc to print (``{host}`` is filled in by arpc)."""
         raise NotImplementedError
 
+    def stop_listening(self) -> None:
+        """The relay is shutting down: accept no new connections (open ones are drained)."""
+
     def location(self, record: object, host: bytes | None) -> bytes | None:
         """The client's origin as an absolute URL for a browser that reached the relay at ``host``."""
         raise NotImplementedError
@@ -247,6 +250,12 @@ class PortOrigins(Origins):
 
     def url_for(self, record: object) -> str:
         return f"{self.scheme}://{self.host or '{host}'}:{record.origin_port}"
+
+    def stop_listening(self) -> None:
+        for record in list(self.used.values()):
+            listener = record.origin_listener
+            if listener is not None and listener.port is not None:
+                listener.stopService()
 
     def location(self, record: object, host: bytes | None) -> bytes | None:
         name = self.host.encode() if self.host else split_host(host)[0]

@@ -776,6 +776,8 @@ class PublicFactory(Factory):
     def drain(self) -> None:
         """Shutting down: close idle connections, close the others after their current response."""
         self.stopping = True
+        if self.router.origins is not None:
+            self.router.origins.stop_listening()  # the clients' own ports take no new connections
         for proto in list(self.connections):
             proto.finish_and_close()
 
