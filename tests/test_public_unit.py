@@ -443,12 +443,29 @@ class OwnAnswerBackpressureTests(FrontFixture, unittest.TestCase):
         self.assertIsInstance(transport.producer, Throttle)
 
     def test_client_that_never_reads_is_cut(self):
-        """A paused connection (answers unread) is aborted at the idle timeout, not kept forever."""
+        """A connection whose answers stay unread is aborted after UNREAD_ANSWERS_TIMEOUT; one that
+        reads them in time is served on."""
+        from arp.server.public import UNREAD_ANSWERS_TIMEOUT
+
         public, transport = self.public()
         public.dataReceived(self.REQUEST)
-        transport.producer.pauseProducing()
+        own = transport.producer
+
+        def write(data, original=transport.write):
+            original(data)
+            own.pauseProducing()  # as Twisted does inside write() when the buffer passes its bound
+
+        transport.write = write
         public.dataReceived(self.REQUEST * 5)
-        for _ in range(80):
+        transport.write = write.__defaults__[0]
+        for _ in range(int(UNREAD_ANSWERS_TIMEOUT) - 2):
+            self.clock.advance(1)
+        transport.producer.resumeProducing()  # read in time
+        self.assertFalse(transport.disconnecting or transport.disconnected)
+        self.assertEqual(transport.value().count(b"HTTP/1.1 401 "), 6)
+        transport.write = write
+        public.dataReceived(self.REQUEST)
+        for _ in range(int(UNREAD_ANSWERS_TIMEOUT) + 2):
             self.clock.advance(1)
         self.assertTrue(transport.disconnecting or transport.disconnected)
 

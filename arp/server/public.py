@@ -37,6 +37,8 @@ __all__ = ["GuessLimiter", "PublicConfig", "PublicFactory", "PublicHTTPProtocol"
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 MAX_RETRIES = 2
 SWEEP_INTERVAL = 1.0  # seconds between timeout checks of all public connections
+#: Seconds a client may leave a full buffer of the relay's own answers unread before it is cut.
+UNREAD_ANSWERS_TIMEOUT = 15.0
 
 #: Connection tokens that name no header to drop: keep-alive signals, framing headers that the
 #: relay frames by (dropping them would let the next hop read the body differently), and Host,
@@ -101,6 +103,7 @@ class OwnAnswers:
     def pauseProducing(self) -> None:
         self.paused = True
         self.proto.transport.pauseProducing()
+        self.proto.answers_unread()
 
     def resumeProducing(self) -> None:
         self.paused = False
@@ -223,17 +226,12 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
             self._response_timeout()
 
     def _idle_timeout(self) -> None:
-        if self._own is not None and self._own.paused:  # it does not read what we answered
-            self.transport.abortConnection()
-        elif self._buf:
+        if self._buf:
             self._refuse(408, "request head not received in time")
         else:
             self._close()
 
     def _head_timeout(self) -> None:
-        if self._own is not None and self._own.paused:
-            self.transport.abortConnection()
-            return
         self._refuse(408, "request head not received in time")
 
     def _body_timeout(self) -> None:
@@ -367,10 +365,19 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
             self._own_off()
         self.transport.loseConnection()
 
+    def answers_unread(self) -> None:
+        """A buffer of our answers is unread: the client has UNREAD_ANSWERS_TIMEOUT to read them."""
+        self._set_timer(UNREAD_ANSWERS_TIMEOUT, self._unread_timeout)
+
+    def _unread_timeout(self) -> None:
+        self.log.info("{peer} left the relay's answers unread; closing", peer=self._peer)
+        self.transport.abortConnection()
+
     def answers_drained(self) -> None:
         """The client has read our answers: read and answer what it sent meanwhile."""
         if self._closed or self._own is None:
             return
+        self._set_timer(self.config.idle_timeout, self._idle_timeout)
         self.transport.resumeProducing()
         if self._req == R_HEAD and self._buf:
             self._parse_head()
@@ -675,7 +682,8 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         else:
             self._req = R_HEAD
             self._sent_response = False
-            self._set_timer(self.config.idle_timeout, self._idle_timeout)
+            if self._own is None or not self._own.paused:  # else: UNREAD_ANSWERS_TIMEOUT runs
+                self._set_timer(self.config.idle_timeout, self._idle_timeout)
             # pipelined requests in self._buf are parsed by the loop in _parse_head
 
     def _count(self, status: int) -> None:
