@@ -181,8 +181,8 @@ def cookie_may_route(head: http.Head) -> bool:
     site = head.get(b"sec-fetch-site")
     if site is None:  # a browser without fetch metadata: Origin, when sent, must be this origin
         return _origin_is_host(head)
-    if site in _SAME:
-        return _origin_is_host(head)
+    if site in _SAME:  # the browser vouches for it (a proxy in front may have rewritten Host)
+        return True
     return (
         head.method in _READ_ONLY
         and head.get(b"sec-fetch-mode") == b"navigate"
