@@ -177,7 +177,8 @@ class OwnAnswersFlowTests(unittest.TestCase):
             last = proto.pump.sent
         self.assertGreater(proto.pump.left, 0, "the relay read all 32 MB although no answer was read")
         self.assertTrue(proto.pump.paused)
-        self.assertLess(proto.pump.sent, 24 * 1024 * 1024)  # kernel buffers and one bounded write buffer
+        # kernel buffers and one bounded write buffer: about 3.4 MB on a machine with a 32 MB tcp_rmem max
+        self.assertLess(proto.pump.sent, 24 * 1024 * 1024)
         self.assertLess(peak - before, 64, f"arps grew from {before:.0f} to {peak:.0f} MB")
         # the relay cuts a client that leaves its answers unread (UNREAD_ANSWERS_TIMEOUT)
         done, fired = Deferred(), []
