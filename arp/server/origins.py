@@ -236,6 +236,12 @@ class PortOrigins(Origins):
             record.origin_port = port
             self.used[port] = record
             return
+        self.log.warn(
+            "no free public port for client {client_id} in {first}-{last}: registration refused",
+            client_id=wire.redact(record.client_id),
+            first=self.first,
+            last=self.last,
+        )
         raise BadRegistration(
             f"no free public port for this client in {self.first}-{self.last}: "
             "the relay's operator can widen --client-ports or use --domain"
