@@ -7,10 +7,18 @@ from collections.abc import Callable
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IAddress, IListeningPort, IProtocol, IProtocolFactory
+from twisted.internet.interfaces import (
+    IAddress,
+    IListeningPort,
+    IProtocol,
+    IProtocolFactory,
+    IProtocolNegotiationFactory,
+)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
+
+from arp import tls
 
 
 def describe(port: IListeningPort) -> str:
@@ -24,19 +32,22 @@ def describe(port: IListeningPort) -> str:
     return f"{host}:{address.port}"
 
 
-@implementer(IProtocolFactory)
+@implementer(IProtocolFactory, IProtocolNegotiationFactory)
 class LazyFactory:
     """A protocol factory that builds the real one on the first connection.
 
     For endpoints that are rarely used but costly to load (the admin site and
     ``twisted.web``): a process whose endpoint never gets a connection never
-    pays for it.
+    pays for it.  ``protocols`` are the ALPN names the real factory's protocol
+    speaks (e.g. ``[b"http/1.1"]`` for a web site), given here so that a TLS
+    handshake does not have to build it.
     """
 
     log = Logger()
 
-    def __init__(self, build: Callable[[], IProtocolFactory]) -> None:
+    def __init__(self, build: Callable[[], IProtocolFactory], protocols: tuple[bytes, ...] = ()) -> None:
         self._build = build
+        self._protocols = list(protocols)
         self._factory: IProtocolFactory | None = None
         self._started = False
 
@@ -58,6 +69,10 @@ class LazyFactory:
         self._started = False
         if self._factory is not None:
             self._factory.doStop()
+
+    def acceptableProtocols(self) -> list[bytes]:
+        """The ALPN names given at construction."""
+        return self._protocols
 
     def buildProtocol(self, addr: IAddress) -> IProtocol | None:
         try:
@@ -90,6 +105,7 @@ class Listener(Service):
         outcome: list = []
         try:
             endpoint = serverFromString(self.reactor, self.description)
+            tls.negotiate(endpoint, tls.protocols_of(self.factory))  # ALPN, see arp/tls.py
             d: Deferred = endpoint.listen(self.factory)
         except Exception as e:
             raise SystemExit(f"{self.label}: bad endpoint {self.description!r}: {e}")

@@ -1,29 +1,48 @@
-"""Secrets, proofs and the tunnel header shared by arps and arpc.
+"""Registration proofs, client identities, and the tunnel header shared by arps and arpc.
 
-Registration uses a challenge: arps sends a fresh nonce, arpc answers with an
-HMAC of it under the shared auth key, so the key never crosses the wire.  The
-client's *instance token* (its claim to keep its client id across reconnects)
-travels sealed under the same key, so a listener without the key cannot replay
-it.  Tunnel connections to the proxy port start with one header line naming
-the client and the per-registration tunnel secret.
+Registration is a challenge: arps sends a fresh nonce on each control
+connection, and arpc answers with
+
+- an HMAC of the registration *transcript* (nonce, client id, mode, port and the
+  public keys below) under the shared auth key: the admission check, so the
+  auth key never crosses the wire;
+- its Ed25519 public key (its identity, kept in arpc's data directory) and a
+  signature of the same transcript: the proof that it owns the id, which arps
+  pins to the id (nothing secret is sent, so a capture gives an eavesdropper
+  nothing to unseal or replay: the next connection has another nonce);
+- over TLS, the session's exported keying material in the transcript, so a
+  man in the middle who terminates TLS cannot pass a registration on;
+- an ephemeral X25519 public key; arps answers with its own, and both derive
+  the registration's tunnel key from the shared secret.  Tunnel connections to
+  the proxy port start with one header line naming the client and a one-time
+  token (a serial number and its MAC under the tunnel key), so the tunnel key
+  never crosses the wire either and a captured header cannot be used again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import os
 import re
+from typing import TYPE_CHECKING
 
-PROTOCOL_VERSION = 1
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+PROTOCOL_VERSION = 2
 NONCE_SIZE = 32
-TOKEN_SIZE = 32
+PUBLIC_KEY_SIZE = 32
+SIGNATURE_SIZE = 64
 TUNNEL_MAGIC = b"ARP-TUNNEL/1"
 MAX_TUNNEL_HEADER = 256
 #: The byte arps sends on a raw TCP tunnel to tell arpc a connection has come in.
 TCP_START = b"\n"
 
 CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_TUNNEL_TOKEN_RE = re.compile(r"[0-9a-f]{64}")
 
 
 class BadTunnelHeader(ValueError):
@@ -48,32 +67,158 @@ def key_bytes(auth_key: str) -> bytes:
     return hashlib.sha256(b"arp-auth-key\0" + auth_key.encode("utf-8")).digest()
 
 
-def seal_token(key: bytes, nonce: bytes, token: bytes) -> bytes:
-    """Encrypt a TOKEN_SIZE instance token for one registration (one-time pad)."""
-    pad = _mac(key, b"arp-seal", nonce)
-    return bytes(a ^ b for a, b in zip(token, pad, strict=True))
+def transcript(
+    nonce: bytes,
+    client_id: str,
+    mode: str,
+    remote_port: int,
+    identity: bytes,
+    exchange: bytes,
+    binding: bytes = b"",
+) -> bytes:
+    """What one registration commits to: signed by the identity key and MACed with the auth key.
+
+    The relay's nonce makes it good for one control connection only; ``binding``
+    (see :func:`channel_binding`) ties it to arpc's TLS session, if it has one.
+    """
+    parts = (
+        nonce,
+        client_id.encode("utf-8"),
+        mode.encode("utf-8"),
+        str(remote_port).encode("ascii"),
+        identity,
+        exchange,
+        binding,
+    )
+    out = [b"arp-register/2"]
+    for part in parts:
+        out.append(len(part).to_bytes(4, "big"))
+        out.append(part)
+    return b"".join(out)
 
 
-def unseal_token(key: bytes, nonce: bytes, sealed: bytes) -> bytes:
-    """Inverse of :func:`seal_token`."""
-    if len(sealed) != TOKEN_SIZE:
-        raise ValueError("sealed instance token has the wrong size")
-    return seal_token(key, nonce, sealed)
+def channel_binding(transport: object) -> bytes:
+    """The TLS session's exported keying material (RFC 5705), or b"" on a connection without TLS.
+
+    Both ends of one TLS session get the same 32 bytes; a man in the middle who
+    terminates TLS has two sessions and so two different values.
+    """
+    from twisted.internet.interfaces import ISSLTransport
+
+    if not ISSLTransport.providedBy(transport):
+        return b""
+    try:
+        export = transport.getHandle().export_keying_material  # type: ignore[attr-defined]
+        return bytes(export(b"EXPORTER-arp-register", 32))
+    except Exception:  # an SSL object without exporters, or a handshake not finished
+        return b""
 
 
-def register_proof(key: bytes, nonce: bytes, client_id: str, sealed: bytes) -> bytes:
-    """What arpc sends to prove it knows the auth key, bound to this nonce and id."""
-    return _mac(key, b"arp-register", nonce, client_id.encode("utf-8"), sealed)
+def admission_proof(key: bytes, data: bytes) -> bytes:
+    """The MAC of a registration transcript under the (derived) auth key."""
+    return _mac(key, b"arp-admit", data)
 
 
-def check_proof(key: bytes, nonce: bytes, client_id: str, sealed: bytes, proof: bytes) -> bool:
-    """Constant-time check of a registration proof."""
-    return hmac.compare_digest(register_proof(key, nonce, client_id, sealed), proof)
+def check_admission(key: bytes, data: bytes, proof: bytes) -> bool:
+    """Constant-time check of an admission proof."""
+    return hmac.compare_digest(admission_proof(key, data), proof)
 
 
-def tunnel_header(client_id: str, tunnel_secret: str) -> bytes:
-    """The first line arpc writes on a new tunnel connection."""
-    return b"%s %s %s\r\n" % (TUNNEL_MAGIC, client_id.encode("ascii"), tunnel_secret.encode("ascii"))
+# -- identities (Ed25519) and the tunnel key exchange (X25519) -------------------
+# ``cryptography`` is imported on first use: ``twistd --help`` and the tests that
+# never register stay light.
+
+
+def new_identity() -> Ed25519PrivateKey:
+    """A fresh Ed25519 identity key for one arpc instance."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    return Ed25519PrivateKey.generate()
+
+
+def identity_to_hex(identity: Ed25519PrivateKey) -> str:
+    """The private key as the hex text kept in arpc's ``identity-key`` file."""
+    return identity.private_bytes_raw().hex()
+
+
+def identity_from_hex(text: str) -> Ed25519PrivateKey:
+    """Load an identity written by :func:`identity_to_hex`; ValueError if it is not one."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    try:
+        raw = bytes.fromhex(text.strip())
+    except ValueError:
+        raise ValueError("the identity key is not hex") from None
+    if len(raw) != 32:
+        raise ValueError("the identity key must be 32 bytes (64 hex characters)")
+    return Ed25519PrivateKey.from_private_bytes(raw)
+
+
+def public_bytes(key: Ed25519PrivateKey | X25519PrivateKey) -> bytes:
+    """The raw 32-byte public key of an Ed25519 or X25519 private key."""
+    return key.public_key().public_bytes_raw()
+
+
+def fingerprint(public: bytes) -> str:
+    """A short printable name of a public key, for logs."""
+    return "SHA256:" + hashlib.sha256(public).hexdigest()[:16]
+
+
+def verify_signature(public: bytes, signature: bytes, data: bytes) -> bool:
+    """True if ``signature`` is the Ed25519 signature of ``data`` by ``public``."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    if len(public) != PUBLIC_KEY_SIZE or len(signature) != SIGNATURE_SIZE:
+        return False
+    try:
+        Ed25519PublicKey.from_public_bytes(public).verify(signature, data)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def new_exchange() -> X25519PrivateKey:
+    """A fresh ephemeral X25519 key for one registration's tunnel key."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    return X25519PrivateKey.generate()
+
+
+def tunnel_key(mine: X25519PrivateKey, theirs: bytes, nonce: bytes, client_id: str) -> str:
+    """The registration's tunnel key (hex), the same on both ends; ValueError for a bad peer key."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
+    if len(theirs) != PUBLIC_KEY_SIZE:
+        raise ValueError("the key exchange value has the wrong size")
+    shared = mine.exchange(X25519PublicKey.from_public_bytes(theirs))  # ValueError if all-zero
+    return _mac(shared, b"arp-tunnel-key", nonce, client_id.encode("utf-8")).hex()
+
+
+#: Serial numbers of the tunnel tokens this process makes: never the same twice.
+_serials = itertools.count(1)
+
+
+def tunnel_token(client_id: str, key: str, serial: int) -> str:
+    """The one-time token of tunnel number ``serial``: the serial and its MAC under the tunnel key."""
+    mac = _mac(bytes.fromhex(key), b"arp-tunnel", client_id.encode("utf-8"), serial.to_bytes(8, "big"))
+    return serial.to_bytes(8, "big").hex() + mac[:24].hex()
+
+
+def check_tunnel_token(client_id: str, key: str, token: str) -> int | None:
+    """The serial of a valid tunnel token, or None."""
+    if not key or not _TUNNEL_TOKEN_RE.fullmatch(token):
+        return None
+    serial = int(token[:16], 16)
+    if not hmac.compare_digest(tunnel_token(client_id, key, serial), token):
+        return None
+    return serial
+
+
+def tunnel_header(client_id: str, key: str) -> bytes:
+    """The first line arpc writes on a new tunnel connection: a fresh one-time token each call."""
+    token = tunnel_token(client_id, key, next(_serials))
+    return b"%s %s %s\r\n" % (TUNNEL_MAGIC, client_id.encode("ascii"), token.encode("ascii"))
 
 
 def parse_tunnel_header(line: bytes) -> tuple[str, str]:

@@ -25,6 +25,7 @@ from twisted.logger import (
     textFileLogObserver,
 )
 
+from arp import wire
 from arp.client.forward import ForwardTunnel, backend_endpoint
 from arp.client.link import RelayLink
 
@@ -64,7 +65,7 @@ def main() -> None:
                 proxy_endpoint=proxy,
                 tunnel_protocol=tunnel_protocol,
                 client_id=f"{args.prefix}-{i:05d}-{os.urandom(12).hex()}",
-                instance_token=os.urandom(32),
+                identity=wire.new_identity(),
                 auth_key=args.auth_key,
             )
         )

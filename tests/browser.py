@@ -38,14 +38,19 @@ def screenshot_dir() -> str:
     return path
 
 
-def in_browser(func, *args, viewport: dict | None = None, color_scheme: str = "light"):
-    """Run ``func(page, *args)`` in a fresh headless Chromium, in a thread; a Deferred of its result."""
+def in_browser(
+    func, *args, viewport: dict | None = None, color_scheme: str = "light", extra_args: list[str] = ()
+):
+    """Run ``func(page, *args)`` in a fresh headless Chromium, in a thread; a Deferred of its result.
+
+    ``extra_args`` go on Chromium's command line after the usual ones.
+    """
 
     def run():
         from playwright.sync_api import sync_playwright
 
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS + list(extra_args))
             try:
                 context = browser.new_context(
                     viewport=viewport or {"width": 1280, "height": 800}, color_scheme=color_scheme

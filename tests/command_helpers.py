@@ -122,12 +122,14 @@ async def start_command_arpc(
 
 
 class Api:
-    """JSON calls to the command-mode API through the relay (token in the query)."""
+    """JSON calls to the command-mode API through the relay: the client id in the query (routing),
+    the access token, if given, as ``Authorization: Bearer``."""
 
-    def __init__(self, test, relay: Relay, token: str) -> None:
+    def __init__(self, test, relay: Relay, token: str, access: str | None = None) -> None:
         self.client = HTTPClient(test)
         self.relay = relay
         self.token = token
+        self.access = access
 
     def url(self, path: str) -> str:
         sep = "&" if "?" in path else "?"
@@ -137,7 +139,10 @@ class Api:
         self, method: str, path: str, body: Any = None, raw: bytes | None = None, headers: dict | None = None
     ) -> tuple[int, Any]:
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        h = {"Content-Type": "application/json", "Accept": "application/json", **(headers or {})}
+        h = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self.access:
+            h["Authorization"] = f"Bearer {self.access}"
+        h.update(headers or {})
         response, payload = await self.client.request(method, self.url(path), h, data)
         try:
             return response.code, json.loads(payload)
@@ -201,12 +206,13 @@ class StreamClient(WebSocketClientProtocol):
 
 
 async def open_stream(
-    test, relay: Relay, token: str, session_id: str, since: int | None = None
+    test, relay: Relay, token: str, session_id: str, since: int | None = None, access: str | None = None
 ) -> StreamClient:
-    """Open the session's WebSocket through the relay; wait until it is open."""
+    """Open the session's WebSocket through the relay (``access`` as a Bearer header); wait until open."""
     query = f"token={token}" + (f"&since={since}" if since is not None else "")
     url = f"ws://127.0.0.1:{relay.ports['public']}/api/sessions/{session_id}/stream?{query}"
-    factory = WebSocketClientFactory(url)
+    headers = {"Authorization": f"Bearer {access}"} if access else None
+    factory = WebSocketClientFactory(url, headers=headers)
     factory.protocol = StreamClient
     factory.setProtocolOptions(openHandshakeTimeout=10, closeHandshakeTimeout=2)
     endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", relay.ports["public"])

@@ -9,6 +9,7 @@ import signal
 import socket
 import sys
 from hashlib import sha256
+from urllib.parse import parse_qs, urlsplit
 
 from twisted.internet import defer, protocol, reactor
 from twisted.internet.error import ProcessDone, ProcessTerminated
@@ -212,7 +213,9 @@ async def start_arpc(
     if wait:
         match = await proc.wait_for(r"Public URL: (\S+)")
         proc.url = match.group(1)
-        proc.token = proc.url.rsplit("token=", 1)[1]
+        query = parse_qs(urlsplit(proc.url).query)
+        proc.token = query["token"][0]  # the client id: the relay routes by it
+        proc.access = query.get("access", [None])[0]  # command mode: the owner's access token
     return proc
 
 

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 
+from twisted.internet import reactor
 from twisted.trial import unittest
+from twisted.web.server import Site
+from twisted.web.static import Data
 
 from tests import browser
 from tests.helpers import HTTPClient, listen_backend, start_arpc, start_arps
@@ -64,3 +68,72 @@ class AdminPanelBrowserTests(unittest.TestCase):
 
         text = await browser.in_browser(drive, f"{relay.admin}/?token=wrong")
         self.assertIn("admin token required", text)
+
+
+ATTACK_PAGE = """<!doctype html>
+<title>a page on another site</title>
+<form method="POST" action="{target}"><input name="confirm" value="yes"></form>
+<form method="POST" action="{target}" enctype="text/plain"><input name='{{"a":"' value='"}}'></form>
+<script>
+async function simpleFetch() {{
+  // a "simple" request: the browser sends it without asking; the answer stays opaque
+  await fetch("{target}", {{method: "POST", mode: "no-cors", body: "{{}}",
+                           headers: {{"Content-Type": "text/plain"}}}});
+  return "sent";
+}}
+</script>
+"""
+
+
+class AdminCrossSiteBrowserTests(unittest.TestCase):
+    """A page on another site cannot make the operator's browser disconnect a client."""
+
+    timeout = 120
+
+    def setUp(self):
+        why = browser.available()
+        if why:
+            raise unittest.SkipTest(why)
+
+    async def test_cross_site_form_post_is_refused(self):
+        """Two form POSTs and a no-cors fetch from http://localhost:Q to the loopback admin (no
+        token) are refused with 403 and the client stays; the panel's own Disconnect still works."""
+        relay = await start_arps(self)  # loopback admin, no token: the default set-up
+        arpc = await start_arpc(self, relay, local_port=listen_backend(self))
+        target = f"{relay.admin}/admin/api/clients/{arpc.token}/disconnect"
+        attacker = Data(ATTACK_PAGE.format(target=target).encode(), "text/html; charset=utf-8")
+        attacker.isLeaf = True
+        port = reactor.listenTCP(0, Site(attacker), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        attack_url = f"http://localhost:{port.getHost().port}/"  # another site than 127.0.0.1
+        admin_url = f"{relay.admin}/"
+        token = arpc.token
+
+        def drive(page, attack_url, admin_url, token):
+            answers = []
+            for index in (0, 1):
+                page.goto(attack_url)
+                assert page.evaluate("document.forms.length") == 2, page.content()
+                with page.expect_navigation():
+                    page.evaluate(f"document.forms[{index}].submit()")
+                answers.append(page.locator("body").inner_text())
+            page.goto(attack_url)
+            answers.append(page.evaluate("simpleFetch()"))
+            page.goto(admin_url)
+            row = page.locator(f'tr[data-client="{token}"]')
+            row.wait_for()
+            page.on("dialog", lambda dialog: dialog.accept())
+            row.locator("button").click()
+            page.get_by_text("No clients registered.").wait_for()
+            return answers
+
+        first, second, fetched = await browser.in_browser(drive, attack_url, admin_url, token)
+        for answer in (first, second):
+            self.assertEqual(json.loads(answer).get("status"), 403, answer)
+        self.assertEqual(fetched, "sent")
+        refusals = relay.proc.output.count(
+            f"admin refused a POST from http://localhost:{port.getHost().port}"
+        )
+        self.assertEqual(refusals, 3, relay.proc.output[-2000:])
+        await arpc.wait_for("the relay dropped this client")
+        self.assertEqual(arpc.output.count("the relay dropped this client"), 1)  # only the panel's click

@@ -34,7 +34,7 @@ class CommandModeTests(unittest.TestCase):
         self.ws = Workspace(self)
         self.relay = await start_arps(self)
         self.arpc = await start_command_arpc(self, self.relay, self.ws, *extra, **kw)
-        self.api = Api(self, self.relay, self.arpc.token)
+        self.api = Api(self, self.relay, self.arpc.token, self.arpc.access)
         return self.api
 
     def _new(self, prompt: str, executor: str = "Claude", **more) -> dict:
@@ -67,12 +67,12 @@ class CommandModeTests(unittest.TestCase):
         self.assertEqual(run["argv"][run["argv"].index("--permission-mode") + 1], "acceptEdits")
 
         # the whole backlog, then the final status, then a close
-        stream = await open_stream(self, self.relay, api.token, sid)
+        stream = await open_stream(self, self.relay, api.token, sid, access=api.access)
         await stream.closed
         self.assertEqual(stream.events, done["events"])
         self.assertEqual(stream.close_code, 1000)
         # since=N: exactly the events after N
-        stream = await open_stream(self, self.relay, api.token, sid, since=3)
+        stream = await open_stream(self, self.relay, api.token, sid, since=3, access=api.access)
         await stream.closed
         self.assertEqual([e["seq"] for e in stream.events], [e["seq"] for e in done["events"][3:]])
 
@@ -102,14 +102,14 @@ class CommandModeTests(unittest.TestCase):
         code, session = await api.post("/api/sessions", self._new("LONG run"))
         self.assertEqual(code, 201, session)
         sid = session["id"]
-        stream = await open_stream(self, self.relay, api.token, sid)
+        stream = await open_stream(self, self.relay, api.token, sid, access=api.access)
         await wait_events(stream, lambda evs: sum(1 for e in evs if e["kind"] == "agent") >= 5)
         await wait_until(lambda: self.ws.recorded_for("LONG run"))
         run = self.ws.recorded_for("LONG run")[0]
         self.assertTrue(process_running(run["pid"]))
         self.assertTrue(process_running(run["child"]))
         # a second viewer joining late with since= gets no repeats and no gaps
-        late = await open_stream(self, self.relay, api.token, sid, since=2)
+        late = await open_stream(self, self.relay, api.token, sid, since=2, access=api.access)
 
         code, body = await api.delete(f"/api/sessions/{sid}")
         self.assertEqual(code, 200, body)
@@ -140,7 +140,7 @@ class CommandModeTests(unittest.TestCase):
         run = self.ws.recorded_for("LONG again")[0]
         # the orphaned agent dies of its broken stdout pipe; the child is the workspace's to clean up
         self.arpc = await start_command_arpc(self, self.relay, self.ws)
-        api = Api(self, self.relay, self.arpc.token)
+        api = Api(self, self.relay, self.arpc.token, self.arpc.access)
         code, listing = await api.get("/api/sessions")
         statuses = {s["id"]: s["status"] for s in listing["sessions"]}
         self.assertEqual(statuses, {finished["id"]: "completed", running["id"]: "interrupted"})
@@ -149,7 +149,9 @@ class CommandModeTests(unittest.TestCase):
         self.assertEqual(detail["events"], done["events"])
         code, detail = await api.get(f"/api/sessions/{running['id']}")
         self.assertEqual(detail["events"][-1]["status"], "interrupted")
-        stream = await open_stream(self, self.relay, api.token, running["id"], since=detail["lastSeq"] - 1)
+        stream = await open_stream(
+            self, self.relay, api.token, running["id"], since=detail["lastSeq"] - 1, access=api.access
+        )
         await stream.closed
         self.assertEqual([e["status"] for e in stream.events], ["interrupted"])
         await wait_until(lambda: not process_running(run["pid"]))
@@ -202,15 +204,16 @@ class CommandModeTests(unittest.TestCase):
             self.assertEqual(follow["resume"], results[prompt]["agentSessionId"])
 
     async def test_history_listings(self):
-        """Claude projects/sessions/messages, Codex and Gemini sessions, read from the real layouts."""
+        """Claude projects/sessions/messages, Codex and Gemini sessions, read from the real layouts
+        (the fixtures' projects are outside --project-root, so --history-anywhere shows them)."""
         ws_holder = Workspace(self)
         info = write_claude_history(ws_holder.claude)
         write_codex_history(ws_holder.codex)
         write_gemini_history(ws_holder.gemini)
         self.ws = ws_holder
         self.relay = await start_arps(self)
-        self.arpc = await start_command_arpc(self, self.relay, self.ws)
-        api = Api(self, self.relay, self.arpc.token)
+        self.arpc = await start_command_arpc(self, self.relay, self.ws, "--history-anywhere")
+        api = Api(self, self.relay, self.arpc.token, self.arpc.access)
         code, body = await api.get("/api/claude/projects")
         self.assertEqual(code, 200)
         self.assertIn("/home/alice/my.proj", [p["path"] for p in body["projects"]])
@@ -275,7 +278,7 @@ class CommandModeTests(unittest.TestCase):
         self.assertEqual(code, 409)
         # WebSocket to an unknown session is refused
         with self.assertRaises(ConnectionError):
-            await open_stream(self, self.relay, api.token, "e" * 32)
+            await open_stream(self, self.relay, api.token, "e" * 32, access=api.access)
         code, answer = await api.delete(f"/api/sessions/{running['id']}")
         self.assertEqual(answer["status"], "cancelled")
 
@@ -293,7 +296,9 @@ class CommandModeTests(unittest.TestCase):
         )
         match = await self.arpc.wait_for(r"api listening on 127\.0\.0\.1:(\d+)")
         local = HTTPClient(self)
-        response, body = await local.request("GET", f"http://127.0.0.1:{match.group(1)}/api/health")
+        response, body = await local.request(
+            "GET", f"http://127.0.0.1:{match.group(1)}/api/health", {"Authorization": f"Bearer {api.access}"}
+        )
         self.assertEqual(response.code, 200)
         self.assertEqual(json.loads(body)["sessions"], {"running": 0, "max": 4})
         code, answer = await api.post("/api/sessions", self._new("hi"))

@@ -10,11 +10,21 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet import reactor
 from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial import unittest
+from twisted.web.server import Site
 
-from arp.client.command.executors import EXECUTORS, digest, executor_named, permission_mode, strip_ansi
+from arp.client.command.access import AccessStore
+from arp.client.command.executors import (
+    EXECUTORS,
+    UnsafeSessionId,
+    digest,
+    executor_named,
+    permission_mode,
+    strip_ansi,
+)
 from arp.client.command.history import (
     ClaudeHistory,
     CodexHistory,
@@ -26,7 +36,7 @@ from arp.client.command.history import (
 from arp.client.command.sessions import ApiError, SessionManager
 from arp.client.command.store import SessionStore
 from arp.client.command.tunnel import SiteTunnel
-from arp.client.command.web import VIEWER_BUFFER, StreamProtocol, build_root, make_site
+from arp.client.command.web import VIEWER_BUFFER, Guard, StreamProtocol, build_root, make_site
 from tests.command_helpers import (
     CLAUDE_ID,
     CODEX_ID,
@@ -167,7 +177,7 @@ class ExecutorTests(unittest.TestCase):
 
     def test_claude_argv(self):
         """stream-json needs --verbose; the prompt follows --, so a leading dash is not a flag."""
-        argv = EXECUTORS["Claude"].argv("/bin/claude", "-rf", "sonnet", "acceptEdits", "abc")
+        argv = EXECUTORS["Claude"].argv("/bin/claude", "-rf", "sonnet", "acceptEdits", CLAUDE_ID)
         self.assertEqual(
             argv,
             [
@@ -179,8 +189,7 @@ class ExecutorTests(unittest.TestCase):
                 "--model=sonnet",
                 "--permission-mode",
                 "acceptEdits",
-                "--resume",
-                "abc",
+                f"--resume={CLAUDE_ID}",
                 "--",
                 "-rf",
             ],
@@ -188,7 +197,7 @@ class ExecutorTests(unittest.TestCase):
 
     def test_codex_argv(self):
         """Flags before ``resume``; the permission level maps to a sandbox."""
-        argv = EXECUTORS["Codex"].argv("codex", "go", None, "plan", "T")
+        argv = EXECUTORS["Codex"].argv("codex", "go", None, "plan", CODEX_ID)
         self.assertEqual(
             argv,
             [
@@ -199,7 +208,7 @@ class ExecutorTests(unittest.TestCase):
                 "--sandbox",
                 "read-only",
                 "resume",
-                "T",
+                CODEX_ID,
                 "--",
                 "go",
             ],
@@ -209,7 +218,7 @@ class ExecutorTests(unittest.TestCase):
 
     def test_gemini_argv_and_env(self):
         """--prompt= keeps the prompt one value; the workspace is trusted through the environment."""
-        argv = EXECUTORS["Gemini"].argv("gemini", "-x", "flash", "auto", "S")
+        argv = EXECUTORS["Gemini"].argv("gemini", "-x", "flash", "auto", GEMINI_ID)
         self.assertEqual(
             argv,
             [
@@ -219,14 +228,36 @@ class ExecutorTests(unittest.TestCase):
                 "--model=flash",
                 "--approval-mode",
                 "auto_edit",
-                "--resume",
-                "S",
+                f"--resume={GEMINI_ID}",
                 "--prompt=-x",
             ],
         )
         env = EXECUTORS["Gemini"].environment({"CLAUDECODE": "1", "PATH": "/bin"})
         self.assertEqual(env["GEMINI_CLI_TRUST_WORKSPACE"], "true")
         self.assertNotIn("CLAUDECODE", EXECUTORS["Claude"].environment({"CLAUDECODE": "1"}))
+
+    def test_session_id_never_becomes_a_flag(self):
+        """An agent-reported id that is not a UUID (a flag, a path, a glob) never reaches a command
+        line: every executor refuses it; a UUID goes in as one ``--resume=ID`` argument."""
+        hostile = [
+            "--dangerously-skip-permissions",
+            "-r",
+            "x --yolo",
+            "../../etc/passwd",
+            "*",
+            "",
+            CLAUDE_ID + "\n--yolo",
+            " " + CLAUDE_ID,
+        ]
+        for executor in EXECUTORS.values():
+            for bad in hostile:
+                self.assertFalse(executor.valid_session_id(bad), bad)
+                with self.assertRaises(UnsafeSessionId, msg=f"{executor.name} {bad!r}"):
+                    executor.argv("bin", "hi", None, "default", bad)
+            self.assertTrue(executor.valid_session_id(CLAUDE_ID))
+            argv = executor.argv("bin", "hi", None, "default", CLAUDE_ID)
+            self.assertFalse([a for a in argv if a.startswith("-") and "dangerously" in a])
+            self.assertEqual(sum(CLAUDE_ID in a for a in argv), 1)
 
     def test_names(self):
         """Executor names are case-insensitive and accept the vibe-kanban spellings."""
@@ -396,6 +427,15 @@ class CodexGeminiHistoryTests(unittest.TestCase):
         self.assertEqual(history.messages(GEMINI_ID)["messages"][0]["text"], "Hi")
 
 
+def _site(manager: SessionManager, ws: Workspace) -> tuple[Site, str]:
+    """The command-mode site over ``manager``, and an owner's Authorization header line."""
+    data = Path(ws.data)
+    data.mkdir(parents=True, exist_ok=True)
+    guard = Guard(AccessStore(data, Clock()), "client1")
+    root = build_root(manager, ClaudeHistory([]), CodexHistory(ws.codex), GeminiHistory(ws.gemini), [], guard)
+    return make_site(root), f"Authorization: Bearer {guard.store.owner_token}\r\n"
+
+
 class SiteTunnelTests(unittest.TestCase):
     """The tunnel hands its bytes to the Site and stays usable for keep-alive requests."""
 
@@ -405,9 +445,7 @@ class SiteTunnelTests(unittest.TestCase):
         manager = SessionManager(
             store=SessionStore(Path(ws.data)), reactor=reactor, binaries={}, project_roots=[ws.root]
         )
-        site = make_site(
-            build_root(manager, ClaudeHistory([]), CodexHistory(ws.codex), GeminiHistory(ws.gemini), [])
-        )
+        site, owner = _site(manager, ws)
         tunnels: set = set()
         tunnel = SiteTunnel(b"HEADER\n", site, tunnels)
         transport = StringTransport()
@@ -416,7 +454,7 @@ class SiteTunnelTests(unittest.TestCase):
         self.assertIn(tunnel, tunnels)
         self.assertIsNone(tunnel.wrappedProtocol)  # no channel (and no idle timer) before use
         transport.clear()
-        tunnel.dataReceived(b"GET /api/sessions HTTP/1.1\r\nHost: relay\r\n\r\n")
+        tunnel.dataReceived(f"GET /api/sessions HTTP/1.1\r\nHost: relay\r\n{owner}\r\n".encode())
         self.assertIn(b"200 OK", transport.value())
         self.assertIn(b'"sessions":[]', transport.value())
         transport.clear()
@@ -447,16 +485,14 @@ class SiteTunnelTests(unittest.TestCase):
         manager = SessionManager(
             store=SessionStore(Path(ws.data)), reactor=reactor, binaries={}, project_roots=[ws.root]
         )
-        site = make_site(
-            build_root(manager, ClaudeHistory([]), CodexHistory(ws.codex), GeminiHistory(ws.gemini), [])
-        )
+        site, owner = _site(manager, ws)
         tunnels: set = set()
         tunnel = SiteTunnel(b"H\n", site, tunnels)
         transport = StringTransport()
         tunnel.makeConnection(transport)
         transport.clear()
         tunnel.dataReceived(
-            f"GET /api/sessions/{sid}/stream?since=0 HTTP/1.1\r\nHost: relay\r\nUpgrade: websocket\r\n"
+            f"GET /api/sessions/{sid}/stream?since=0 HTTP/1.1\r\nHost: relay\r\nUpgrade: websocket\r\n{owner}"
             "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
             "Sec-WebSocket-Version: 13\r\n\r\n".encode()
         )

@@ -30,7 +30,7 @@ MARKDOWN_TEXT = (
     "```sh\nmake test\n```\n\n<script>window.pwned = 1</script> and [a link](https://example.com/)"
 )
 DOCS_SHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
-IN_DOCS = {"projects", "history", "new", "session", "sessions", "live-phone-dark", "error"}
+IN_DOCS = {"projects", "history", "new", "session", "sessions", "live-phone-dark", "error", "devices"}
 PHONE = {"width": 390, "height": 844}
 
 
@@ -117,7 +117,7 @@ class ConsoleBrowserTests(unittest.TestCase):
         self.relay = await start_arps(self)
         self.arpc = await start_command_arpc(self, self.relay, self.ws, *extra)
         self.origin = self.arpc.url.split("/?", 1)[0]  # the client's own address (its own port)
-        return self.arpc.url
+        return self.arpc.url  # …/?token=<client id>&access=<owner token>
 
     async def test_assets_are_served_with_types_and_no_cache(self):
         """``/`` is index.html; the modules are text/javascript; nothing is cached stale."""
@@ -145,7 +145,8 @@ class ConsoleBrowserTests(unittest.TestCase):
         def drive(page):
             seen = {}
             page.goto(url)
-            # the relay answered with a 302 to / and a cookie: the token is gone from the address bar
+            # the relay answered with a 302 (routing cookie), then arpc with a 302 (access cookie):
+            # neither the client id nor the access token is left in the address bar
             seen["url"] = page.url
             page.locator(f'#projects a[data-project="{project}"]').wait_for()
             seen["projects"] = page.locator("#projects .row .path").all_inner_texts()
@@ -221,8 +222,9 @@ class ConsoleBrowserTests(unittest.TestCase):
         seen = await run_in_browser(drive)
         self.assertEqual(seen["url"], f"{self.origin}/")
         self.assertNotIn(token, seen["url"])
+        self.assertNotIn("access", seen["url"])
         self.assertIn(project, seen["projects"])
-        self.assertIn("/srv/a_b c", seen["projects"])
+        self.assertNotIn("/srv/a_b c", seen["projects"])  # outside --project-root: not shown
         self.assertIn("File listing", seen["titles"])
         self.assertIsNone(seen["call_open_before"])  # folded until tapped
         self.assertIn("Bash: ls", seen["call_summary"])

@@ -57,7 +57,7 @@ class FrontFuzzTests(unittest.TestCase):
     def make(self):
         clock = Clock()
         registry = Registry(RelayConfig(pool_size=1), KEY, clock)
-        record, _ = register(registry, "client1", os.urandom(32))
+        record, _ = register(registry, "client1")
         tunnel = TunnelServerProtocol(registry, clock)
         tunnel.makeConnection(StringTransport())
         tunnel.dataReceived(wire.tunnel_header("client1", record.tunnel_secret))
@@ -107,7 +107,7 @@ class FrontFuzzTests(unittest.TestCase):
         """Only a correct tunnel header puts a connection in the pool."""
         clock = Clock()
         registry = Registry(RelayConfig(pool_size=1), KEY, clock)
-        record, _ = register(registry, "client1", os.urandom(32))
+        record, _ = register(registry, "client1")
         tunnel = TunnelServerProtocol(registry, clock)
         transport = StringTransport()
         tunnel.makeConnection(transport)

@@ -79,9 +79,11 @@ class HostileApp(resource.Resource):
         self.pages: dict[bytes, bytes] = {}
         self.forced: list[bytes] = []
         self.seen: list[bytes] = []
+        self.cookies: list[bytes] = []  # every Cookie header that reached the app
 
     def render_GET(self, request: server.Request) -> bytes:
         self.seen.append(request.path)
+        self.cookies.extend(request.requestHeaders.getRawHeaders(b"cookie", []))
         if request.path == b"/setcookie":
             for cookie in self.forced:
                 request.responseHeaders.addRawHeader(b"set-cookie", cookie)
@@ -99,9 +101,10 @@ def client_requests(admin: str, client_id: str) -> int:
         return json.load(response)["requests"]
 
 
-def sessions_of(shared: str, token: str) -> list:
-    """The sessions of a command-mode client, asked as an API client (from a worker thread)."""
-    request = urllib.request.Request(f"{shared}/api/sessions", headers={"X-ARP-Token": token})
+def sessions_of(shared: str, token: str, access: str) -> list:
+    """The sessions of a command-mode client, asked as its owner's API client (from a worker thread)."""
+    headers = {"X-ARP-Token": token, "Authorization": f"Bearer {access}"}
+    request = urllib.request.Request(f"{shared}/api/sessions", headers=headers)
     with urllib.request.urlopen(request, timeout=10) as response:
         data = json.load(response)
     return data["sessions"] if isinstance(data, dict) else data
@@ -143,6 +146,7 @@ class IsolationBrowserTests(unittest.TestCase):
             f"{cookie_of(b1.token)}={a.token}; Path=/".encode(),
             f"{cookie_of(b2.token)}=x; Path=/; HttpOnly".encode(),
             b"arp_token=" + a.token.encode() + b"; Path=/",
+            b"app=1; Path=/",  # the app's own cookie, which must still reach it
         ]
 
         def drive(page):
@@ -175,13 +179,19 @@ class IsolationBrowserTests(unittest.TestCase):
                 tab.goto(origin_of(proc.url) + "/")
                 tab.locator(f'#projects a[data-project="{ws.project}"]').wait_for()
                 seen[f"{name}_works"] = tab.url
-            seen["sessions"] = [sessions_of(relay.public, p.token) for p in (b1, b2)]
+            seen["sessions"] = [sessions_of(relay.public, p.token, p.access) for p in (b1, b2)]
             return seen
 
         seen = await run_in_browser(drive)
         results = seen["results"]
         self.assertEqual(seen["requests"], {b1.token: 0, b2.token: 0}, f"reached a console: {results}")
         self.assertEqual(seen["sessions"], [[], []])
+        # cookies ignore ports: the browser sends the consoles' cookies to the app's port too, but
+        # the relay passes the app none of them (neither routing ids nor arpc access tokens)
+        self.assertTrue(any(b"app=1" in c for c in app.cookies), f"the app lost its cookie: {app.cookies}")
+        for header in app.cookies:
+            for secret in (b1.token, b2.token, b1.access, b2.access):
+                self.assertNotIn(secret.encode(), header)
         self.assertEqual(ws1.recorded(), [], "an agent ran on the victim's machine")
         self.assertNotEqual(results["fetchPost"], 200, results)
         self.assertNotEqual(results["fetchRead"], 200, results)

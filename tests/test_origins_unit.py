@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor, StringTransport
@@ -13,6 +12,7 @@ from arp.control import BadRegistration
 from arp.server.origins import (
     DomainOrigins,
     PortOrigins,
+    access_cookie_name,
     cookie_name,
     dns_label,
     endpoint_with_port,
@@ -40,6 +40,13 @@ class HelperTests(unittest.TestCase):
         self.assertTrue(C1.startswith(b"arp_") and len(C1) == 24)
         self.assertTrue(is_arp_cookie(C1) and is_arp_cookie(b"arp_token"))
         self.assertFalse(is_arp_cookie(b"arp_session") or is_arp_cookie(b"session"))
+
+    def test_access_cookie_name_is_arpcs(self):
+        """The relay names arpc's access cookie exactly as arpc does."""
+        from arp.client.command.access import cookie_name as arpc_cookie_name
+
+        for client_id in ("client1", "My_Box", "a" * 64):
+            self.assertEqual(access_cookie_name(client_id).decode(), arpc_cookie_name(client_id))
 
     def test_dns_labels(self):
         """An id that is a DNS label is its own label (lower-cased, as browsers send hosts); others
@@ -76,7 +83,7 @@ class PortOriginTests(FrontFixture, unittest.TestCase):
 
     def setUp(self):
         super().setUp()
-        self.other, _ = register(self.registry, "client2", os.urandom(32))
+        self.other, _ = register(self.registry, "client2")
         self.port_origins()
 
     def test_each_client_has_its_own_port_and_url(self):
@@ -198,6 +205,41 @@ class PortOriginTests(FrontFixture, unittest.TestCase):
             out, b"HTTP/1.1 200 OK\r\nSet-Cookie: session=ok; HttpOnly\r\nContent-Length: 2\r\n\r\nok"
         )
 
+    def test_only_the_routed_clients_access_cookie_reaches_it(self):
+        """arpc's access cookies (per client, and cookies ignore ports) of other clients are taken
+        out; the routed client's own passes, so its arpc can check it."""
+        t = self.tunnel()
+        public, _ = self.own()
+        a1, a2 = access_cookie_name("client1"), access_cookie_name("client2")
+        public.dataReceived(
+            b"GET / HTTP/1.1\r\nHost: relay\r\nX-ARP-Token: client1\r\nCookie: x=1; "
+            + a2
+            + b"=arpa_other_secret; "
+            + a1
+            + b"=arpa_own_secret\r\n\r\n"
+        )
+        sent = t.transport.value()
+        self.assertNotIn(b"arpa_other_secret", sent)
+        self.assertIn(b"\r\nCookie: x=1\r\n", sent)
+        self.assertIn(b"\r\nCookie: " + a1 + b"=arpa_own_secret\r\n", sent)
+
+    def test_service_cannot_set_another_clients_access_cookie(self):
+        """A service may set its own arpc's access cookie, not another client's."""
+        t = self.tunnel()
+        public, transport = self.own()
+        public.dataReceived(b"GET / HTTP/1.1\r\nHost: relay\r\nX-ARP-Token: client1\r\n\r\n")
+        a1, a2 = access_cookie_name("client1"), access_cookie_name("client2")
+        t.dataReceived(
+            b"HTTP/1.1 200 OK\r\nSet-Cookie: "
+            + a2
+            + b"=forced; Path=/\r\nSet-Cookie: "
+            + a1
+            + b"=mine; HttpOnly\r\nContent-Length: 0\r\n\r\n"
+        )
+        out = transport.value()
+        self.assertNotIn(a2, out)
+        self.assertIn(b"Set-Cookie: " + a1 + b"=mine; HttpOnly\r\n", out)
+
     def test_service_worker_scripts_refused(self):
         """A service worker registered on a port would outlive the client (ports are reused): refused."""
         t = self.tunnel()
@@ -281,8 +323,8 @@ class PortOriginTests(FrontFixture, unittest.TestCase):
     def test_exhaustion_is_a_clear_registration_error(self):
         """With every port of the range handed out, registering one more client fails clearly."""
         for i in range(8):
-            register(self.registry, f"more{i}", os.urandom(32))
-        e = self.assertRaises(BadRegistration, register, self.registry, "one-too-many", os.urandom(32))
+            register(self.registry, f"more{i}")
+        e = self.assertRaises(BadRegistration, register, self.registry, "one-too-many")
         self.assertIn("no free public port for this client in 20000-20009", str(e))
         self.assertNotIn("one-too-many", self.registry.clients)
 
@@ -292,7 +334,7 @@ class PortOriginTests(FrontFixture, unittest.TestCase):
         first = self.record.origin_port
         self.registry.disconnect("client1")
         self.assertNotIn(first, self.origins.used)
-        again, _ = register(self.registry, "client1", os.urandom(32))
+        again, _ = register(self.registry, "client1")
         self.assertEqual(again.origin_port, first)
 
 
@@ -306,8 +348,8 @@ class DomainOriginTests(unittest.TestCase):
         self.factory = PublicFactory(
             self.registry, PublicConfig(domain="relay.test"), self.clock, self.origins
         )
-        self.record, _ = register(self.registry, "client1", os.urandom(32))
-        self.odd, _ = register(self.registry, "My_Box", os.urandom(32))
+        self.record, _ = register(self.registry, "client1")
+        self.odd, _ = register(self.registry, "My_Box")
 
     def public(self, request: bytes) -> bytes:
         proto = self.factory.buildProtocol(None)
@@ -372,7 +414,7 @@ class MemoryPortsTests(unittest.TestCase):
             21000, 21001, lambda p: endpoint_with_port("tcp:0:interface=127.0.0.1", p), front, reactor, "http"
         )
         front.use_origins(origins)
-        record, _ = register(registry, "client1", os.urandom(32))
+        record, _ = register(registry, "client1")
         (port, _, _, interface) = reactor.tcpServers[0]
         self.assertIn(port, (21000, 21001))
         self.assertEqual((port, interface), (record.origin_port, "127.0.0.1"))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.task import Clock
@@ -17,6 +15,7 @@ from arp.server.origins import PortOrigins
 from arp.server.public import PublicConfig, PublicFactory
 from arp.server.registry import Registry, RelayConfig
 from arp.server.tunnel import TunnelServerProtocol
+from tests.control_helpers import register_record, registration
 
 KEY = "unit-key"
 
@@ -33,13 +32,9 @@ class FakeControl:
         self.dropped.append(reason)
 
 
-def register(registry: Registry, client_id: str, token: bytes, key: str = KEY, control=None):
-    nonce = registry.new_nonce()
-    kb = wire.key_bytes(key)
-    sealed = wire.seal_token(kb, nonce, token)
-    proof = wire.register_proof(kb, nonce, client_id, sealed)
+def register(registry: Registry, client_id: str, identity=None, key: str = KEY, control=None):
     control = control or FakeControl()
-    record = registry.register(control, nonce, client_id, sealed, proof, "http", 0, "1.2.3.4:5")
+    record = register_record(registry, control, client_id, key, identity)
     registry.start_pool(record)
     return record, control
 
@@ -53,48 +48,42 @@ class RegistryTests(unittest.TestCase):
 
     def test_wrong_key(self):
         """A proof made with another key is refused."""
-        self.assertRaises(AuthFailed, register, self.registry, "abc", os.urandom(32), key="bad")
+        self.assertRaises(AuthFailed, register, self.registry, "abc", key="bad")
 
     def test_replayed_registration(self):
         """A registration replayed against a new nonce fails."""
         nonce = self.registry.new_nonce()
-        kb = wire.key_bytes(KEY)
-        sealed = wire.seal_token(kb, nonce, os.urandom(32))
-        proof = wire.register_proof(kb, nonce, "abc", sealed)
+        args, _ = registration(nonce, "abc", KEY)
         other_nonce = self.registry.new_nonce()
         self.assertRaises(
             AuthFailed,
             self.registry.register,
             FakeControl(),
             other_nonce,
-            "abc",
-            sealed,
-            proof,
-            "http",
-            0,
+            *args.values(),
             "x",
         )
 
     def test_hijack_refused_owner_returns(self):
         """Another instance cannot take a held id; the owner gets it back after a disconnect."""
-        owner = os.urandom(32)
+        owner = wire.new_identity()
         record, control = register(self.registry, "abc", owner)
         self.assertEqual(control.asked, [2])
-        self.assertRaises(ClientIdInUse, register, self.registry, "abc", os.urandom(32))
+        self.assertRaises(ClientIdInUse, register, self.registry, "abc", wire.new_identity())
         self.registry.control_lost(record, control)
         self.assertFalse(record.online)
-        self.assertRaises(ClientIdInUse, register, self.registry, "abc", os.urandom(32))
+        self.assertRaises(ClientIdInUse, register, self.registry, "abc", wire.new_identity())
         again, _ = register(self.registry, "abc", owner)
         self.assertIs(again, record)
         self.assertTrue(again.online)
 
     def test_retention_expires(self):
         """After the retention time the id is free again."""
-        record, control = register(self.registry, "abc", os.urandom(32))
+        record, control = register(self.registry, "abc")
         self.registry.control_lost(record, control)
         self.clock.advance(61)
         self.assertNotIn("abc", self.registry.clients)
-        register(self.registry, "abc", os.urandom(32))
+        register(self.registry, "abc")
 
 
 class FrontFixture:
@@ -103,7 +92,7 @@ class FrontFixture:
     def setUp(self):
         self.clock = Clock()
         self.registry = Registry(RelayConfig(pool_size=2, retention=60), KEY, self.clock)
-        self.record, self.control = register(self.registry, "client1", os.urandom(32))
+        self.record, self.control = register(self.registry, "client1")
         self.factory = PublicFactory(self.registry, PublicConfig(), self.clock)
 
     def tunnel(self) -> TunnelServerProtocol:
@@ -265,7 +254,7 @@ class BodyLimitTests(unittest.TestCase):
     def setUp(self):
         self.clock = Clock()
         self.registry = Registry(RelayConfig(pool_size=1), KEY, self.clock)
-        self.record, _ = register(self.registry, "client1", os.urandom(32))
+        self.record, _ = register(self.registry, "client1")
         tunnel = TunnelServerProtocol(self.registry, self.clock)
         tunnel.makeConnection(StringTransport())
         tunnel.dataReceived(wire.tunnel_header("client1", self.record.tunnel_secret))
@@ -297,8 +286,8 @@ class MoreRoutingTests(unittest.TestCase):
     def setUp(self):
         self.clock = Clock()
         self.registry = Registry(RelayConfig(pool_size=1), KEY, self.clock)
-        self.record, _ = register(self.registry, "client1", os.urandom(32))
-        self.other, _ = register(self.registry, "client2", os.urandom(32))
+        self.record, _ = register(self.registry, "client1")
+        self.other, _ = register(self.registry, "client2")
 
     def tunnel(self, client_id: str, secret: str) -> TunnelServerProtocol:
         proto = TunnelServerProtocol(self.registry, self.clock)

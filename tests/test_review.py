@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
@@ -12,6 +10,7 @@ from twisted.trial import unittest
 from arp import http, wire
 from arp.server.public import PublicConfig, PublicFactory
 from arp.server.tunnel import TunnelServerProtocol
+from tests.control_helpers import register_record
 from tests.test_public_unit import KEY, FrontFixture
 
 
@@ -108,13 +107,8 @@ class ReviewTests(FrontFixture, unittest.TestCase):
     def test_tcp_client_token_not_routed_as_http(self):
         """A token of a raw TCP client sent to the HTTP front is not written onto its raw tunnels."""
         self.registry.tcp_opener = lambda record: None
-        nonce = self.registry.new_nonce()
-        kb = wire.key_bytes(KEY)
-        sealed = wire.seal_token(kb, nonce, os.urandom(32))
-        proof = wire.register_proof(kb, nonce, "tcpclient", sealed)
-        record = self.registry.register(
-            type(self.control)(), nonce, "tcpclient", sealed, proof, "tcp", 20000, "1.2.3.4:5"
-        )
+        control = type(self.control)()
+        record = register_record(self.registry, control, "tcpclient", KEY, mode="tcp", port=20000)
         self.registry.start_pool(record)
         raw = TunnelServerProtocol(self.registry, self.clock)
         raw.makeConnection(StringTransport())

@@ -11,6 +11,7 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from arp import http, wire
 from arp.splice import SpliceEnd, fast_write, tune
@@ -18,13 +19,32 @@ from arp.splice import SpliceEnd, fast_write, tune
 CONNECT_TIMEOUT = 10
 
 
-def backend_endpoint(reactor: object, host: str, port: int) -> IStreamClientEndpoint:
+def service_address(host: str, port: int) -> str:
+    """``host:port`` as people write it (``[::1]:3000`` for IPv6)."""
+    return f"[{host}]:{port}" if isIPv6Address(host) else f"{host}:{port}"
+
+
+@implementer(IStreamClientEndpoint)
+class LocalService:
+    """The local service forward mode connects to: an endpoint that knows its ``host:port``."""
+
+    def __init__(self, endpoint: IStreamClientEndpoint, address: str) -> None:
+        self.endpoint = endpoint
+        self.address = address
+
+    def connect(self, protocolFactory: Factory) -> object:
+        return self.endpoint.connect(protocolFactory)
+
+
+def backend_endpoint(reactor: object, host: str, port: int) -> LocalService:
     """A client endpoint for the local service (no name lookup for IP literals)."""
     if isIPAddress(host):
-        return TCP4ClientEndpoint(reactor, host, port, timeout=CONNECT_TIMEOUT)
-    if isIPv6Address(host):
-        return TCP6ClientEndpoint(reactor, host, port, timeout=CONNECT_TIMEOUT)
-    return HostnameEndpoint(reactor, host, port, timeout=CONNECT_TIMEOUT)
+        endpoint = TCP4ClientEndpoint(reactor, host, port, timeout=CONNECT_TIMEOUT)
+    elif isIPv6Address(host):
+        endpoint = TCP6ClientEndpoint(reactor, host, port, timeout=CONNECT_TIMEOUT)
+    else:
+        endpoint = HostnameEndpoint(reactor, host, port, timeout=CONNECT_TIMEOUT)
+    return LocalService(endpoint, service_address(host, port))
 
 
 class BackendProtocol(SpliceEnd):
@@ -43,7 +63,7 @@ class ForwardTunnel(SpliceEnd):
 
     log = Logger()
 
-    def __init__(self, header: bytes, backend: IStreamClientEndpoint, raw_tcp: bool, tunnels: set) -> None:
+    def __init__(self, header: bytes, backend: LocalService, raw_tcp: bool, tunnels: set) -> None:
         self.header = header
         self.backend = backend
         self.raw_tcp = raw_tcp
@@ -94,14 +114,20 @@ class ForwardTunnel(SpliceEnd):
     def _backend_failed(self, failure: Failure) -> None:
         self._pending = None
         why = failure.getErrorMessage()
-        self.log.warn("local service unreachable: {why}", why=why)
+        service = self.backend.address
+        self.log.warn("local service {service} unreachable: {why}", service=service, why=why)
         if self._lost:
             return
         if self.raw_tcp:
             self.transport.abortConnection()
             return
         body = json.dumps(
-            {"error": "the service behind this tunnel is unreachable", "status": 502, "detail": why}
+            {
+                "error": f"the service behind this tunnel ({service}) is unreachable",
+                "status": 502,
+                "service": service,
+                "detail": why,
+            }
         ).encode()
         self.transport.write(http.json_response(502, body))
         self.transport.loseConnection()

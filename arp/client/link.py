@@ -1,10 +1,23 @@
-"""arpc's link to the relay: registration on the control channel, then tunnels on demand."""
+"""arpc's link to the relay: registration on the control channel, then tunnels on demand.
+
+The link keeps one control connection: connect, register, and after any loss
+reconnect with exponential backoff (reset by a successful registration).  A
+refusal that retrying cannot fix (wrong auth key, a request the relay does not
+accept) ends the link and calls ``on_fatal`` with one line saying what to do;
+``ClientIdInUse``, ``Unavailable`` and network failures are retried.
+"""
 
 from __future__ import annotations
 
-from twisted.application.internet import ClientService, backoffPolicy
+import atexit
+import os
+import sys
+from collections.abc import Callable
+
+from twisted.application.internet import backoffPolicy
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import CancelledError, Deferred, gatherResults
+from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
@@ -14,23 +27,29 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from arp import wire
+from arp import tls, wire
 from arp.control import (
     AuthFailed,
     BadRegistration,
+    BoundedBoxes,
     ClientIdInUse,
     Heartbeat,
     Hello,
     OpenTunnels,
     Register,
     Release,
+    Unavailable,
 )
 from arp.splice import tune
 
 REGISTER_TIMEOUT = 30.0
 
 
-class ControlClientProtocol(amp.AMP, TimeoutMixin):
+class RegistrationRefused(Exception):
+    """The relay refused this client for a reason that retrying cannot fix."""
+
+
+class ControlClientProtocol(BoundedBoxes, amp.AMP, TimeoutMixin):
     """arpc's end of the control channel."""
 
     log = Logger()
@@ -40,15 +59,15 @@ class ControlClientProtocol(amp.AMP, TimeoutMixin):
         self.link = link
         self.callLater = link.clock.callLater
         self._beat: LoopingCall | None = None
+        self.lost: Deferred[None] = Deferred()
 
     def connectionMade(self) -> None:
         super().connectionMade()
         tune(self.transport, keepalive=True)
         self.setTimeout(REGISTER_TIMEOUT)
 
-    def dataReceived(self, data: bytes) -> None:
-        self.resetTimeout()
-        super().dataReceived(data)
+    def box_completed(self) -> None:
+        self.resetTimeout()  # a whole box from the relay, not a trickle, shows it is alive
 
     def timeoutConnection(self) -> None:
         self.log.warn("relay silent for too long; reconnecting")
@@ -79,8 +98,9 @@ class ControlClientProtocol(amp.AMP, TimeoutMixin):
         self.setTimeout(None)
         if self._beat is not None and self._beat.running:
             self._beat.stop()
-        self.link.control_lost(self)
         super().connectionLost(reason)
+        self.link.control_lost(self)
+        self.lost.callback(None)
 
 
 @implementer(IStreamClientEndpoint)
@@ -95,6 +115,8 @@ class LoggedEndpoint:
 
     def connect(self, factory: Factory) -> Deferred:
         def failed(failure: Failure) -> Failure:
+            if failure.check(CancelledError, ConnectingCancelledError):
+                return failure  # we are stopping
             self.log.warn(
                 "cannot reach the relay at {where}: {why}",
                 where=self.description,
@@ -119,75 +141,154 @@ class RelayLink(MultiService):
         proxy_endpoint: IStreamClientEndpoint,
         tunnel_protocol: callable,  # type: ignore[valid-type]
         client_id: str,
-        instance_token: bytes,
+        identity: object,
         auth_key: str,
         mode: str = "http",
         remote_port: int = 0,
         public_host: str = "localhost",
         max_backoff: float = 30.0,
         grace: float = 10.0,
+        on_fatal: Callable[[str], None] | None = None,
+        access_token: str | None = None,
+        on_public_url: callable | None = None,  # type: ignore[valid-type]
     ) -> None:
+        """``identity``: this instance's Ed25519 private key (:func:`arp.wire.new_identity`).
+        ``on_fatal(message)`` runs once if the relay refuses us for good (default: log it)."""
         super().__init__()
         self.clock = clock
+        self.endpoint = LoggedEndpoint(control_endpoint, control_description)
         self.proxy_endpoint = proxy_endpoint
         self.tunnel_protocol = tunnel_protocol
         self.client_id = client_id
-        self.instance_token = instance_token
+        self.identity = identity
+        self.identity_public = wire.public_bytes(identity)
         self.key = wire.key_bytes(auth_key)
         self.mode = mode
         self.remote_port = remote_port
         self.public_host = public_host
         self.grace = grace
+        self.on_fatal = on_fatal
+        self.retry_delay = backoffPolicy(0.5, max_backoff)
+        self.failures = 0
         self.tunnel_secret = ""
         self.public_url = ""
+        self.route_url = ""  # the relay's URL for this client, without our access token
+        self.access_token = access_token  # command mode: the owner's, printed in the Public URL
+        self.on_public_url = on_public_url
         self.tunnels: set[Protocol] = set()
         self.control: ControlClientProtocol | None = None
+        self.connection: ControlClientProtocol | None = None  # registered or not
         self.registrations = 0
-        factory = Factory.forProtocol(lambda: ControlClientProtocol(self))
-        factory.noisy = False
-        self.service = ClientService(
-            LoggedEndpoint(control_endpoint, control_description),
-            factory,
-            retryPolicy=backoffPolicy(0.5, max_backoff),
-            clock=clock,
-            prepareConnection=lambda proto: Deferred.fromCoroutine(self._register(proto)),
-        )
-        self.service.setServiceParent(self)
+        self.stopping = False
+        self.refused: str | None = None
+        self._attempt: Deferred | None = None
+        self._retry: object | None = None
+        self.factory = Factory.forProtocol(lambda: ControlClientProtocol(self))
+        self.factory.noisy = False
+
+    # -- connecting and reconnecting ------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self.stopping = False
+        self._connect()
+
+    def _connect(self) -> None:
+        self._retry = None
+        if self.stopping or self.refused:
+            return
+        self._attempt = self.endpoint.connect(self.factory)
+        self._attempt.addCallbacks(self._connected, self._connect_failed)
+
+    def _connect_failed(self, failure: Failure) -> None:
+        self._attempt = None
+        self._schedule_retry()  # not if stopping
+
+    def _connected(self, proto: ControlClientProtocol) -> None:
+        self._attempt = None
+        self.connection = proto
+        if self.stopping:
+            proto.transport.loseConnection()
+            return
+        Deferred.fromCoroutine(self._register(proto)).addErrback(self._register_failed, proto)
+
+    def _register_failed(self, failure: Failure, proto: ControlClientProtocol) -> None:
+        if failure.check(RegistrationRefused):
+            self.refused = str(failure.value)
+            if self.on_fatal is not None:
+                self.on_fatal(self.refused)
+        # the retry (if any) is scheduled when this connection is gone: see control_lost
+        if not proto.lost.called:
+            proto.transport.abortConnection()
+
+    def _schedule_retry(self) -> None:
+        if self.stopping or self.refused or self._retry is not None:
+            return
+        self.failures += 1
+        delay = self.retry_delay(self.failures)
+        self.log.info("connecting to the relay again in {delay:.1f}s", delay=delay)
+        self._retry = self.clock.callLater(delay, self._connect)
 
     async def _register(self, proto: ControlClientProtocol) -> None:
         try:
             hello = await proto.callRemote(Hello, version=wire.PROTOCOL_VERSION)
             nonce = hello["nonce"]
-            sealed = wire.seal_token(self.key, nonce, self.instance_token)
-            proof = wire.register_proof(self.key, nonce, self.client_id, sealed)
+            exchange = wire.new_exchange()
+            exchange_public = wire.public_bytes(exchange)
+            binding = wire.channel_binding(proto.transport)
+            data = wire.transcript(
+                nonce,
+                self.client_id,
+                self.mode,
+                self.remote_port,
+                self.identity_public,
+                exchange_public,
+                binding,
+            )
             result = await proto.callRemote(
                 Register,
                 client_id=self.client_id,
-                sealed=sealed,
-                proof=proof,
+                identity=self.identity_public,
+                exchange=exchange_public,
+                signature=self.identity.sign(data),
+                proof=wire.admission_proof(self.key, data),
                 mode=self.mode,
                 remote_port=self.remote_port,
+                binding=binding,
             )
-        except AuthFailed:
-            self.log.error(
-                "the relay refused our auth key; set --auth-key (or ARP_AUTH_KEY) to the relay's key"
-            )
-            raise
+            tunnel_secret = wire.tunnel_key(exchange, result["exchange"], nonce, self.client_id)
+        except AuthFailed as e:
+            if "TLS session" in str(e):
+                raise RegistrationRefused(
+                    f"the relay refused us: {e}: check that --control-endpoint reaches arps itself "
+                    "(a TLS proxy in front of arps must pass TLS through, or arps listen without TLS)"
+                ) from None
+            why = "" if str(e) == "wrong auth key" else f" ({e})"
+            raise RegistrationRefused(
+                f"the relay refused our auth key{why}: start arpc with the relay's key, "
+                "--auth-key KEY or ARP_AUTH_KEY (arps prints it at its first start)"
+            ) from None
+        except BadRegistration as e:
+            raise RegistrationRefused(f"the relay refused the registration: {e}") from None
         except ClientIdInUse:
             self.log.error(
-                "client id {client_id} is held by another arpc instance; retrying "
-                "(use another --client-id, or wait for the relay's retention to end)",
+                "client id {client_id} is held by another arpc instance (another identity key); "
+                "retrying (use another --client-id, or this instance's --data-dir, or wait for "
+                "the relay's retention to end)",
                 client_id=self.client_id,
             )
             raise
-        except BadRegistration as e:
-            self.log.error("the relay refused the registration: {why}", why=str(e))
+        except Unavailable as e:
+            self.log.warn("the relay cannot take us now: {why}; retrying", why=str(e))
             raise
         except Exception as e:
-            self.log.warn("could not register with the relay: {why}", why=str(e) or repr(e))
+            if not self.stopping:
+                why = tls.explain(e) or str(e) or repr(e)  # a TLS failure in words: untrusted, wrong name...
+                self.log.warn("could not register with the relay: {why}", why=why)
             raise
-        self.tunnel_secret = result["tunnel_secret"]
+        self.tunnel_secret = tunnel_secret
         self.control = proto
+        self.failures = 0
         self.registrations += 1
         proto.start_heartbeat(result["heartbeat"])
         base = result["public_url"].replace("{host}", self.public_host)
@@ -196,19 +297,38 @@ class RelayLink(MultiService):
             self.public_url = f"tcp://{host}:{result['remote_port']}"
             self.log.info("Registered. Public address: {url}", url=self.public_url)
         else:
-            self.public_url = f"{base}/?token={self.client_id}"
+            self.route_url = f"{base}/?token={self.client_id}"
+            self.public_url = self.route_url
+            if self.access_token:  # the routing id for the relay, the access token for arpc
+                from arp.client.command.access import with_access
+
+                self.public_url = with_access(self.route_url, self.access_token)
             self.log.info("Registered. Public URL: {url}", url=self.public_url)
+            if self.on_public_url is not None:
+                self.on_public_url(self.public_url)
 
     def control_lost(self, proto: ControlClientProtocol) -> None:
-        """The control channel closed: ClientService reconnects by itself."""
-        if self.control is not None:
-            self.log.warn("lost the control connection to the relay; reconnecting")
-        self.control = None
+        """A control connection closed: reconnect unless we are stopping or were refused."""
+        if proto is self.connection:
+            self.connection = None
+        if self.control is proto:
+            self.control = None
+            if self.stopping:
+                self.log.info("left the relay (shutting down)")
+            else:
+                self.log.warn("lost the control connection to the relay; reconnecting")
+        self._schedule_retry()
+
+    # -- tunnels ----------------------------------------------------------------
 
     def open_tunnels(self, count: int) -> None:
-        """Open ``count`` tunnel connections to the proxy port."""
-        header = wire.tunnel_header(self.client_id, self.tunnel_secret)
-        factory = Factory.forProtocol(lambda: self.tunnel_protocol(header, self.tunnels))
+        """Open ``count`` tunnel connections to the proxy port, each with its own one-time header."""
+        client_id, key = self.client_id, self.tunnel_secret
+
+        def build() -> Protocol:
+            return self.tunnel_protocol(wire.tunnel_header(client_id, key), self.tunnels)
+
+        factory = Factory.forProtocol(build)
         factory.noisy = False
         for _ in range(count):
             d = self.proxy_endpoint.connect(factory)
@@ -217,9 +337,23 @@ class RelayLink(MultiService):
     def _tunnel_failed(self, failure: Failure) -> None:
         self.log.warn("could not open a tunnel: {why}", why=failure.getErrorMessage())
 
+    # -- stopping -----------------------------------------------------------------
+
     def stopService(self) -> Deferred:
         """Leave the relay; let tunnels that are carrying traffic finish for up to ``grace`` s."""
+        self.stopping = True
+        if self.refused is None:
+            self.log.info("arpc shutting down: leaving the relay")
         stopped = super().stopService()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+        if self._attempt is not None:
+            self._attempt.cancel()
+        waits = [stopped] if stopped is not None else []
+        if self.connection is not None:
+            waits.append(self.connection.lost)
+            self.connection.transport.loseConnection()
         for tunnel in list(self.tunnels):
             if not tunnel.in_use:
                 tunnel.transport.loseConnection()
@@ -238,4 +372,28 @@ class RelayLink(MultiService):
                 self.clock.callLater(0.05, check)
 
         check()
-        return gatherResults([stopped, done]) if stopped is not None else done
+        waits.append(done)
+        return gatherResults(waits).addCallback(lambda _: None)
+
+
+def exit_with_status(reactor: object, status: int) -> Callable[[str], None]:
+    """An ``on_fatal`` for twistd: log the message as one error line, stop, exit with ``status``.
+
+    twistd always exits 0 once its reactor stops, so the status is set at
+    interpreter exit, after twistd has finished its own shutdown.
+    """
+    log = Logger(namespace="arpc")
+
+    def fatal(message: str) -> None:
+        log.error("{message}", message=message)
+
+        def leave() -> None:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(status)
+
+        atexit.register(leave)
+        if reactor.running:
+            reactor.stop()
+
+    return fatal

@@ -9,6 +9,7 @@ skip_tls_if_unused()  # before anything imports Twisted's endpoints (see arp/lea
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import clientFromString
@@ -16,9 +17,12 @@ from twisted.logger import Logger, globalLogPublisher
 from twisted.python import usage
 
 from arp import __version__, files, options, wire
-from arp.client.link import RelayLink
+from arp.client.link import RelayLink, exit_with_status
 from arp.logs import DailyFileObserver, open_log_directory
 from arp.reactor import install_unless_chosen
+
+if TYPE_CHECKING:
+    from arp.client.command.service import CommandService
 
 log = Logger()
 
@@ -34,9 +38,10 @@ _permission_mode.coerceDoc = (  # type: ignore[attr-defined]
 )
 
 
-class Options(usage.Options):
+class Options(options.TwistdOptions):
     """Command line of ``twistd arpc``."""
 
+    command = "arpc"
     synopsis = "--server-addr HOST (--local-port PORT | --command-mode) [options]"
     longdesc = (
         "The ARP client.  It connects out to the relay arps (so this machine needs no "
@@ -50,6 +55,17 @@ class Options(usage.Options):
         ["tcp", None, "Raw TCP service (database, SSH): ask the relay for a dedicated public port."],
         ["no-log-file", None, "Do not write daily log files (arpc.log.YYYY-MM-DD)."],
         ["command-mode", None, "Serve the agent API (Claude Code, Codex, Gemini) instead of forwarding."],
+        [
+            "history-anywhere",
+            None,
+            "Command mode: show the agents' history of every project, not only those under --project-root.",
+        ],
+        [
+            "rotate-owner-token",
+            None,
+            "Command mode: replace the owner's access token (the old Public URL stops working).",
+        ],
+        ["no-qr", None, "Command mode: do not show the Public URL as a QR code at start."],
     ]
     optParameters = [
         ["server-addr", "s", None, "Host name or address of the relay (arps)."],
@@ -80,8 +96,8 @@ class Options(usage.Options):
         [
             "remote-port",
             None,
-            0,
-            "With --tcp: the public port to ask for (default: any the relay offers).",
+            None,
+            "With --tcp: the public port to ask for (default: any port the relay offers).",
             options.port_number,
         ],
         [
@@ -95,7 +111,8 @@ class Options(usage.Options):
             "data-dir",
             None,
             None,
-            "Where arpc keeps its client id, instance key and logs (default: ~/.local/share/arpc).",
+            "Where arpc keeps its client id, identity key, access tokens and logs "
+            "(default: ~/.local/share/arpc).",
         ],
         ["command-path", None, None, "Command mode: the Claude Code CLI (default: claude on PATH)."],
         ["codex-path", None, None, "Command mode: the Codex CLI (default: codex on PATH)."],
@@ -134,6 +151,7 @@ class Options(usage.Options):
         super().__init__()
         self["project-root"] = []
         self["cors-origin"] = []
+        self["api-host"] = []
 
     def opt_project_root(self, path: str) -> None:
         """Command mode: a directory agents may work in (repeatable; default: your home)."""
@@ -143,6 +161,12 @@ class Options(usage.Options):
         """Command mode: a browser origin that may call the API, e.g. https://console.example (repeatable)."""
         self["cors-origin"].append(origin)
 
+    def opt_api_host(self, name: str) -> None:
+        """Command mode: a host name --api-endpoint may be reached by (besides localhost; repeatable)."""
+        if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})", name):
+            raise usage.UsageError(f"--api-host {name!r} must be a host name like box.lan (no port)")
+        self["api-host"].append(name)
+
     def postOptions(self) -> None:
         if not self["server-addr"] and not self["control-endpoint"]:
             raise usage.UsageError("give the relay's address: --server-addr HOST")
@@ -150,6 +174,10 @@ class Options(usage.Options):
             raise usage.UsageError("--control-endpoint needs --proxy-endpoint (or --server-addr)")
         if self["command-mode"]:
             self._check_command_mode()
+        elif self["api-endpoint"]:
+            raise usage.UsageError("--api-endpoint serves the agent API: it needs --command-mode")
+        elif self["rotate-owner-token"]:
+            raise usage.UsageError("--rotate-owner-token is for --command-mode (access tokens)")
         elif self["local-port"] is None:
             raise usage.UsageError("give the local service's port: --local-port PORT")
         if self["client-id"] is not None and not wire.CLIENT_ID_RE.match(self["client-id"]):
@@ -163,11 +191,16 @@ class Options(usage.Options):
                 "give the relay's auth key: --auth-key KEY or ARP_AUTH_KEY (arps prints it at first start)"
             )
         if self["log-level"] is None:
-            self["log-level"] = options.log_level(options.env_default("ARP_LOG_LEVEL", "info"))
+            self["log-level"] = options.env_log_level()
 
     def _check_command_mode(self) -> None:
         if self["tcp"]:
             raise usage.UsageError("--command-mode serves HTTP; it cannot be combined with --tcp")
+        if self["api-endpoint"]:
+            try:
+                options.listen_address(self["api-endpoint"])  # refuse what Twisted cannot listen on
+            except ValueError as e:
+                raise usage.UsageError(f"--api-endpoint {e}") from e
         for root in self["project-root"]:
             if not os.path.isdir(os.path.expanduser(root)):
                 raise usage.UsageError(f"--project-root {root!r} is not a directory")
@@ -190,6 +223,24 @@ def _guessable(client_id: str) -> bool:
     return len(client_id) < 16 or len(set(client_id)) < 8
 
 
+def _identity(path: Path) -> object:
+    """This instance's Ed25519 key from ``path`` (mode 0600), created on first use.
+
+    The relay pins the public half to the client id: keep the file (and the
+    data directory) to keep the id across restarts; never copy it elsewhere.
+    """
+    text, _ = files.read_or_create_secret(path, lambda: wire.identity_to_hex(wire.new_identity()))
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise SystemExit(
+            f"arpc: {path} is readable by others (mode {mode:04o}); run: chmod 600 {path}"
+        )
+    try:
+        return wire.identity_from_hex(text)
+    except ValueError as e:
+        raise SystemExit(f"arpc: {path} is not an arpc identity key ({e}); move it away to make a new one")
+
+
 def makeService(config: Options) -> MultiService:
     """Build the client's service tree from its options."""
     install_unless_chosen()  # arp/reactor.py: epoll without a log context per event
@@ -210,8 +261,7 @@ def makeService(config: Options) -> MultiService:
             "service: prefer the default random id",
             client_id=client_id,
         )
-    instance_hex, _ = files.read_or_create_secret(data_dir / "instance-key", lambda: wire.random_hex(32))
-    instance_token = bytes.fromhex(instance_hex)[: wire.TOKEN_SIZE]
+    identity = _identity(data_dir / "identity-key")
     server = config["server-addr"]
     control = config["control-endpoint"] or f"tcp:host={server}:port={config['control-port']}:timeout=10"
     proxy = config["proxy-endpoint"] or f"tcp:host={server}:port={config['proxy-port']}:timeout=10"
@@ -220,8 +270,10 @@ def makeService(config: Options) -> MultiService:
     raw_tcp = bool(config["tcp"])
     top = MultiService()
 
+    command = None
     if config["command-mode"]:
-        tunnel_protocol = _command_mode(config, reactor, data_dir, top, client_id)
+        command = _command_mode(config, reactor, data_dir, top, client_id)
+        tunnel_protocol = command.tunnel_protocol
     else:
         from arp.client.forward import ForwardTunnel, backend_endpoint
 
@@ -245,21 +297,26 @@ def makeService(config: Options) -> MultiService:
         proxy_endpoint=clientFromString(reactor, proxy),
         tunnel_protocol=tunnel_protocol,
         client_id=client_id,
-        instance_token=instance_token,
+        identity=identity,
+        on_fatal=exit_with_status(reactor, 2),
         auth_key=config["auth-key"],
         mode="tcp" if raw_tcp else "http",
-        remote_port=config["remote-port"],
+        remote_port=config["remote-port"] or 0,
         public_host=public_host,
         max_backoff=config["max-backoff"],
+        access_token=command.owner_token if command is not None else None,
+        on_public_url=command.announce if command is not None else None,
     )
+    if command is not None:
+        command.guard.route_url = lambda: link.route_url
     link.setServiceParent(top)
     return top
 
 
 def _command_mode(
     config: Options, reactor: object, data_dir: Path, top: MultiService, client_id: str
-) -> object:
-    """Add the command-mode service to ``top``; return the tunnel protocol builder for the link."""
+) -> CommandService:
+    """Add the command-mode service to ``top`` and return it."""
     from arp.client.command.service import CommandService
     from arp.listen import Listener
 
@@ -276,10 +333,15 @@ def _command_mode(
         max_permission_mode=config["max-permission-mode"],
         max_sessions=config["max-sessions"],
         cors_origins=config["cors-origin"],
+        history_anywhere=bool(config["history-anywhere"]),
+        api_hosts=config["api-host"],
+        client_id=client_id,
+        rotate_owner_token=bool(config["rotate-owner-token"]),
+        show_qr=not config["no-qr"],
     )
     command.setServiceParent(top)
     if config["api-endpoint"]:
-        Listener("api", config["api-endpoint"], command.site, reactor).setServiceParent(top)
+        Listener("api", config["api-endpoint"], command.api_site, reactor).setServiceParent(top)
     info = command.describe()
     log.info(
         "arpc {version} starting: client id {client_id}, command mode; projects under {roots}; {executors}",
@@ -288,7 +350,7 @@ def _command_mode(
         roots=info["roots"],
         executors=info["executors"],
     )
-    return command.tunnel_protocol
+    return command
 
 
 __all__ = ["Options", "makeService"]

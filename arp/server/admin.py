@@ -2,14 +2,23 @@
 
 Served on ``--admin-endpoint`` (loopback by default).  When the endpoint is
 reachable from elsewhere an ``--admin-token`` is required, given as
-``Authorization: Bearer <token>`` or ``?token=<token>``.
+``Authorization: Bearer <token>`` or ``?token=<token>``.  Without a token the
+``Host`` must be a loopback name or an IP address, so a page whose own name was
+rebound to 127.0.0.1 cannot read client ids.
+
+Changes (disconnecting a client) take a request that a page on another site
+cannot send without the browser asking first: ``DELETE``, or ``POST`` with a
+JSON body or an ``X-ARP-Admin`` header; and its ``Origin`` / ``Sec-Fetch-Site``,
+when present, must say it comes from the admin's own origin.
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 from importlib import resources
+from urllib.parse import urlsplit
 
 from twisted.logger import Logger
 from twisted.web import resource, server
@@ -172,12 +181,87 @@ class Client(resource.Resource):
         return send_json(request, 200, record.snapshot())
 
     def render_DELETE(self, request: server.Request) -> bytes:
+        refused = cross_site_refusal(request)
+        if refused:
+            self.log.warn(
+                "admin refused a {method} from {origin}: {why}",
+                method=request.method.decode("ascii", "replace"),
+                origin=(request.getHeader(b"origin") or b"-").decode("ascii", "replace"),
+                why=refused,
+            )
+            return send_json(request, 403, {"error": refused, "status": 403})
         if not self.registry.disconnect(self.client_id):
             return send_json(request, 404, {"error": "no such client", "status": 404})
         self.log.info("admin disconnected client {client_id}", client_id=wire.redact(self.client_id))
         return send_json(request, 200, {"disconnected": self.client_id})
 
     render_POST = render_DELETE
+
+
+ADMIN_HEADER = b"x-arp-admin"  # any value: a header a cross-site form or simple request cannot carry
+_SAME_ORIGIN_FETCHES = (b"same-origin", b"none")  # Sec-Fetch-Site values of our own page and of curl-likes
+
+
+def _media_type(request: server.Request) -> bytes:
+    return (request.getHeader(b"content-type") or b"").split(b";", 1)[0].strip().lower()
+
+
+def _host_name(request: server.Request) -> str | None:
+    """The host name in the ``Host`` header (no port, no brackets), or None if it has none."""
+    host = (request.getHeader(b"host") or b"").decode("latin-1").strip()
+    try:
+        return urlsplit("//" + host).hostname or None
+    except ValueError:
+        return None
+
+
+def _origin_host(origin: str) -> str | None:
+    """The host name of an ``Origin`` (None for ``null`` and anything not http(s))."""
+    try:
+        parts = urlsplit(origin)
+        return parts.hostname if parts.scheme in ("http", "https") else None
+    except ValueError:
+        return None
+
+
+def cross_site_refusal(request: server.Request) -> str | None:
+    """Why a state-changing admin request is refused, or None to accept it.
+
+    It must be a request no page on another site can make without a CORS preflight (which the
+    admin never grants): ``DELETE``, or a ``POST`` with ``Content-Type: application/json`` or
+    an ``X-ARP-Admin`` header.  And when the browser says where it comes from, that must be
+    the admin itself: ``Sec-Fetch-Site`` same-origin (or none) and an ``Origin`` whose host is
+    the ``Host`` of the request.  (Scheme and port are left to ``Sec-Fetch-Site`` and the
+    preflight rule, so the panel keeps working behind a proxy that terminates TLS.)  Clients
+    that send neither header (curl, scripts) are judged by the first rule alone.
+    """
+    method = request.method.upper()
+    if (
+        method != b"DELETE"
+        and _media_type(request) != b"application/json"
+        and not request.getHeader(ADMIN_HEADER)
+    ):
+        return "a change needs DELETE, or POST with Content-Type: application/json or an X-ARP-Admin header"
+    fetch_site = request.getHeader(b"sec-fetch-site")
+    if fetch_site is not None and fetch_site.strip().lower() not in _SAME_ORIGIN_FETCHES:
+        return "cross-site request refused (Sec-Fetch-Site: " + fetch_site.decode("latin-1") + ")"
+    origin = request.getHeader(b"origin")
+    if origin is not None and _origin_host(origin.decode("latin-1").strip()) != _host_name(request):
+        return "cross-origin request refused (Origin: " + origin.decode("latin-1") + ")"
+    return None
+
+
+def loopback_host(request: server.Request) -> bool:
+    """Whether the ``Host`` header names this machine the way only a local user would: an IP
+    address, ``localhost`` or a ``*.localhost`` name (not a DNS name an attacker controls)."""
+    name = _host_name(request) or ""
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 def _totals(registry: Registry, public: PublicFactory) -> dict:
@@ -225,6 +309,11 @@ class AdminRoot(resource.Resource):
         return hmac.compare_digest(given, self.token.encode())
 
     def getChildWithDefault(self, path: bytes, request: server.Request) -> resource.Resource:
+        if not self.token and not loopback_host(request):
+            # a loopback admin without a token: refuse names that DNS rebinding could point here
+            return JSONError(
+                403, "the admin without --admin-token answers only to localhost or an IP address"
+            )
         if path in (b"", b"admin.html") and not request.postpath:
             return self  # the page holds no data; it asks the API, which checks the token
         if not self._authorized(request):

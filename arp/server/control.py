@@ -1,85 +1,213 @@
-"""The relay's end of the control channel: registration, heartbeats, tunnel requests."""
+"""The relay's end of the control channel: registration, heartbeats, tunnel requests.
+
+Limits on what an arpc (or anyone who connects) may make the relay hold or do:
+
+- a box is capped in keys and bytes while it is read (:class:`arp.control.BoundedBoxes`);
+- a box that has started must end within ``BOX_TIMEOUT`` (or the heartbeat
+  interval if shorter): a trickle of bytes is not progress;
+- before registration: ``REGISTER_TIMEOUT`` in all, not extended by anything,
+  and at most ``MAX_BOXES_BEFORE_REGISTRATION`` boxes; at most
+  ``MAX_PENDING_PER_ADDRESS`` unregistered connections per source address;
+- after registration: only a complete box resets the idle timeout (3 heartbeat
+  intervals), and at most ``MAX_BOXES_PER_BEAT`` boxes per heartbeat interval
+  (a client sends two: its heartbeat and the answer to ours);
+- a peer that leaves ``MAX_UNREAD`` bytes of the relay's answers unread for
+  the box timeout is closed instead of being buffered for.
+
+Each breach logs one line saying which limit, then aborts the connection.
+"""
 
 from __future__ import annotations
 
+import ipaddress
+from hmac import compare_digest as secrets_equal
+
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from arp import wire
-from arp.control import BadRegistration, Heartbeat, Hello, OpenTunnels, Register, Release
+from arp.control import (
+    AuthFailed,
+    BadRegistration,
+    BoundedBoxes,
+    Heartbeat,
+    Hello,
+    OpenTunnels,
+    Register,
+    Release,
+)
 from arp.server.registry import ClientRecord, Registry
 from arp.splice import tune
 
+#: Seconds a new control connection has to register; nothing extends it.
 REGISTER_TIMEOUT = 15.0
+#: Seconds a box may take from its first byte to its end (at most the heartbeat interval).
+BOX_TIMEOUT = 10.0
+#: Boxes a connection may send before it is registered (Hello and Register).
+MAX_BOXES_BEFORE_REGISTRATION = 4
+#: Boxes a registered client may send per heartbeat interval.
+MAX_BOXES_PER_BEAT = 16
+#: Unregistered control connections allowed at once from one source address (an IPv6 /64
+#: counts as one; each holds at most one box, MAX_BOX_BYTES, for at most REGISTER_TIMEOUT).
+MAX_PENDING_PER_ADDRESS = 128
+#: Bytes of the relay's answers a peer may leave unread (the transport's buffer size, which
+#: calls ``pauseProducing``); if that lasts ``BOX_TIMEOUT``, the peer is closed.
+MAX_UNREAD = 64 * 1024
 
 
-class ControlServerProtocol(amp.AMP, TimeoutMixin):
+@implementer(IPushProducer)
+class ControlServerProtocol(BoundedBoxes, amp.AMP, TimeoutMixin):
     """One arpc's control connection."""
 
     log = Logger()
 
-    def __init__(self, registry: Registry, clock: object) -> None:
+    def __init__(self, registry: Registry, clock: object, factory: ControlFactory | None = None) -> None:
         super().__init__()
         self.registry = registry
         self.clock = clock
         self.callLater = clock.callLater
+        self.factory = factory
+        self.closing = ""  # set by the factory: refuse this connection as soon as it is made
         self.nonce: bytes | None = None
         self.record: ClientRecord | None = None
+        self.boxes = 0
+        self.chatter = 0
+        self.box_timeout = min(BOX_TIMEOUT, registry.config.heartbeat)
+        self._box_timer: object | None = None
+        self._unread_timer: object | None = None
         self._beat: LoopingCall | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        if self.closing:
+            self.refuse(self.closing)
+            return
         tune(self.transport, keepalive=True)
+        self.transport.registerProducer(self, True)  # told when our answers go unread
         self.setTimeout(REGISTER_TIMEOUT)
 
     def dataReceived(self, data: bytes) -> None:
-        if self.record is not None:  # before registration the 15 s limit is not extended by chatter
-            self.resetTimeout()
+        if self._box_timer is None:  # the first bytes of a box: it must end in time
+            self._box_timer = self.clock.callLater(self.box_timeout, self._box_expired)
         super().dataReceived(data)
+
+    def box_completed(self) -> None:
+        if self._box_timer is not None:
+            if self._box_timer.active():
+                self._box_timer.cancel()
+            self._box_timer = None
+        self.boxes += 1
+        if self.record is None:
+            if self.boxes > MAX_BOXES_BEFORE_REGISTRATION:
+                self.refuse(f"more than {MAX_BOXES_BEFORE_REGISTRATION} boxes before registering")
+            return
+        self.chatter += 1
+        if self.chatter > MAX_BOXES_PER_BEAT:
+            self.refuse(f"more than {MAX_BOXES_PER_BEAT} boxes in one heartbeat interval")
+            return
+        self.resetTimeout()  # only a whole box is progress
+
+    def _box_expired(self) -> None:
+        self._box_timer = None
+        self.refuse(f"a box not finished within {self.box_timeout:g}s")
+
+    # IPushProducer: the transport's buffer of our answers is full (the peer is not reading)
+    def pauseProducing(self) -> None:
+        if self._unread_timer is None:
+            self._unread_timer = self.clock.callLater(self.box_timeout, self._unread_expired)
+
+    def resumeProducing(self) -> None:
+        if self._unread_timer is not None:
+            if self._unread_timer.active():
+                self._unread_timer.cancel()
+            self._unread_timer = None
+
+    def stopProducing(self) -> None:
+        self.resumeProducing()
+
+    def _unread_expired(self) -> None:
+        self._unread_timer = None
+        self.refuse(f"it left more than {MAX_UNREAD} bytes of answers unread for {self.box_timeout:g}s")
 
     def timeoutConnection(self) -> None:
         who = wire.redact(self.record.client_id) if self.record else self.peer_address()
-        self.log.info("control connection of {who} timed out", who=who)
+        if self.record is None:
+            self.log.info("control connection of {who} did not register in time", who=who)
+        else:
+            self.log.info("control connection of {who} timed out", who=who)
         self.transport.abortConnection()
-
-    def peer_address(self) -> str:
-        """The peer's address as ``host:port``."""
-        peer = self.transport.getPeer()
-        return f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
 
     @Hello.responder
     def hello(self, version: int) -> dict:
         if version != wire.PROTOCOL_VERSION:
             raise BadRegistration(
-                f"protocol version {version} not supported (relay speaks {wire.PROTOCOL_VERSION})"
+                f"protocol version {version} not supported (relay speaks {wire.PROTOCOL_VERSION}): "
+                "use an arpc of the relay's version"
             )
+        if self.nonce is not None or self.record is not None:
+            raise BadRegistration("one Hello per connection")
         self.nonce = self.registry.new_nonce()
         return {"nonce": self.nonce, "version": wire.PROTOCOL_VERSION}
 
     @Register.responder
-    def register(self, client_id: str, sealed: bytes, proof: bytes, mode: str, remote_port: int) -> dict:
-        if self.nonce is None:
-            raise BadRegistration("send Hello first")
+    def register(
+        self,
+        client_id: str,
+        identity: bytes,
+        exchange: bytes,
+        signature: bytes,
+        proof: bytes,
+        mode: str,
+        remote_port: int,
+        binding: bytes | None = None,
+    ) -> dict:
         if self.record is not None:
             raise BadRegistration("already registered on this connection")
-        nonce, self.nonce = self.nonce, None  # one registration attempt per nonce
+        if self.nonce is None:
+            raise BadRegistration("send Hello first (each connection gets its own nonce)")
+        nonce, self.nonce = self.nonce, b""  # one registration attempt per connection
+        binding = binding or b""
+        ours = wire.channel_binding(self.transport)
+        # without TLS here (TLS ended by a proxy in front) there is nothing to compare
+        if ours and not secrets_equal(binding, ours):
+            self.log.warn(
+                "refused registration for {client_id} from {address}: its TLS session is not this one "
+                "(something between arpc and the relay terminates TLS)",
+                client_id=wire.redact(client_id),
+                address=self.peer_address(),
+            )
+            raise AuthFailed("the TLS session arpc signed is not the relay's (something in between ends TLS)")
         record = self.registry.register(
-            self, nonce, client_id, sealed, proof, mode, remote_port, self.peer_address()
+            self,
+            nonce,
+            client_id,
+            identity,
+            exchange,
+            signature,
+            proof,
+            mode,
+            remote_port,
+            self.peer_address(),
+            binding=binding,
         )
         self.record = record
+        if self.factory is not None:
+            self.factory.registered(self)
         interval = self.registry.config.heartbeat
         self.setTimeout(interval * 3)
         self._beat = LoopingCall(self._heartbeat)
         self._beat.clock = self.clock
         self._beat.start(interval, now=False)
-        # after the answer (which carries the tunnel secret) has gone out
+        # after the answer (from which arpc derives the tunnel key) has gone out
         self.clock.callLater(0, self.registry.start_pool, record)
         return {
-            "tunnel_secret": record.tunnel_secret,
+            "exchange": record.relay_exchange,
             "public_url": self.registry.public_url(client_id),
             "remote_port": record.remote_port,
             "heartbeat": interval,
@@ -90,6 +218,7 @@ class ControlServerProtocol(amp.AMP, TimeoutMixin):
         return {}
 
     def _heartbeat(self) -> None:
+        self.chatter = 0
         self.callRemote(Heartbeat).addErrback(lambda f: None)
 
     def open_tunnels(self, count: int) -> None:
@@ -103,26 +232,69 @@ class ControlServerProtocol(amp.AMP, TimeoutMixin):
             self.callRemote(Release, reason=reason)
         except Exception:
             pass
+        self.transport.unregisterProducer()  # a TLS transport would wait for it before closing
         self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure) -> None:
         self.setTimeout(None)
+        if self._box_timer is not None and self._box_timer.active():
+            self._box_timer.cancel()
+        self._box_timer = None
+        self.resumeProducing()
         if self._beat is not None and self._beat.running:
             self._beat.stop()
+        if self.factory is not None:
+            self.factory.registered(self)
         if self.record is not None:
             self.registry.control_lost(self.record, self)
             self.record = None
         super().connectionLost(reason)
 
 
+def source_of(addr: object) -> str:
+    """Whom a connection counts against: its IPv4 address, or its IPv6 /64 (one host's range)."""
+    host = str(getattr(addr, "host", addr))
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host  # a UNIX socket or a test's fake address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
 class ControlFactory(Factory):
-    """Builds :class:`ControlServerProtocol` for the control port."""
+    """Builds :class:`ControlServerProtocol` for the control port; caps unregistered
+    connections per source address."""
 
     noisy = False
+    log = Logger()
 
     def __init__(self, registry: Registry, clock: object) -> None:
         self.registry = registry
         self.clock = clock
+        self.pending: dict[str, set[ControlServerProtocol]] = {}
 
     def buildProtocol(self, addr: object) -> ControlServerProtocol:
-        return ControlServerProtocol(self.registry, self.clock)
+        host = source_of(addr)
+        waiting = self.pending.setdefault(host, set())
+        if len(waiting) >= MAX_PENDING_PER_ADDRESS:
+            # a protocol that closes at once (None would break a TLS wrapper around this factory)
+            proto = ControlServerProtocol(self.registry, self.clock)
+            proto.closing = f"{len(waiting)} unregistered control connections from {host} already open"
+            return proto
+        proto = ControlServerProtocol(self.registry, self.clock, self)
+        proto.pending_host = host
+        waiting.add(proto)
+        return proto
+
+    def registered(self, proto: ControlServerProtocol) -> None:
+        """``proto`` registered or closed: it no longer counts as pending."""
+        host = getattr(proto, "pending_host", None)
+        waiting = self.pending.get(host)
+        if waiting is not None:
+            waiting.discard(proto)
+            if not waiting:
+                del self.pending[host]

@@ -29,6 +29,7 @@ from twisted.logger import Logger
 from arp import wire
 from arp.control import BadRegistration
 from arp.listen import Listener
+from arp.tls import NegotiatesHTTP11
 
 #: The legacy cookie of the shared origin (it routes nothing any more; it is stripped and expired).
 LEGACY_COOKIE = b"arp_token"
@@ -45,6 +46,18 @@ def cookie_name(client_id: str) -> bytes:
     overwrite each other's cookie.
     """
     return b"arp_" + sha256(b"arp-cookie\0" + client_id.encode()).hexdigest()[:20].encode()
+
+
+#: arpc's access cookies (command mode, arp/client/command/access.py): ``arpc_access_`` and 16 hex
+#: digits of the SHA-256 of the client id.  Cookies ignore ports, so the browser sends every
+#: client's access cookie to every client's port: the relay passes on only the routed client's.
+ACCESS_COOKIE_PREFIX = b"arpc_access_"
+
+
+@lru_cache(maxsize=4096)
+def access_cookie_name(client_id: str) -> bytes:
+    """The name of arpc's access cookie for ``client_id`` (as arpc names it)."""
+    return ACCESS_COOKIE_PREFIX + sha256(client_id.encode()).hexdigest()[:16].encode()
 
 
 def is_arp_cookie(name: bytes) -> bool:
@@ -164,8 +177,9 @@ class DomainOrigins(Origins):
         return f"{self.scheme}://{record.label}.{self.domain.decode()}".encode() + split_host(host)[1]
 
 
-class ClientPortFactory(Factory):
-    """Connections to one client's own public port: the public front, bound to that client."""
+class ClientPortFactory(NegotiatesHTTP11, Factory):
+    """Connections to one client's own public port: the public front, bound to that client (over
+    TLS, ALPN selects ``http/1.1`` as on the public port)."""
 
     noisy = False
 

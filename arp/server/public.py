@@ -25,15 +25,17 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from arp import http, wire
-from arp.server.origins import DomainOrigins, Origins
+from arp.server.origins import DomainOrigins, Origins, access_cookie_name
 from arp.server.pool import PoolClosed, PoolTimeout
 from arp.server.registry import ClientRecord, Registry
 from arp.server.routing import TOKEN_HEADER, Answer, GuessLimiter, Router, error_body, strip_arp_set_cookies
 from arp.server.tunnel import TunnelOwner, TunnelServerProtocol
 from arp.splice import Throttle, fast_write, half_close, join, tune, unjoin
+from arp.tls import NegotiatesHTTP11
 
 __all__ = ["GuessLimiter", "PublicConfig", "PublicFactory", "PublicHTTPProtocol", "error_body"]
 
+HSTS = b"strict-transport-security"
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 MAX_RETRIES = 2
 SWEEP_INTERVAL = 1.0  # seconds between timeout checks of all public connections
@@ -76,6 +78,20 @@ class PublicConfig:
     guess_limit: int = 30
     guess_window: float = 60.0
     secure_cookies: bool = False  # https public URL (also behind a TLS-terminating proxy)
+    hsts: int = 0  # over https: Strict-Transport-Security max-age on every response (0: off)
+
+
+def with_hsts(raw: bytes, value: bytes) -> bytes:
+    """A forwarded response head with the relay's Strict-Transport-Security in place of the service's.
+
+    The relay's host name is shared by every client, so its HSTS policy is the operator's: a
+    service cannot shorten it (``max-age=0``) or widen it (``includeSubDomains``).
+    """
+    if HSTS in raw.lower():  # rare: the service sent its own
+        full = http.parse_response_head(raw)
+        full.remove(HSTS)
+        raw = full.serialize()
+    return raw[:-2] + b"Strict-Transport-Security: " + value + b"\r\n\r\n"
 
 
 def _without_h2c(upgrade: bytes) -> bytes | None:
@@ -491,8 +507,8 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
                 self._fail(502, "response head from the service too large")
             return
         self._resp_buf = b""
-        if buf.find(b"arp_", 0, end) >= 0:  # a service may not set (or overwrite) one of ARP's cookies
-            kept = strip_arp_set_cookies(buf[:end])
+        if buf.find(b"arp", 0, end) >= 0:  # a service may not set (or overwrite) ARP's cookies
+            kept = strip_arp_set_cookies(buf[:end], access_cookie_name(self._record.client_id))
             buf, end = kept + buf[end:], len(kept)
         try:
             head = http.scan_response_head(buf[:end])
@@ -536,11 +552,17 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
             self._public_close = True
             self._resp = S_DECODE
             self._resp_framer = http.Dechunker()
-            self._decoded_body(rest, http.dechunked_response_head(head))
+            out = http.dechunked_response_head(head)
+            if self.factory.hsts is not None:
+                out = with_hsts(out, self.factory.hsts)
+            self._decoded_body(rest, out)
             return
         self._resp = S_BODY
         self._resp_framer = framer
-        self._response_body(rest, http.forward_response_head(head, connection))
+        out = http.forward_response_head(head, connection)
+        if self.factory.hsts is not None:
+            out = with_hsts(out, self.factory.hsts)
+        self._response_body(rest, out)
 
     def _response_body(self, data: bytes, head: bytes = b"") -> None:
         framer = self._resp_framer
@@ -674,6 +696,8 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         if not close:
             self._own_on()
         extra.append((b"Referrer-Policy", b"same-origin"))
+        if self.factory.hsts is not None:
+            extra.append((b"Strict-Transport-Security", self.factory.hsts))
         self.transport.write(http.json_response(status, body, extra, close=close))
         self._sent_response = True
         if close:
@@ -731,8 +755,11 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         self._refuse(status, message, keep=False, **extra)
 
 
-class PublicFactory(Factory):
-    """Builds :class:`PublicHTTPProtocol`; holds what all public connections share."""
+class PublicFactory(NegotiatesHTTP11, Factory):
+    """Builds :class:`PublicHTTPProtocol`; holds what all public connections share.
+
+    Over TLS it tells ALPN that it speaks ``http/1.1`` (see :mod:`arp.tls`).
+    """
 
     noisy = False
 
@@ -744,6 +771,7 @@ class PublicFactory(Factory):
         self.clock = clock
         self.limiter = GuessLimiter(config.guess_limit, config.guess_window, clock)
         self.scheme = config.scheme.encode()
+        self.hsts = b"max-age=%d" % config.hsts if config.hsts and config.scheme == "https" else None
         if origins is None and config.domain:
             origins = DomainOrigins(config.domain, config.scheme, lambda: "")
         self.router = Router(registry, None, self.limiter, config.secure_cookies)

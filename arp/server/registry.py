@@ -14,6 +14,9 @@ from arp import wire
 from arp.control import AuthFailed, BadRegistration, ClientIdInUse
 from arp.server.pool import TunnelPool
 
+#: Spent tunnel serials remembered per registration; serials older than these are all refused.
+MAX_SPENT_SERIALS = 1024
+
 
 @dataclass(frozen=True)
 class RelayConfig:
@@ -35,10 +38,14 @@ class ClientRecord:
     """One registered client, online or within retention."""
 
     client_id: str
-    instance_token: bytes
+    identity: bytes  # the Ed25519 public key pinned to this id
     mode: str
     pool: TunnelPool
-    tunnel_secret: str = ""
+    tenant: str = ""
+    tunnel_secret: str = ""  # this registration's tunnel key, derived on both ends, never sent
+    relay_exchange: bytes = b""  # the relay's X25519 public key for this registration
+    tunnel_floor: int = 0  # tunnel serials at or below this one are spent
+    tunnel_serials: set = field(default_factory=set)  # spent serials above the floor
     control: object | None = None
     remote_address: str = ""
     connected_since: float = 0.0
@@ -65,6 +72,8 @@ class ClientRecord:
         """The record as JSON-able data (no secrets)."""
         return {
             "clientId": self.client_id,
+            "identity": wire.fingerprint(self.identity),
+            "tenant": self.tenant,
             "mode": self.mode,
             "online": self.online,
             "remoteAddress": self.remote_address,
@@ -86,9 +95,14 @@ class Registry(Service):
 
     log = Logger()
 
-    def __init__(self, config: RelayConfig, auth_key: str, clock: object) -> None:
+    def __init__(self, config: RelayConfig, auth_keys: str | dict[str, str], clock: object) -> None:
+        """``auth_keys``: the shared auth key, or ``{tenant name: auth key}``."""
         self.config = config
-        self.key = wire.key_bytes(auth_key)
+        if isinstance(auth_keys, str):
+            auth_keys = {"default": auth_keys}
+        if not auth_keys or not all(auth_keys.values()):
+            raise ValueError("the relay needs at least one non-empty auth key")
+        self.keys = {name: wire.key_bytes(key) for name, key in auth_keys.items()}
         self.clock = clock
         self.clients: dict[str, ClientRecord] = {}
         self.tcp_opener = None  # set by the tap: (record) -> port number, raises BadRegistration
@@ -133,32 +147,64 @@ class Registry(Service):
         control: object,
         nonce: bytes,
         client_id: str,
-        sealed: bytes,
+        identity: bytes,
+        exchange: bytes,
+        signature: bytes,
         proof: bytes,
         mode: str,
         remote_port: int,
         remote_address: str,
+        *,
+        binding: bytes = b"",
     ) -> ClientRecord:
-        """Check a registration and bring the client online; raise an AMP error to refuse it."""
+        """Check a registration and bring the client online; raise an AMP error to refuse it.
+
+        The proof must be the transcript's MAC under one of the auth keys (which
+        names the tenant), the signature the transcript's signature by
+        ``identity``, and ``identity`` the key pinned to ``client_id`` if the id
+        is held (online or in retention).
+        """
         if not wire.CLIENT_ID_RE.match(client_id):
             raise BadRegistration("client id must be 1-64 of A-Z a-z 0-9 _ . - (starting alnum)")
         if mode not in ("http", "tcp"):
             raise BadRegistration(f"unknown mode {mode!r}")
-        if not wire.check_proof(self.key, nonce, client_id, sealed, proof):
+        if len(nonce) != wire.NONCE_SIZE:
+            raise BadRegistration("send Hello first (each connection gets its own nonce)")
+        if len(identity) != wire.PUBLIC_KEY_SIZE or len(exchange) != wire.PUBLIC_KEY_SIZE:
+            raise BadRegistration("identity and exchange must be 32-byte public keys")
+        data = wire.transcript(nonce, client_id, mode, remote_port, identity, exchange, binding)
+        admitted = (name for name, key in self.keys.items() if wire.check_admission(key, data, proof))
+        tenant = next(admitted, None)
+        if tenant is None:
             self.log.warn(
                 "refused registration for {client_id} from {address}: wrong auth key",
                 client_id=wire.redact(client_id),
                 address=remote_address,
             )
             raise AuthFailed("wrong auth key")
-        token = wire.unseal_token(self.key, nonce, sealed)
+        if not wire.verify_signature(identity, signature, data):
+            self.log.warn(
+                "refused registration for {client_id} from {address}: bad identity signature",
+                client_id=wire.redact(client_id),
+                address=remote_address,
+            )
+            raise AuthFailed("the identity signature does not verify")
+        relay_exchange = wire.new_exchange()
+        try:
+            tunnel_key = wire.tunnel_key(relay_exchange, exchange, nonce, client_id)
+        except ValueError:
+            raise BadRegistration("unusable exchange key") from None
         record = self.clients.get(client_id)
         if record is not None:
-            if not wire.secrets_equal(record.instance_token.hex(), token.hex()):
+            if record.identity != identity:
                 self.log.warn(
-                    "refused registration for {client_id} from {address}: id held by another instance",
+                    "refused registration for {client_id} from {address}: the id is pinned to "
+                    "identity {pinned} ({state}), not {offered}",
                     client_id=wire.redact(client_id),
                     address=remote_address,
+                    pinned=wire.fingerprint(record.identity),
+                    state="online" if record.online else "retained",
+                    offered=wire.fingerprint(identity),
                 )
                 raise ClientIdInUse("this client id is registered by another arpc instance")
             if record.control is not None and record.control is not control:
@@ -180,25 +226,31 @@ class Registry(Service):
                 self.clock,
                 lambda n, cid=client_id: self._request_tunnels(cid, n),
             )
-            record = ClientRecord(client_id, token, mode, pool)
+            record = ClientRecord(client_id, identity, mode, pool)
             if mode == "tcp":
                 if self.tcp_opener is None:
                     raise BadRegistration("this relay does not offer TCP ports (see arps --tcp-ports)")
                 record.remote_port = remote_port
-                self.tcp_opener(record)  # raises BadRegistration if no port can be had
+                self.tcp_opener(record)  # raises BadRegistration / Unavailable if no port can be had
             elif self.origins is not None:
                 self.origins.open_for(record)  # raises BadRegistration if no origin can be had
             self.clients[client_id] = record
-        record.tunnel_secret = wire.random_hex(32)
+        record.tenant = tenant
+        record.tunnel_secret = tunnel_key
+        record.relay_exchange = wire.public_bytes(relay_exchange)
+        record.tunnel_floor = 0
+        record.tunnel_serials = set()
         record.control = control
         record.remote_address = remote_address
         record.connected_since = time.time()
         record.offline_since = None
         self.log.info(
-            "client {client_id} registered from {address} ({mode} mode)",
+            "client {client_id} registered from {address} ({mode} mode, identity {identity}{tenant})",
             client_id=wire.redact(client_id),
             address=remote_address,
             mode=mode,
+            identity=wire.fingerprint(identity),
+            tenant="" if len(self.keys) == 1 else f", tenant {tenant}",
         )
         return record
 
@@ -311,13 +363,20 @@ class Registry(Service):
         self._drop(record, reason)
         return True
 
-    def check_tunnel(self, client_id: str, secret: str) -> ClientRecord | None:
-        """The online record a tunnel header claims, if its secret is right."""
+    def check_tunnel(self, client_id: str, token: str) -> ClientRecord | None:
+        """The online record a tunnel header claims, if its one-time token is valid and unspent."""
         record = self.clients.get(client_id)
         if record is None or not record.online:
             return None
-        if not wire.secrets_equal(record.tunnel_secret, secret):
+        serial = wire.check_tunnel_token(client_id, record.tunnel_secret, token)
+        if serial is None or serial <= record.tunnel_floor or serial in record.tunnel_serials:
             return None
+        spent = record.tunnel_serials
+        spent.add(serial)
+        while len(spent) > MAX_SPENT_SERIALS:  # keep the newest; older serials are refused wholesale
+            oldest = min(spent)
+            spent.discard(oldest)
+            record.tunnel_floor = oldest
         return record
 
     def public_url(self, client_id: str) -> str:

@@ -29,7 +29,15 @@ from urllib.parse import unquote_to_bytes
 from twisted.logger import Logger
 
 from arp import http
-from arp.server.origins import LEGACY_COOKIE, Origins, PortOrigins, cookie_name, is_arp_cookie
+from arp.server.origins import (
+    ACCESS_COOKIE_PREFIX,
+    LEGACY_COOKIE,
+    Origins,
+    PortOrigins,
+    access_cookie_name,
+    cookie_name,
+    is_arp_cookie,
+)
 
 TOKEN_HEADER = b"x-arp-token"
 _READ_ONLY = (b"GET", b"HEAD")
@@ -119,8 +127,9 @@ def take_query_tokens(head: http.Head, only: bytes | None = None) -> list[bytes]
 
 
 def take_arp_cookies(head: http.Head, cookies: Sequence[bytes]) -> dict[bytes, list[bytes]] | None:
-    """Take every ARP cookie out of the request's ``Cookie`` headers; their values by name."""
-    if not any(b"arp_" in value for value in cookies):
+    """Take every ARP cookie (the relay's, and arpc's access cookies) out of the request's
+    ``Cookie`` headers; their values by name."""
+    if not any(b"arp" in value for value in cookies):
         return None
     jar: dict[bytes, list[bytes]] = {}
     kept = []
@@ -131,7 +140,7 @@ def take_arp_cookies(head: http.Head, cookies: Sequence[bytes]) -> dict[bytes, l
                 continue
             name, _, val = part.partition(b"=")
             name = name.strip()
-            if is_arp_cookie(name):
+            if is_arp_cookie(name) or name.startswith(ACCESS_COOKIE_PREFIX):
                 jar.setdefault(name, []).append(val.strip())
             else:
                 kept.append(part)
@@ -141,18 +150,28 @@ def take_arp_cookies(head: http.Head, cookies: Sequence[bytes]) -> dict[bytes, l
     return jar
 
 
-def strip_arp_set_cookies(raw: bytes) -> bytes:
-    """A response head without the ``Set-Cookie`` lines that try to set one of ARP's cookies."""
+def strip_arp_set_cookies(raw: bytes, own_access: bytes = b"") -> bytes:
+    """A response head without the ``Set-Cookie`` lines that try to set one of the relay's
+    cookies, or an arpc access cookie other than ``own_access`` (the routed client's own)."""
     lines = raw.split(b"\n")
     kept = []
     for line in lines:
         name, colon, value = line.partition(b":")
         if colon and name.strip().lower() == b"set-cookie":
             cookie = value.split(b";", 1)[0].partition(b"=")[0].strip()
-            if is_arp_cookie(cookie):
+            if is_arp_cookie(cookie) or (cookie.startswith(ACCESS_COOKIE_PREFIX) and cookie != own_access):
                 continue
         kept.append(line)
     return b"\n".join(kept)
+
+
+def pass_own_access(head: http.Head, record: object, jar: dict[bytes, list[bytes]]) -> object:
+    """Give back the routed client's own access cookie (taken out with the others); ``record``."""
+    name = access_cookie_name(record.client_id)
+    values = jar.get(name)
+    if values:
+        head.add(b"Cookie", b"; ".join(name + b"=" + value for value in values))
+    return record
 
 
 def is_navigation(head: http.Head) -> bool:
@@ -245,7 +264,7 @@ class Router:
             moved = self._to_own_origin(head, record)
             if moved is not None:
                 return moved
-        return record
+        return pass_own_access(head, record, jar) if jar else record
 
     # -- a client's own origin
     def _own_origin(
@@ -299,7 +318,7 @@ class Router:
                 "a request from another origin's page carries only this client's cookie: refused "
                 "(send the X-ARP-Token header to call this client from elsewhere)",
             )
-        return record
+        return pass_own_access(head, record, jar) if jar else record
 
     def _to_own_origin(self, head: http.Head, record: object, extra: list | None = None) -> Answer | None:
         """A redirect of a browser's page load to the client's own origin (None: it has none)."""

@@ -20,14 +20,16 @@ from arp.server.control import ControlFactory
 from arp.server.public import PublicConfig, PublicFactory
 from arp.server.registry import Registry, RelayConfig
 from arp.server.tunnel import TunnelFactory
+from arp.tls import HTTP_1_1
 from arp.wire import random_hex
 
 log = Logger()
 
 
-class Options(usage.Options):
+class Options(options.TwistdOptions):
     """Command line of ``twistd arps``."""
 
+    command = "arps"
     synopsis = "[options]"
     longdesc = (
         "The ARP relay.  arpc clients register on the control port and keep warm "
@@ -50,6 +52,13 @@ class Options(usage.Options):
             None,
             "Secret arpc must prove to register (env ARP_AUTH_KEY). Default: generated once "
             "and kept in the data directory.",
+        ],
+        [
+            "auth-keys",
+            None,
+            None,
+            "File of per-tenant auth keys, one 'name key' per line (# comments); each tenant's "
+            "arpc uses its own key. With --auth-key too, that key is tenant 'default'.",
         ],
         ["pool-size", None, 5, "Warm idle tunnels kept per client.", options.positive_int],
         ["max-tunnels", None, 200, "Most tunnels one client may hold open.", options.positive_int],
@@ -121,7 +130,17 @@ class Options(usage.Options):
             None,
             None,
             "Base URL clients print, e.g. https://relay.example.com. Default: "
-            "<scheme>://<server address arpc used>:<public port>.",
+            "<scheme>://<server address arpc used>:<public port>. An https:// URL in front of a "
+            "plain public endpoint means a TLS-terminating proxy: cookies get Secure and services "
+            "see X-Forwarded-Proto: https.",
+        ],
+        [
+            "hsts",
+            None,
+            0,
+            "Over HTTPS, send Strict-Transport-Security: max-age=SECONDS with every response "
+            "(0: off). Needs a TLS public endpoint or an https:// --public-url.",
+            int,
         ],
         [
             "domain",
@@ -146,7 +165,7 @@ class Options(usage.Options):
             "Port range offered to arpc --tcp clients, e.g. 20000-20100 (default: none).",
             options.port_range,
         ],
-        ["tcp-interface", None, "", "Interface the TCP ports listen on (default: all)."],
+        ["tcp-interface", None, None, "Interface the TCP ports listen on (default: all interfaces)."],
         [
             "guess-limit",
             None,
@@ -200,7 +219,11 @@ class Options(usage.Options):
         if self["admin-endpoint"].lower() in ("none", "off", ""):
             self["admin-endpoint"] = None
         elif not self["admin-token"]:
-            if not options.is_loopback(self["admin-endpoint"]):
+            try:
+                loopback = options.is_loopback(self["admin-endpoint"])  # as Twisted will bind it
+            except ValueError as e:
+                raise usage.UsageError(f"--admin-endpoint {e}") from e
+            if not loopback:
                 raise usage.UsageError(
                     "--admin-endpoint is reachable from other hosts: set --admin-token (or ARP_ADMIN_TOKEN)"
                 )
@@ -217,12 +240,50 @@ class Options(usage.Options):
                     "--client-ports needs a tcp: or ssl: --public-endpoint to copy for each client's "
                     "port; use --domain, or --client-ports none"
                 )
+        public_url = self["public-url"]
+        if public_url and not public_url.lower().startswith(("http://", "https://")):
+            raise usage.UsageError("--public-url must start with http:// or https://")
+        if self["hsts"] < 0:
+            raise usage.UsageError("--hsts must be a number of seconds, or 0 for off")
+        if self["hsts"] and public_scheme(self["public-endpoint"], public_url) != "https":
+            raise usage.UsageError(
+                "--hsts needs HTTPS: a TLS --public-endpoint (ssl:...) or an https:// --public-url"
+            )
         if self["log-level"] is None:
-            self["log-level"] = options.log_level(options.env_default("ARP_LOG_LEVEL", "info"))
+            self["log-level"] = options.env_log_level()
+
+
+def read_auth_keys(path: str) -> dict[str, str]:
+    """Read an ``--auth-keys`` file: ``name key`` per line; SystemExit with the line if it is bad."""
+    keys: dict[str, str] = {}
+    try:
+        text = open(path, encoding="utf-8").read()
+    except OSError as e:
+        raise SystemExit(f"arps: cannot read --auth-keys {path}: {e.strerror}")
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split()
+        if len(parts) != 2 or parts[0] in keys:
+            why = "duplicate tenant name" if len(parts) == 2 else "expected 'name key'"
+            raise SystemExit(f"arps: --auth-keys {path} line {number}: {why}")
+        keys[parts[0]] = parts[1]
+    if not keys:
+        raise SystemExit(f"arps: --auth-keys {path} names no tenant")
+    return keys
 
 
 def _scheme(endpoint: str) -> str:
     return "https" if endpoint.split(":", 1)[0] in ("ssl", "tls", "le", "lets") else "http"
+
+
+def public_scheme(endpoint: str, public_url: str | None) -> str:
+    """``https`` when the public side is HTTPS: a TLS endpoint, or an https:// public URL (a
+    TLS-terminating proxy in front of a plain endpoint); else ``http``."""
+    if public_url and public_url.lower().startswith("https://"):
+        return "https"
+    return _scheme(endpoint)
 
 
 def makeService(config: Options) -> MultiService:
@@ -234,7 +295,12 @@ def makeService(config: Options) -> MultiService:
     reactor.callWhenRunning(release_startup_memory)
     top = MultiService()
     auth_key = config["auth-key"]
-    if not auth_key:
+    auth_keys = read_auth_keys(config["auth-keys"]) if config["auth-keys"] else {}
+    if auth_key and auth_keys:
+        auth_keys.setdefault("default", auth_key)
+    if auth_keys:
+        log.info("auth keys of {n} tenants from {path}", n=len(auth_keys), path=config["auth-keys"])
+    if not auth_key and not auth_keys:
         data_dir = files.ensure_dir(config["data-dir"] or files.default_data_dir("arps"))
         path = data_dir / "auth-key"
         auth_key, created = files.read_or_create_secret(path, lambda: random_hex(24))
@@ -249,9 +315,9 @@ def makeService(config: Options) -> MultiService:
         else:
             log.info("using the auth key kept in {path} (give it to arpc as --auth-key)", path=str(path))
     public_endpoint = config["public-endpoint"]
-    scheme = _scheme(public_endpoint)
     public_url = config["public-url"]
-    browser_scheme = public_url.split("://", 1)[0].lower() if public_url and "://" in public_url else scheme
+    scheme = public_scheme(public_endpoint, public_url)
+    browser_scheme = scheme  # https also behind a TLS-terminating proxy (--public-url https://...)
     relay_config = RelayConfig(
         pool_size=config["pool-size"],
         max_tunnels=config["max-tunnels"],
@@ -262,13 +328,13 @@ def makeService(config: Options) -> MultiService:
         public_url=(public_url.rstrip("/") if public_url else ""),
         tcp_ports=config["tcp-ports"],
     )
-    registry = Registry(relay_config, auth_key, reactor)
+    registry = Registry(relay_config, auth_keys or auth_key, reactor)
     registry.setServiceParent(top)
     if config["tcp-ports"]:
         from arp.server.tcp import TCPPorts
 
         first, last = config["tcp-ports"]
-        ports = TCPPorts(first, last, config["tcp-interface"], reactor)
+        ports = TCPPorts(first, last, config["tcp-interface"] or "", reactor)
         registry.tcp_opener = lambda record: ports.open_for(record, registry)
     public_config = PublicConfig(
         scheme=scheme,
@@ -280,6 +346,7 @@ def makeService(config: Options) -> MultiService:
         response_timeout=config["response-timeout"],
         guess_limit=config["guess-limit"],
         secure_cookies=browser_scheme == "https",
+        hsts=config["hsts"],
     )
     public_factory = PublicFactory(registry, public_config, reactor)
     Listener(
@@ -297,7 +364,9 @@ def makeService(config: Options) -> MultiService:
 
             return admin_site(registry, public_factory, config["admin-token"])
 
-        Listener("admin", config["admin-endpoint"], LazyFactory(admin), reactor).setServiceParent(top)
+        admin_factory = LazyFactory(admin, (HTTP_1_1,))  # the admin site speaks HTTP/1.1 (TLS ALPN)
+        Listener("admin", config["admin-endpoint"], admin_factory, reactor).setServiceParent(top)
+
     def listening_port() -> int:  # known once listening (it may be tcp:0)
         return public.port.getHost().port if public.port is not None else config["public-port"]
 

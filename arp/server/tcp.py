@@ -10,7 +10,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from arp import wire
-from arp.control import BadRegistration
+from arp.control import BadRegistration, Unavailable
 from arp.listen import Listener
 from arp.server.registry import ClientRecord, Registry
 from arp.server.tunnel import TunnelOwner, TunnelServerProtocol
@@ -134,7 +134,7 @@ class TCPPorts:
         self.reactor = reactor
 
     def open_for(self, record: ClientRecord, registry: Registry) -> None:
-        """Listen on the record's wanted port (or any free one in range); raise BadRegistration."""
+        """Listen on the record's wanted port (or any free one in range); raise if none can be had."""
         used = {r.remote_port for r in registry.clients.values() if r.tcp_listener is not None}
         if record.remote_port:
             if not self.first <= record.remote_port <= self.last:
@@ -159,4 +159,4 @@ class TCPPorts:
             record.tcp_listener = listener
             record.remote_port = port
             return
-        raise BadRegistration(f"no free TCP port for this client in {self.first}-{self.last}")
+        raise Unavailable(f"no free TCP port for this client in {self.first}-{self.last}")

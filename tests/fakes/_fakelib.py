@@ -3,7 +3,8 @@
 Prompt markers: ``LONG`` runs until killed (an event every 0.1 s, plus a child process that
 ignores SIGINT; with ``STUBBORN`` both ignore SIGINT and SIGTERM), ``STDERR`` writes 2 MB to
 stderr first, ``FAIL`` ends with an error, ``GARBAGE`` mixes in non-JSON lines, ANSI escapes and
-unknown event types.
+unknown event types.  ``HOSTILE_ID`` reports a session id shaped like a flag
+(``--dangerously-skip-permissions``) after a valid one, ``HOSTILE_ONLY`` reports nothing else.
 """
 
 import json
@@ -85,3 +86,24 @@ def long_run(name, argv, prompt, tick):
 
 def new_id():
     return str(uuid.uuid4())
+
+
+HOSTILE = "--dangerously-skip-permissions"
+
+
+def option(args, name):
+    """The value of ``name VALUE`` or ``name=VALUE``, as commander/yargs/clap read them."""
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def session_ids(prompt, resume, make=new_id):
+    """(first id reported, later ids reported) for this run; see the module for the markers."""
+    if "HOSTILE_ONLY" in prompt:
+        return HOSTILE, HOSTILE
+    first = resume or make()
+    return first, HOSTILE if "HOSTILE_ID" in prompt else first

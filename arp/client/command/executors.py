@@ -29,6 +29,8 @@ PERMISSION_MODES = tuple(PERMISSION_RANK)
 _CODEX_SANDBOX = {0: "read-only", 1: "read-only", 2: "workspace-write", 3: "workspace-write"}
 _GEMINI_APPROVAL = {0: "plan", 1: "default", 2: "auto_edit", 3: "auto_edit", 4: "yolo"}
 
+#: The session ids the CLIs report and take back for ``--resume``: UUIDs (agents.md §1.2, §3, §4).
+_UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@\[\]-]{0,199}$")
 _ANSI_RE = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)|[@-Z\\-_])")
 
@@ -54,6 +56,10 @@ def strip_ansi(text: str) -> str:
     return _ANSI_RE.sub("", text)
 
 
+class UnsafeSessionId(ValueError):
+    """An agent session id that does not have its CLI's shape (it never reaches a command line)."""
+
+
 @dataclass(frozen=True)
 class Executor:
     """One agent CLI: its API name, the arpc flag naming its binary, and its command lines."""
@@ -61,6 +67,11 @@ class Executor:
     name: str
     flag: str
     default_binary: str
+    session_id_pattern: re.Pattern = _UUID_RE
+
+    def valid_session_id(self, session_id: object) -> bool:
+        """Whether an id the agent reported has this CLI's shape (so it can go back on its command line)."""
+        return isinstance(session_id, str) and bool(self.session_id_pattern.match(session_id))
 
     def resolve(self, configured: str | None) -> str | None:
         """The absolute path of the binary, or None when it cannot be found."""
@@ -72,14 +83,20 @@ class Executor:
         return os.path.abspath(found) if found else None
 
     def argv(self, binary: str, prompt: str, model: str | None, mode: str, resume: str | None) -> list[str]:
-        """The full command line for one turn (``resume`` continues an agent session)."""
+        """The full command line for one turn (``resume`` continues an agent session).
+
+        ``resume`` must have the CLI's session id shape (:class:`UnsafeSessionId` otherwise); it is
+        passed as ``--resume=ID`` where the CLI takes an option, so it is never read as a flag.
+        """
+        if resume is not None and not self.valid_session_id(resume):
+            raise UnsafeSessionId(f"{self.name} session id {resume[:80]!r} does not look like a UUID")
         rank = PERMISSION_RANK[mode]
         model_args = [f"--model={model}"] if model else []
         if self.name == "Claude":
             args = [binary, "-p", "--output-format", "stream-json", "--verbose", *model_args]
             args += ["--permission-mode", mode]
             if resume:
-                args += ["--resume", resume]
+                args.append(f"--resume={resume}")
             return [*args, "--", prompt]
         if self.name == "Codex":
             args = [binary, "exec", "--json", "--skip-git-repo-check", *model_args]
@@ -87,13 +104,13 @@ class Executor:
                 args.append("--dangerously-bypass-approvals-and-sandbox")
             else:
                 args += ["--sandbox", _CODEX_SANDBOX[rank]]
-            if resume:
+            if resume:  # a subcommand argument, not an option: the validated shape cannot start with -
                 args += ["resume", resume]
             return [*args, "--", prompt]
         args = [binary, "--output-format", "stream-json", *model_args]
         args += ["--approval-mode", _GEMINI_APPROVAL[rank]]
         if resume:
-            args += ["--resume", resume]
+            args.append(f"--resume={resume}")
         return [*args, f"--prompt={prompt}"]
 
     def environment(self, base: dict[str, str]) -> dict[str, str]:

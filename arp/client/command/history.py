@@ -12,7 +12,7 @@ import json
 import os
 import re
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -124,6 +124,40 @@ class _Counter:
         return total + sum(carry.count(p) for p in self.patterns)
 
 
+class ProjectScope:
+    """The projects whose history may be shown: those recorded under one of ``roots``.
+
+    Recorded paths come from the agents' files, so they are compared as text (normalised, never
+    resolved through this machine's symlinks); give each root both as typed and resolved.
+    """
+
+    def __init__(self, roots: Iterable[str | os.PathLike]) -> None:
+        self.roots = sorted({os.path.normpath(os.fspath(r)) for r in roots})
+
+    def contains(self, path: object) -> bool:
+        """Whether the recorded project path ``path`` is one of the roots or inside one."""
+        if not isinstance(path, str) or not path.startswith("/") or "\x00" in path:
+            return False
+        path = os.path.normpath(path)
+        if path.startswith("//"):
+            path = "/" + path.lstrip("/")
+        return any(path == r or path.startswith(r.rstrip("/") + "/") for r in self.roots)
+
+    def may_hold(self, claude_dir: str) -> bool:
+        """Whether a Claude project directory name can belong to a path under the roots (a cheap
+        first cut: names are lossy, so each transcript's recorded cwd is checked as well)."""
+        for root in self.roots:
+            prefix = sanitize_path(root)
+            n = min(len(prefix), 200)
+            if claude_dir[:n] == prefix[:n]:
+                return True
+        return False
+
+
+def _visible(scope: ProjectScope | None, path: object) -> bool:
+    return scope is None or scope.contains(path)
+
+
 def _page(items: list, offset: int, limit: int) -> list:
     return items[offset : offset + limit]
 
@@ -185,8 +219,9 @@ def _real_prompt(line: dict) -> str | None:
 class ClaudeHistory:
     """Claude Code transcripts under ``<root>/projects/<sanitized-cwd>/<uuid>.jsonl``."""
 
-    def __init__(self, roots: list[Path]) -> None:
+    def __init__(self, roots: list[Path], within: ProjectScope | None = None) -> None:
         self.roots = roots
+        self.within = within
         self._heads = StatCache()
         self._counter = _Counter((b'"type":"user"', b'"type":"assistant"'))
 
@@ -197,6 +232,8 @@ class ClaudeHistory:
                 dirs.extend(p for p in (root / "projects").iterdir() if p.is_dir())
             except OSError:
                 continue
+        if self.within is not None:
+            dirs = [d for d in dirs if self.within.may_hold(d.name)]
         return dirs
 
     @staticmethod
@@ -245,6 +282,8 @@ class ClaudeHistory:
                 cwd = self._head(path, st)["cwd"]
                 if cwd:
                     break
+            if not _visible(self.within, cwd):
+                continue
             key = cwd or f"?{directory}"
             entry = by_path.setdefault(
                 key, {"path": cwd, "directory": directory.name, "sessionCount": 0, "lastActivity": None}
@@ -264,6 +303,8 @@ class ClaudeHistory:
         files = [fs for d in dirs for fs in self._transcripts(d)]
         if project:
             files = [fs for fs in files if self._head(*fs)["cwd"] in (project, project.rstrip("/"))]
+        if self.within is not None:
+            files = [fs for fs in files if self.within.contains(self._head(*fs)["cwd"])]
         files.sort(key=lambda fs: fs[1].st_mtime, reverse=True)
         page = []
         for path, st in _page(files, offset, limit):
@@ -302,6 +343,15 @@ class ClaudeHistory:
             "sizeBytes": st.st_size,
         }
 
+    def _shown(self, path: Path) -> bool:
+        if self.within is None:
+            return True
+        try:
+            st = path.stat()
+        except OSError:
+            return False
+        return self.within.contains(self._head(path, st)["cwd"])
+
     def find(self, session_id: str) -> Path | None:
         """The transcript of ``session_id``, if any."""
         if not is_uuid(session_id):
@@ -314,7 +364,7 @@ class ClaudeHistory:
     def messages(self, session_id: str, offset: int = 0, limit: int = 200) -> dict[str, Any] | None:
         """The visible messages of a session's main thread, in order (None if there is no such file)."""
         path = self.find(session_id)
-        if path is None:
+        if path is None or not self._shown(path):
             return None
         entries: dict[str, dict] = {}
         order: list[str] = []
@@ -428,8 +478,9 @@ def _codex_text(content: object) -> str:
 class CodexHistory:
     """Codex rollouts: ``$CODEX_HOME/sessions/YYYY/MM/DD/rollout-<time>-<uuid>.jsonl``."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, within: ProjectScope | None = None) -> None:
         self.root = root
+        self.within = within
         self._heads = StatCache()
         self._counter = _Counter((b'"type":"message"',))
 
@@ -484,6 +535,8 @@ class CodexHistory:
         files = self._files()
         if project:
             files = [fs for fs in files if self._head(*fs)["cwd"] in (project, project.rstrip("/"))]
+        if self.within is not None:
+            files = [fs for fs in files if self.within.contains(self._head(*fs)["cwd"])]
         files.sort(key=lambda fs: fs[1].st_mtime, reverse=True)
         page = []
         for path, st in _page(files, offset, limit):
@@ -518,6 +571,13 @@ class CodexHistory:
         path = self.find(session_id)
         if path is None:
             return None
+        if self.within is not None:
+            try:
+                st = path.stat()
+            except OSError:
+                return None
+            if not self.within.contains(self._head(path, st)["cwd"]):
+                return None
         out: list[dict[str, Any]] = []
         cwd = None
         for line in iter_lines(path):
@@ -591,8 +651,9 @@ def gemini_root(environ: dict[str, str] | None = None) -> Path:
 class GeminiHistory:
     """Gemini chats: ``~/.gemini/tmp/<project id>/chats/session-*.json`` (or ``.jsonl`` since v0.39)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, within: ProjectScope | None = None) -> None:
         self.root = root
+        self.within = within
         self._heads = StatCache()
 
     def _files(self) -> list[tuple[Path, os.stat_result]]:
@@ -683,6 +744,8 @@ class GeminiHistory:
                 for fs in files
                 if self._head(*fs)["projectPath"] == project or fs[0].parent.parent.name == digest
             ]
+        if self.within is not None:  # chats that do not record their project are shown only anywhere
+            files = [fs for fs in files if self.within.contains(self._head(*fs)["projectPath"])]
         files.sort(key=lambda fs: fs[1].st_mtime, reverse=True)
         page = []
         for path, st in _page(files, offset, limit):
@@ -707,6 +770,8 @@ class GeminiHistory:
             return None
         for path, st in self._files():
             if session_id[:8] not in path.name:
+                continue
+            if self.within is not None and not self.within.contains(self._head(path, st)["projectPath"]):
                 continue
             meta, records = self._load(path, st, full=True)
             if meta.get("sessionId") != session_id:

@@ -14,9 +14,22 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-#: Started with ``sys.executable -c``: become a session (and process group) leader, then exec the
-#: agent, so that cancelling can signal every process the agent started.
-SETSID_EXEC = "import os, sys\nos.setsid()\nos.execvp(sys.argv[1], sys.argv[1:])"
+#: The wrapper's exit code when the project directory moved between the check and the start.
+MOVED_EXIT = 125
+#: Started with ``sys.executable -c CODE EXPECTED_CWD ARGV...`` in the project directory: check that
+#: the directory entered is the one that was validated (``os.getcwd()`` names the directory itself,
+#: so a directory swapped for a symlink after the check is caught here, with no window left), then
+#: become a session (and process group) leader and exec the agent, so that cancelling can signal
+#: every process the agent started.  Exit code :data:`MOVED_EXIT` when the directory moved.
+SETSID_EXEC = f"""\
+import os, sys
+if os.getcwd() != sys.argv[1]:
+    sys.stderr.write("arpc: refusing to start the agent: the project directory " + sys.argv[1]
+                     + " now resolves to " + os.getcwd() + "\\n")
+    sys.exit({MOVED_EXIT})
+os.setsid()
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
 MAX_LINE = 8 * 1024 * 1024
 LINGER = 5.0  # after the agent exits, how long grandchildren may keep its pipes open
 
@@ -71,11 +84,15 @@ class AgentProcess(ProcessProtocol):
         self._watch: LoopingCall | None = None
 
     def spawn(self, reactor: object, argv: list[str], env: dict[str, str], cwd: str) -> None:
-        """Start ``argv`` in ``cwd`` with stdin closed and no TTY, as a process group leader."""
+        """Start ``argv`` in ``cwd`` with stdin closed and no TTY, as a process group leader.
+
+        ``cwd`` must be a resolved path (no symlinks): the agent starts only if the directory it
+        lands in still is ``cwd`` (else the wrapper exits :data:`MOVED_EXIT` with a message).
+        """
         reactor.spawnProcess(  # type: ignore[attr-defined]
             self,
             sys.executable,
-            [sys.executable, "-c", SETSID_EXEC, *argv],
+            [sys.executable, "-c", SETSID_EXEC, cwd, *argv],
             env=env,
             path=cwd,
             usePTY=False,

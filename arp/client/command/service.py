@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,19 +12,23 @@ from twisted.logger import Logger
 from twisted.web.server import Request, Site
 from twisted.web.static import File
 
+from arp.client.command.access import AccessStore, qr_terminal
 from arp.client.command.executors import EXECUTORS
 from arp.client.command.history import (
     ClaudeHistory,
     CodexHistory,
     GeminiHistory,
+    ProjectScope,
     claude_roots,
     codex_root,
     gemini_root,
 )
+from arp.client.command.limits import bound_bodies
+from arp.client.command.local import check_host
 from arp.client.command.sessions import SessionManager
 from arp.client.command.store import SessionStore
 from arp.client.command.tunnel import SiteTunnel
-from arp.client.command.web import NotFound, build_root, make_site
+from arp.client.command.web import Guard, NotFound, build_root, make_site
 
 CONSOLE_DIR = Path(__file__).resolve().parent / "static"
 
@@ -62,16 +67,26 @@ class CommandService(MultiService):
         max_permission_mode: str | None,
         max_sessions: int,
         cors_origins: list[str],
+        client_id: str = "local",
+        rotate_owner_token: bool = False,
+        show_qr: bool = True,
         environ: dict[str, str] | None = None,
+        history_anywhere: bool = False,
+        api_hosts: Sequence[str] = (),
     ) -> None:
         super().__init__()
+        self.access = AccessStore(Path(data_dir), reactor, rotate_owner=rotate_owner_token)  # type: ignore[arg-type]
+        self.guard = Guard(self.access, client_id)
+        self.show_qr = show_qr
+        self._announced = False
         environ = dict(os.environ if environ is None else environ)
         roots = claude_roots(environ)
+        project_roots = project_roots or [environ.get("HOME") or str(Path.home())]
         self.manager = SessionManager(
             store=SessionStore(Path(data_dir) / "sessions"),
             reactor=reactor,
             binaries=binaries,
-            project_roots=project_roots or [environ.get("HOME") or str(Path.home())],
+            project_roots=project_roots,
             permission_mode=permission_mode,
             max_permission_mode=max_permission_mode,
             max_sessions=max_sessions,
@@ -79,17 +94,41 @@ class CommandService(MultiService):
             environ=environ,
         )
         self.manager.setServiceParent(self)
+        # history is read only for projects under --project-root, unless --history-anywhere
+        given = [os.path.abspath(os.path.expanduser(p)) for p in project_roots]
+        within = None if history_anywhere else ProjectScope([*given, *self.manager.project_roots])
         self.root = build_root(
             self.manager,
-            ClaudeHistory(roots),
-            CodexHistory(codex_root(environ)),
-            GeminiHistory(gemini_root(environ)),
+            ClaudeHistory(roots, within=within),
+            CodexHistory(codex_root(environ), within=within),
+            GeminiHistory(gemini_root(environ), within=within),
             cors_origins,
+            self.guard,
         )
         console = ConsoleFiles(str(CONSOLE_DIR))
-        console.childNotFound = NotFound(self.root.cors)  # a JSON 404, like the API's
+        console.childNotFound = NotFound(self.root.cors, self.guard)  # a JSON 404, like the API's
         self.root.set_console(console)
-        self.site: Site = make_site(self.root)
+        self.site: Site = bound_bodies(make_site(self.root))
+        #: the ``--api-endpoint`` site: the same tree, for requests whose Host addresses it
+        self.api_site: Site = check_host(bound_bodies(make_site(self.root)), api_hosts)
+
+    @property
+    def owner_token(self) -> str:
+        """The owner's access token (admin), kept in the data dir so the Public URL stays the same."""
+        return self.access.owner_token
+
+    def announce(self, url: str) -> None:
+        """The relay registered us at ``url`` (which carries the owner token): on the first
+        registration, show it as a QR code for a phone."""
+        if self._announced or not self.show_qr:
+            return
+        self._announced = True
+        self.log.info("Scan to open the console on a phone:\n{qr}", qr=qr_terminal(url))
+
+    def stopService(self) -> object:
+        """Write the tokens' last-used times, then stop the sessions."""
+        self.access.close()
+        return super().stopService()
 
     def tunnel_protocol(self, header: bytes, tunnels: set) -> SiteTunnel:
         """What :class:`~arp.client.link.RelayLink` builds for each tunnel in command mode."""

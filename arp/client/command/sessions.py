@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from arp.client.command.executors import (
     PERMISSION_RANK,
     Executor,
+    UnsafeSessionId,
     digest,
     executor_named,
     strip_ansi,
@@ -65,6 +66,7 @@ class Session:
         self.viewers: set[Viewer] = set()
         self.process: AgentProcess | None = None
         self.cancelling = False
+        self.cancelled_by: dict | None = None
         self._stderr_kept = 0
         self._stderr_dropped = 0
         self._stderr_tail = b""
@@ -72,6 +74,7 @@ class Session:
         self._error: str | None = None
         self._result_text: str | None = None
         self._line_buffer: list[dict] = []
+        self._bad_id_warned = False
 
     @property
     def id(self) -> str:
@@ -126,7 +129,16 @@ class Session:
 
     def _learn(self, d: Any) -> None:
         record = self.record
-        if d.agent_session_id:
+        if d.agent_session_id and not self._valid_agent_id(d.agent_session_id):
+            if not self._bad_id_warned:  # once per session: the agent may repeat it on every line
+                self._bad_id_warned = True
+                self.manager.log.warn(
+                    "session {id}: ignoring the agent's session id {sid!r}: not a {executor} session id",
+                    id=self.id,
+                    sid=d.agent_session_id[:80],
+                    executor=record["executor"],
+                )
+        elif d.agent_session_id:
             record["agentSessionId"] = d.agent_session_id
             ids = record.setdefault("agentSessionIds", [])
             if d.agent_session_id not in ids:
@@ -140,6 +152,10 @@ class Session:
             self._failed = True
         if d.error:
             self._error = d.error
+
+    def _valid_agent_id(self, session_id: object) -> bool:
+        executor = executor_named(self.record["executor"])
+        return executor is not None and executor.valid_session_id(session_id)
 
     def emit(self, kind: str, **fields: Any) -> dict[str, Any]:
         """Record a new event, then pass it to every viewer."""
@@ -179,6 +195,7 @@ class Session:
             "permissionMode",
             "status",
             "createdAt",
+            "createdBy",
             "updatedAt",
             "exitCode",
             "agentSessionId",
@@ -202,11 +219,17 @@ class Session:
 
     # -- running ------------------------------------------------------------------------
 
-    def start_turn(self, executor: Executor, binary: str, prompt: str, resume: str | None) -> None:
-        """Spawn the agent for one turn."""
+    def start_turn(
+        self, executor: Executor, binary: str, prompt: str, resume: str | None, by: dict | None = None
+    ) -> None:
+        """Spawn the agent for one turn; ``by`` is the access token that asked (audit).
+
+        ``resume`` must be a valid agent session id (see :meth:`Executor.argv`).
+        """
         record = self.record
         manager = self.manager
-        record["turns"].append({"prompt": prompt, "startedAt": now_iso(), "resume": resume})
+        argv = executor.argv(binary, prompt, record.get("model"), record["permissionMode"], resume)
+        record["turns"].append({"prompt": prompt, "startedAt": now_iso(), "resume": resume, "by": by})
         record["status"] = "running"
         record["exitCode"] = None
         record["error"] = None
@@ -216,8 +239,7 @@ class Session:
         self._error = None
         self._stderr_kept = self._stderr_dropped = 0
         self._stderr_tail = b""
-        argv = executor.argv(binary, prompt, record.get("model"), record["permissionMode"], resume)
-        self.emit("turn", prompt=prompt, resume=resume, argv=argv[1:])
+        self.emit("turn", prompt=prompt, resume=resume, argv=argv[1:], by=by)
         process = AgentProcess(manager.reactor, self._line, self._stderr, self._ended)
         try:
             process.spawn(manager.reactor, argv, executor.environment(manager.environ), record["projectPath"])
@@ -274,9 +296,9 @@ class Session:
                 why = f"exit code {code}" if code is not None else f"killed by signal {sig}"
         else:
             status, why = "completed", None
-        self._finish(status, code, why)
+        self._finish(status, code, why, self.cancelled_by if self.cancelling else None)
 
-    def _finish(self, status: str, code: int | None, why: str | None) -> None:
+    def _finish(self, status: str, code: int | None, why: str | None, by: dict | None = None) -> None:
         record = self.record
         record["status"] = status
         record["exitCode"] = code
@@ -285,7 +307,7 @@ class Session:
         record.pop("pid", None)
         if record["turns"]:
             record["turns"][-1].update(endedAt=record["updatedAt"], status=status, exitCode=code)
-        self.emit("status", status=status, exitCode=code, error=why)
+        self.emit("status", status=status, exitCode=code, error=why, **({"by": by} if by else {}))
         self.manager.store.save(record)
         self.manager.store.close_events(self.id)
         self.manager.log.info("session {id}: {status}", id=self.id, status=status)
@@ -404,7 +426,7 @@ class SessionManager(Service):
         real = Path(os.path.realpath(os.path.expanduser(path)))
         if not real.is_dir():
             raise ApiError(400, f"projectPath {path!r} is not an existing directory")
-        if not any(real == root or root in real.parents for root in self.project_roots):
+        if not self._under_roots(real):
             roots = ", ".join(str(r) for r in self.project_roots)
             raise ApiError(400, f"projectPath {path!r} is outside the allowed --project-root ({roots})")
         return str(real)
@@ -445,7 +467,7 @@ class SessionManager(Service):
 
     # -- actions ------------------------------------------------------------------------
 
-    def create(self, body: object) -> Session:
+    def create(self, body: object, actor: dict | None = None) -> Session:
         """Validate a new-session request and start the agent."""
         if not isinstance(body, dict):
             raise ApiError(400, "the body must be a JSON object")
@@ -477,14 +499,15 @@ class SessionManager(Service):
             "costUsd": None,
             "lastSeq": 0,
             "turns": [],
+            "createdBy": actor,
         }
         session = Session(self, record)
         session._events = []
         self.sessions[record["id"]] = session
-        session.start_turn(executor, binary, prompt, None)
+        session.start_turn(executor, binary, prompt, None, actor)
         return session
 
-    def follow_up(self, session_id: str, body: object) -> Session:
+    def follow_up(self, session_id: str, body: object, actor: dict | None = None) -> Session:
         """Continue a finished session's agent conversation with a new prompt."""
         session = self.get(session_id)
         if not isinstance(body, dict):
@@ -494,20 +517,40 @@ class SessionManager(Service):
             raise ApiError(409, "the session is still running: wait for it to end or cancel it")
         resume = self._resume_id(session)
         if resume is None:
-            raise ApiError(409, "the agent never reported its session id, so it cannot be continued")
-        if "model" in body:
-            session.record["model"] = self._model(body)
-        if not os.path.isdir(session.record["projectPath"]):
-            raise ApiError(409, "the session's projectPath no longer exists")
+            raise ApiError(409, "the agent never reported a valid session id, so it cannot be continued")
+        model = self._model(body) if "model" in body else session.record.get("model")
+        self._recheck_project(session.record["projectPath"])
         executor = executor_named(session.record["executor"])
         assert executor is not None
         binary = self._binary(executor)
         self._capacity()
-        session.start_turn(executor, binary, prompt, resume)
+        session.record["model"] = model
+        try:
+            session.start_turn(executor, binary, prompt, resume, actor)
+        except UnsafeSessionId as e:  # _resume_id only offers valid ids; this is the last guard
+            raise ApiError(409, str(e))
         return session
 
+    def _recheck_project(self, path: str) -> None:
+        """Refuse a turn whose project directory is gone, or now resolves elsewhere (a directory
+        swapped for a symlink), or is no longer under ``--project-root`` (the agent's own start
+        checks it once more, race-free: see :data:`~arp.client.command.process.SETSID_EXEC`)."""
+        real = os.path.realpath(path)
+        if not os.path.isdir(real):
+            raise ApiError(409, "the session's projectPath no longer exists")
+        if real != path:
+            raise ApiError(
+                409, f"the session's projectPath {path!r} now resolves to {real!r}: start a new session"
+            )
+        if not self._under_roots(Path(real)):
+            raise ApiError(409, f"the session's projectPath {path!r} is no longer under --project-root")
+
+    def _under_roots(self, real: Path) -> bool:
+        return any(real == root or root in real.parents for root in self.project_roots)
+
     def _resume_id(self, session: Session) -> str | None:
-        ids = session.record.get("agentSessionIds") or []
+        # records written before ids were validated may hold anything: offer only well-formed ids
+        ids = [i for i in session.record.get("agentSessionIds") or [] if session._valid_agent_id(i)]
         if not ids:
             return None
         if session.record["executor"] == "Claude" and len(ids) > 1:
@@ -519,12 +562,13 @@ class SessionManager(Service):
                         return candidate
         return ids[-1]
 
-    def cancel(self, session: Session) -> Deferred[Session]:
-        """End a running session's agent and every process it started."""
+    def cancel(self, session: Session, actor: dict | None = None) -> Deferred[Session]:
+        """End a running session's agent and every process it started (``actor``: who asked)."""
         process = session.process
         if not session.running or process is None:
             return succeed(session)
         session.cancelling = True
+        session.cancelled_by = actor
         self.log.info("session {id}: cancelling", id=session.id)
         d = process.terminate(self.grace)
         d.addCallback(lambda _: session)

@@ -12,14 +12,22 @@
     /api/claude/sessions/{uuid}              GET
     /api/codex/sessions[?project=], /{uuid}  GET
     /api/gemini/sessions[?project=], /{uuid} GET
+    /api/me                                  GET     (any valid token)
+    /api/tokens                              GET, POST   (admin)
+    /api/tokens/{id}                         DELETE      (admin)
 
-Everything else is a JSON 404; a web console is mounted with :meth:`Root.set_console`.
+Every route declares the scope it needs (``scopes`` on each resource); a request without a valid
+access token gets a JSON 401 naming why, one with too few scopes a 403 (:mod:`.access`). The token
+travels as ``Authorization: Bearer``, as the per-client ``arpc_access_…`` cookie, or as
+``?access=``; a page load with ``?access=`` trades it for the cookie and drops it from the address
+bar. Everything else is a JSON 404; a web console is mounted with :meth:`Root.set_console`.
 """
 
 from __future__ import annotations
 
 import json
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -33,10 +41,22 @@ from twisted.web import server
 from twisted.web.resource import IResource, Resource
 
 from arp import __version__
+from arp.client.command.access import (
+    CLOSE_EXPIRED,
+    CLOSE_REVOKED,
+    AccessError,
+    AccessStore,
+    BadRequest,
+    Grant,
+    cookie_name,
+    qr_svg_data_url,
+    with_access,
+)
 from arp.client.command.executors import EXECUTORS
 from arp.client.command.history import ClaudeHistory, CodexHistory, GeminiHistory
 from arp.client.command.sessions import ApiError, Session, SessionManager
 from arp.client.command.store import valid_id
+from arp.client.command.tunnel import SiteTunnel
 
 MAX_BODY = 256 * 1024
 MAX_PAGE = 500
@@ -119,34 +139,118 @@ def _header(request: server.Request, name: bytes) -> str | None:
     return value.decode("latin-1") if value is not None else None
 
 
+def _is_https(request: server.Request) -> bool:
+    proto = request.getHeader(b"x-forwarded-proto") or b""
+    return request.isSecure() or proto.split(b",")[0].strip().lower() == b"https"
+
+
+class Guard:
+    """Finds the access token in a request and asks the :class:`AccessStore` about it.
+
+    The token is taken from ``Authorization: Bearer``, else ``?access=``, else this client's
+    access cookie. The source address is the relay's last ``X-Forwarded-For`` entry for requests
+    that came through a tunnel (the relay appends the browser's address), the peer otherwise.
+    """
+
+    def __init__(self, store: AccessStore, client_id: str) -> None:
+        self.store = store
+        self.cookie = cookie_name(client_id)
+        self.route_url: Callable[[], str] = lambda: ""  # the relay's URL for us, once registered
+
+    def credential(self, request: server.Request) -> str | None:
+        """The token the request presents, if any."""
+        auth = request.getHeader(b"authorization")
+        if auth is not None:
+            scheme, _, value = auth.strip().partition(b" ")
+            if scheme.lower() == b"bearer":
+                return value.strip().decode("latin-1")
+        query = request.args.get(b"access")
+        if query:
+            return query[0].decode("latin-1")
+        cookie = request.getCookie(self.cookie.encode())
+        return cookie.decode("latin-1") if cookie else None
+
+    @staticmethod
+    def address(request: server.Request) -> str:
+        """Where the request came from, as far as we can trust it."""
+        if isinstance(request.channel.transport, SiteTunnel):
+            forwarded = request.getHeader(b"x-forwarded-for")
+            if forwarded:
+                return forwarded.split(b",")[-1].strip().decode("latin-1")[:64]
+            return "relay"
+        peer = request.getClientAddress()
+        return str(getattr(peer, "host", peer))
+
+    def authorize(self, request: server.Request, scope: str | None) -> Grant:
+        """The request's grant if it has ``scope`` (None: any valid token); :class:`AccessError` if not."""
+        return self.store.authorize(self.credential(request), scope, self.address(request))
+
+    def refuse(self, request: server.Request, error: AccessError) -> bytes:
+        """The JSON answer to a refused request."""
+        if error.status == 401:
+            request.setHeader(b"www-authenticate", b'Bearer realm="arpc", error="invalid_token"')
+        if error.retry_after:
+            request.setHeader(b"retry-after", str(error.retry_after).encode())
+        return json_response(request, error.status, error.body())
+
+    def set_cookie(self, request: server.Request, grant: Grant, token: str) -> None:
+        """Give the browser the access cookie (HttpOnly, SameSite=Strict, Secure over https)."""
+        lifetime = 400 * 24 * 3600  # the longest a browser keeps a cookie
+        if grant.expires is not None:
+            lifetime = max(1, min(lifetime, int(grant.expires - self.store.clock.seconds())))
+        value = f"{self.cookie}={token}; Path=/; Max-Age={lifetime}; HttpOnly; SameSite=Strict"
+        if _is_https(request):
+            value += "; Secure"
+        request.responseHeaders.addRawHeader(b"set-cookie", value.encode("latin-1"))
+
+    def link_for(self, request: server.Request, token: str) -> str:
+        """A URL that opens the console with ``token``: the relay's URL for us, else this origin's."""
+        base = self.route_url()
+        if not base:
+            host = _header(request, b"x-forwarded-host") or _header(request, b"host") or "localhost"
+            base = f"{'https' if _is_https(request) else 'http'}://{host}/"
+        return with_access(base, token)
+
+
 class JsonResource(Resource):
-    """A resource whose ``handle_<METHOD>`` methods return ``(status, body)`` or a Deferred of it."""
+    """A resource whose ``handle_<METHOD>(request, grant)`` methods return ``(status, body)`` or a
+    Deferred of it. ``scopes`` maps each method to the scope it needs (None: any valid token);
+    a handler without an entry is refused (fail closed)."""
 
     cors: Cors
+    guard: Guard
+    scopes: dict[str, str | None] = {}
 
-    def __init__(self, cors: Cors) -> None:
+    def __init__(self, cors: Cors, guard: Guard) -> None:
         super().__init__()
         self.cors = cors
+        self.guard = guard
 
     def getChild(self, path: bytes, request: server.Request) -> Resource:
-        return NotFound(self.cors)
+        return NotFound(self.cors, self.guard)
 
     def render(self, request: server.Request) -> bytes | int:
         try:
             self.cors.check(request)
             if request.method == b"OPTIONS":
                 return self._preflight(request)
-            handler = getattr(self, "handle_" + request.method.decode("ascii", "replace"), None)
+            method = request.method.decode("ascii", "replace")
+            handler = getattr(self, "handle_" + method, None)
             if handler is None and request.method == b"HEAD":
-                handler = getattr(self, "handle_GET", None)
+                method, handler = "GET", getattr(self, "handle_GET", None)
             if handler is None and not any(a.startswith("handle_") for a in dir(self)):
                 raise ApiError(404, f"no such resource: {request.path.decode(errors='replace')}")
             if handler is None:
                 allowed = sorted(a[7:] for a in dir(self) if a.startswith("handle_"))
                 request.setHeader(b"allow", ", ".join(allowed).encode())
                 raise ApiError(405, f"method {request.method.decode(errors='replace')} not allowed here")
-            result = handler(request)
-        except ApiError as e:
+            if method not in self.scopes:
+                raise ApiError(500, f"{type(self).__name__} declares no scope for {method}")
+            grant = self.guard.authorize(request, self.scopes[method])
+            result = handler(request, grant)
+        except AccessError as e:
+            return self.guard.refuse(request, e)
+        except (ApiError, BadRequest) as e:
             return json_response(request, e.status, e.message)
         except Exception:
             log.failure("error handling {uri}", uri=request.uri)
@@ -176,7 +280,7 @@ class JsonResource(Resource):
         if origin is None or not request.responseHeaders.hasHeader(b"access-control-allow-origin"):
             raise ApiError(403, "CORS preflight from an origin not allowed by --cors-origin")
         request.setHeader(b"access-control-allow-methods", b"GET, POST, DELETE, OPTIONS")
-        request.setHeader(b"access-control-allow-headers", b"Content-Type, X-ARP-Token")
+        request.setHeader(b"access-control-allow-headers", b"Authorization, Content-Type, X-ARP-Token")
         request.setHeader(b"access-control-max-age", b"600")
         request.setResponseCode(204)
         return b""
@@ -205,11 +309,47 @@ class NotFound(JsonResource):
         return json_response(request, 404, f"no such resource: {request.path.decode(errors='replace')}")
 
 
+class AccessTrade(Resource):
+    """A page load with ``?access=<token>``: set the access cookie, then redirect without it.
+
+    The token leaves the address bar (and the history, and any ``Referer``); an invalid one
+    redirects to the console's sign-in screen, which says why.
+    """
+
+    isLeaf = True
+
+    def __init__(self, guard: Guard) -> None:
+        super().__init__()
+        self.guard = guard
+
+    def render(self, request: server.Request) -> bytes:
+        if request.method not in (b"GET", b"HEAD"):
+            return json_response(request, 405, "?access= is traded for a cookie on a GET page load only")
+        token = request.args[b"access"][0].decode("latin-1")
+        path, _, query = request.uri.partition(b"?")
+        kept = b"&".join(p for p in query.split(b"&") if p and not p.startswith(b"access="))
+        target = b"/" + path.lstrip(b"/\\")  # never //host: that would leave this origin
+        if kept:
+            target += b"?" + kept
+        try:
+            grant = self.guard.store.check(token, self.guard.address(request))
+        except AccessError as e:
+            if e.status == 429:
+                return self.guard.refuse(request, e)
+            target += b"#/signin/" + e.reason.encode()
+        else:
+            self.guard.set_cookie(request, grant, token)
+        request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(b"referrer-policy", b"no-referrer")
+        request.redirect(target)
+        return b""
+
+
 class Root(JsonResource):
     """``/``: the API under ``/api``; anything else goes to the console, once there is one."""
 
-    def __init__(self, cors: Cors) -> None:
-        super().__init__(cors)
+    def __init__(self, cors: Cors, guard: Guard) -> None:
+        super().__init__(cors, guard)
         self.console: IResource | None = None
 
     def set_console(self, console: IResource) -> None:
@@ -217,26 +357,29 @@ class Root(JsonResource):
         self.console = console
 
     def getChild(self, path: bytes, request: server.Request) -> IResource:
+        if b"access" in request.args:
+            return AccessTrade(self.guard)
         if self.console is not None:
             return self.console.getChildWithDefault(path, request)
-        return NotFound(self.cors)
+        return NotFound(self.cors, self.guard)
 
     def render(self, request: server.Request) -> bytes | int:
         if self.console is not None:
             return self.console.render(request)
-        return NotFound(self.cors).render(request)
+        return NotFound(self.cors, self.guard).render(request)
 
 
 class Health(JsonResource):
     """``GET /api/health``: version, executors found, sessions running."""
 
     isLeaf = True
+    scopes = {"GET": "view"}
 
-    def __init__(self, cors: Cors, manager: SessionManager) -> None:
-        super().__init__(cors)
+    def __init__(self, cors: Cors, guard: Guard, manager: SessionManager) -> None:
+        super().__init__(cors, guard)
         self.manager = manager
 
-    def handle_GET(self, request: server.Request) -> tuple[int, Any]:
+    def handle_GET(self, request: server.Request, grant: Grant) -> tuple[int, Any]:
         executors = {}
         for name, executor in EXECUTORS.items():
             configured = self.manager.binaries.get(name) or executor.default_binary
@@ -258,23 +401,25 @@ class Health(JsonResource):
 class Sessions(JsonResource):
     """``/api/sessions``: list and create."""
 
-    def __init__(self, cors: Cors, manager: SessionManager, stream: WebSocketResource) -> None:
-        super().__init__(cors)
+    scopes = {"GET": "view", "POST": "prompt"}
+
+    def __init__(self, cors: Cors, guard: Guard, manager: SessionManager, stream: Resource) -> None:
+        super().__init__(cors, guard)
         self.manager = manager
         self.stream = stream
 
     def getChild(self, path: bytes, request: server.Request) -> Resource:
         session_id = path.decode("ascii", "replace")
         if not valid_id(session_id):
-            return NotFound(self.cors)
-        return SessionDetail(self.cors, self.manager, session_id, self.stream)
+            return NotFound(self.cors, self.guard)
+        return SessionDetail(self.cors, self.guard, self.manager, session_id, self.stream)
 
-    def handle_GET(self, request: server.Request) -> tuple[int, Any]:
+    def handle_GET(self, request: server.Request, grant: Grant) -> tuple[int, Any]:
         offset, limit = _page_args(request)
         return 200, self.manager.listing(offset, limit, _str_arg(request, "status"))
 
-    def handle_POST(self, request: server.Request) -> tuple[int, Any]:
-        session = self.manager.create(self.json_body(request))
+    def handle_POST(self, request: server.Request, grant: Grant) -> tuple[int, Any]:
+        session = self.manager.create(self.json_body(request), actor=grant.actor())
         request.setHeader(b"location", f"/api/sessions/{session.id}".encode())
         return 201, session.detail()
 
@@ -282,32 +427,35 @@ class Sessions(JsonResource):
 class SessionDetail(JsonResource):
     """``/api/sessions/{id}``: status and output, cancel or delete; children ``messages``, ``stream``."""
 
+    scopes = {"GET": "view", "DELETE": "prompt"}
+
     def __init__(
-        self, cors: Cors, manager: SessionManager, session_id: str, stream: WebSocketResource
+        self, cors: Cors, guard: Guard, manager: SessionManager, session_id: str, stream: Resource
     ) -> None:
-        super().__init__(cors)
+        super().__init__(cors, guard)
         self.manager = manager
         self.session_id = session_id
         self.stream = stream
 
     def getChild(self, path: bytes, request: server.Request) -> Resource:
         if path == b"messages":
-            return FollowUp(self.cors, self.manager, self.session_id)
+            return FollowUp(self.cors, self.guard, self.manager, self.session_id)
         if path == b"stream" and not request.postpath:
             return self.stream
-        return NotFound(self.cors)
+        return NotFound(self.cors, self.guard)
 
-    def handle_GET(self, request: server.Request) -> tuple[int, Any]:
+    def handle_GET(self, request: server.Request, grant: Grant) -> tuple[int, Any]:
         since = _int_arg(request, "since", 0)
         return 200, self.manager.get(self.session_id).detail(since)
 
-    def handle_DELETE(self, request: server.Request) -> tuple[int, Any] | Deferred:
+    def handle_DELETE(self, request: server.Request, grant: Grant) -> tuple[int, Any] | Deferred:
         session = self.manager.get(self.session_id)
         if session.running:
-            d = self.manager.cancel(session)
+            d = self.manager.cancel(session, actor=grant.actor())
             d.addCallback(lambda s: (200, s.summary()))
             return d
         self.manager.delete(session)
+        log.info("session {id} deleted by token {token}", id=session.id, token=grant.id)
         return 200, {"deleted": session.id}
 
 
@@ -315,16 +463,17 @@ class FollowUp(JsonResource):
     """``POST /api/sessions/{id}/messages``: continue the agent conversation."""
 
     isLeaf = True
+    scopes = {"POST": "prompt"}
 
-    def __init__(self, cors: Cors, manager: SessionManager, session_id: str) -> None:
-        super().__init__(cors)
+    def __init__(self, cors: Cors, guard: Guard, manager: SessionManager, session_id: str) -> None:
+        super().__init__(cors, guard)
         self.manager = manager
         self.session_id = session_id
 
-    def handle_POST(self, request: server.Request) -> tuple[int, Any]:
+    def handle_POST(self, request: server.Request, grant: Grant) -> tuple[int, Any]:
         session = self.manager.get(self.session_id)
         before = session.record["lastSeq"]
-        self.manager.follow_up(self.session_id, self.json_body(request))
+        self.manager.follow_up(self.session_id, self.json_body(request), actor=grant.actor())
         body = session.summary()
         body["events"] = session.events_since(before)
         return 202, body
@@ -333,16 +482,20 @@ class FollowUp(JsonResource):
 class HistoryList(JsonResource):
     """``/<agent>/sessions``: a listing; ``/<agent>/sessions/{uuid}``: one session's messages."""
 
-    def __init__(self, cors: Cors, reader: ClaudeHistory | CodexHistory | GeminiHistory) -> None:
-        super().__init__(cors)
+    scopes = {"GET": "view"}
+
+    def __init__(
+        self, cors: Cors, guard: Guard, reader: ClaudeHistory | CodexHistory | GeminiHistory
+    ) -> None:
+        super().__init__(cors, guard)
         self.reader = reader
 
     def getChild(self, path: bytes, request: server.Request) -> Resource:
         if request.postpath:
-            return NotFound(self.cors)
-        return HistoryDetail(self.cors, self.reader, path.decode("utf-8", "replace"))
+            return NotFound(self.cors, self.guard)
+        return HistoryDetail(self.cors, self.guard, self.reader, path.decode("utf-8", "replace"))
 
-    def handle_GET(self, request: server.Request) -> tuple[int, Any]:
+    def handle_GET(self, request: server.Request, grant: Grant) -> tuple[int, Any]:
         offset, limit = _page_args(request)
         return 200, self.reader.sessions(_str_arg(request, "project"), offset, limit)
 
@@ -351,13 +504,16 @@ class HistoryDetail(JsonResource):
     """One history session's messages, paginated."""
 
     isLeaf = True
+    scopes = {"GET": "view"}
 
-    def __init__(self, cors: Cors, reader: ClaudeHistory | CodexHistory | GeminiHistory, sid: str) -> None:
-        super().__init__(cors)
+    def __init__(
+        self, cors: Cors, guard: Guard, reader: ClaudeHistory | CodexHistory | GeminiHistory, sid: str
+    ) -> None:
+        super().__init__(cors, guard)
         self.reader = reader
         self.sid = sid
 
-    def handle_GET(self, request: server.Request) -> tuple[int, Any]:
+    def handle_GET(self, request: server.Request, grant: Grant) -> tuple[int, Any]:
         offset = _int_arg(request, "offset", 0)
         limit = _int_arg(request, "limit", 200, 1, 2000)
         result = self.reader.messages(self.sid, offset, limit)
@@ -370,14 +526,69 @@ class Projects(JsonResource):
     """``GET /api/claude/projects``."""
 
     isLeaf = True
+    scopes = {"GET": "view"}
 
-    def __init__(self, cors: Cors, reader: ClaudeHistory) -> None:
-        super().__init__(cors)
+    def __init__(self, cors: Cors, guard: Guard, reader: ClaudeHistory) -> None:
+        super().__init__(cors, guard)
         self.reader = reader
 
-    def handle_GET(self, request: server.Request) -> tuple[int, Any]:
+    def handle_GET(self, request: server.Request, grant: Grant) -> tuple[int, Any]:
         projects = self.reader.projects()
         return 200, {"projects": projects, "total": len(projects)}
+
+
+# -- access management ------------------------------------------------------------------------
+
+
+class Me(JsonResource):
+    """``GET /api/me``: the token this request presented (any valid token may ask)."""
+
+    isLeaf = True
+    scopes = {"GET": None}
+
+    def handle_GET(self, request: server.Request, grant: Grant) -> tuple[int, Any]:
+        view = grant.view(self.guard.store.clock.seconds())
+        view["allows"] = [s for s in ("view", "prompt", "approve", "admin") if grant.allows(s)]
+        return 200, view
+
+
+class Tokens(JsonResource):
+    """``/api/tokens``: list (no secrets) and create (the secret is in the answer, once)."""
+
+    scopes = {"GET": "admin", "POST": "admin"}
+
+    def getChild(self, path: bytes, request: server.Request) -> Resource:
+        if request.postpath:
+            return NotFound(self.cors, self.guard)
+        return TokenDetail(self.cors, self.guard, path.decode("ascii", "replace"))
+
+    def handle_GET(self, request: server.Request, grant: Grant) -> tuple[int, Any]:
+        return 200, {"tokens": self.guard.store.listing(grant)}
+
+    def handle_POST(self, request: server.Request, grant: Grant) -> tuple[int, Any]:
+        new, token = self.guard.store.create(self.json_body(request))
+        link = self.guard.link_for(request, token)
+        log.info("access token {id} created by token {by}", id=new.id, by=grant.id)
+        body = new.view(self.guard.store.clock.seconds())
+        body.update(token=token, link=link, qr=qr_svg_data_url(link))
+        request.setHeader(b"location", f"/api/tokens/{new.id}".encode())
+        return 201, body
+
+
+class TokenDetail(JsonResource):
+    """``DELETE /api/tokens/{id}``: revoke at once (its open streams are closed with 4001)."""
+
+    isLeaf = True
+    scopes = {"DELETE": "admin"}
+
+    def __init__(self, cors: Cors, guard: Guard, token_id: str) -> None:
+        super().__init__(cors, guard)
+        self.token_id = token_id
+
+    def handle_DELETE(self, request: server.Request, grant: Grant) -> tuple[int, Any]:
+        revoked = self.guard.store.revoke(self.token_id)
+        log.info("access token {id} revoked by token {by}", id=revoked.id, by=grant.id)
+        return 200, revoked.view(self.guard.store.clock.seconds())
 
 
 # -- the WebSocket stream ----------------------------------------------------------------------
@@ -393,9 +604,12 @@ class StreamProtocol(WebSocketServerProtocol):
     _log = Logger()
     manager: SessionManager
     cors: Cors
+    store: AccessStore
 
-    def __init__(self) -> None:
+    def __init__(self, grant: Grant | None = None) -> None:
         super().__init__()
+        self.grant = grant  # checked by StreamGate before the upgrade
+        self._expiry: Any = None
         self.session: Session | None = None
         self.since = 0
         self._paused = False
@@ -404,6 +618,8 @@ class StreamProtocol(WebSocketServerProtocol):
         self._closing = False
 
     def onConnect(self, request: Any) -> None:
+        if self.grant is None:
+            raise ConnectionDeny(401, "missing access token")
         parts = request.path.strip("/").split("/")
         if len(parts) != 4 or parts[:2] != ["api", "sessions"] or parts[3] != "stream":
             raise ConnectionDeny(404, "no such stream")
@@ -432,7 +648,8 @@ class StreamProtocol(WebSocketServerProtocol):
         except Exception:
             self._log.debug("could not register as producer")
         session = self.session
-        assert session is not None
+        assert session is not None and self.grant is not None
+        self._expiry = self.store.watch(self.grant, self)
         for event in session.events_since(self.since):
             self.send_event(event)
         if session.running:
@@ -494,13 +711,56 @@ class StreamProtocol(WebSocketServerProtocol):
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         pass  # viewers only listen
 
+    def access_ended(self, reason: str) -> None:
+        """The viewer's token was revoked or expired: close now with 4001 or 4002."""
+        self._queue.clear()
+        self._queued = 0
+        self._closing = True
+        if self.session is not None:
+            self.session.viewers.discard(self)
+        code = CLOSE_REVOKED if reason == "revoked" else CLOSE_EXPIRED
+        self._log.info(
+            "closing a stream: its access token {id} was {reason}",
+            id=self.grant and self.grant.id,
+            reason=reason,
+        )
+        self.sendClose(code, f"access token {reason}")
+
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         if self.session is not None:
             self.session.viewers.discard(self)
+        if self.grant is not None:
+            self.store.unwatch(self.grant, self)
+        if self._expiry is not None and self._expiry.active():
+            self._expiry.cancel()
+        self._expiry = None
 
 
-def stream_resource(manager: SessionManager, cors: Cors) -> WebSocketResource:
-    """The WebSocket resource for ``/api/sessions/{id}/stream``."""
+class StreamGate(Resource):
+    """Checks the viewer's access (``view``) before handing the request to the WebSocket resource."""
+
+    isLeaf = True
+
+    def __init__(self, guard: Guard, factory: WebSocketServerFactory) -> None:
+        super().__init__()
+        self.guard = guard
+        self.factory = factory
+        self.websocket = WebSocketResource(factory)
+
+    def render(self, request: server.Request) -> bytes | int:
+        try:
+            grant = self.guard.authorize(request, "view")
+        except AccessError as e:
+            return self.guard.refuse(request, e)
+        self.factory.pending_grant = grant  # the protocol is built within render, synchronously
+        try:
+            return self.websocket.render(request)
+        finally:
+            self.factory.pending_grant = None
+
+
+def stream_resource(manager: SessionManager, cors: Cors, guard: Guard) -> StreamGate:
+    """The guarded WebSocket resource for ``/api/sessions/{id}/stream``."""
     factory = WebSocketServerFactory()
     factory.setProtocolOptions(
         maxMessagePayloadSize=WS_MAX_MESSAGE,
@@ -509,16 +769,18 @@ def stream_resource(manager: SessionManager, cors: Cors) -> WebSocketResource:
         autoPingTimeout=WS_PING_INTERVAL * 1.5,
         allowedOrigins=["*"],  # checked in onConnect against --cors-origin and our own host
     )
+    factory.pending_grant = None
 
     def build() -> StreamProtocol:
-        proto = StreamProtocol()
+        proto = StreamProtocol(factory.pending_grant)
         proto.manager = manager
         proto.cors = cors
+        proto.store = guard.store
         return proto
 
     factory.protocol = build  # type: ignore[assignment]
     factory.noisy = False
-    return WebSocketResource(factory)
+    return StreamGate(guard, factory)
 
 
 def build_root(
@@ -527,20 +789,23 @@ def build_root(
     codex: CodexHistory,
     gemini: GeminiHistory,
     cors_origins: list[str],
+    guard: Guard,
 ) -> Root:
     """The whole resource tree."""
     cors = Cors(cors_origins)
-    root = Root(cors)
-    api = JsonResource(cors)
+    root = Root(cors, guard)
+    api = JsonResource(cors, guard)
     root.putChild(b"api", api)
-    api.putChild(b"health", Health(cors, manager))
-    api.putChild(b"sessions", Sessions(cors, manager, stream_resource(manager, cors)))
+    api.putChild(b"health", Health(cors, guard, manager))
+    api.putChild(b"sessions", Sessions(cors, guard, manager, stream_resource(manager, cors, guard)))
     for name, reader in ((b"claude", claude), (b"codex", codex), (b"gemini", gemini)):
-        agent = JsonResource(cors)
+        agent = JsonResource(cors, guard)
         api.putChild(name, agent)
-        agent.putChild(b"sessions", HistoryList(cors, reader))
+        agent.putChild(b"sessions", HistoryList(cors, guard, reader))
     claude_api = api.children[b"claude"]
-    claude_api.putChild(b"projects", Projects(cors, claude))
+    claude_api.putChild(b"projects", Projects(cors, guard, claude))
+    api.putChild(b"me", Me(cors, guard))
+    api.putChild(b"tokens", Tokens(cors, guard))
     return root
 
 

@@ -1,6 +1,6 @@
 // Calls to the command-mode API. URLs are relative: the console is served at "/" and the relay
-// routes these requests by the per-client cookie it set on this client's own origin when the page
-// was opened with ?token=.
+// routes these requests to this arpc. arpc itself checks access: the page was opened with
+// ?access=<token>, which arpc traded for an HttpOnly cookie that these same-origin calls carry.
 
 export class ApiError extends Error {
   constructor(status, message) {
@@ -11,7 +11,7 @@ export class ApiError extends Error {
 
 const LEADS = {
   400: "Bad input",
-  401: "No token",
+  401: "No access",
   403: "Not allowed",
   404: "Not found",
   409: "Not now",
@@ -27,9 +27,16 @@ const LEADS = {
 export function describe(status, data, text) {
   let message = data && typeof data.error === "string" ? data.error : (text || "").trim().slice(0, 300);
   if (!message) message = `HTTP ${status}`;
-  if (status === 401) message += " (open the console with the Public URL arpc printed: …/?token=…)";
+  if (status === 401 && data && data.reason === "missing") message = "this console needs an access token: open the Public URL arpc printed (…&access=…) or a share link";
   const lead = LEADS[status] || `HTTP ${status}`;
   return `${lead}: ${message}`;
+}
+
+let unauthorized = null;
+
+/** Call ``handler(reason)`` whenever the API answers 401 (no valid access token). */
+export function onUnauthorized(handler) {
+  unauthorized = handler;
 }
 
 /** A JSON request; resolves to the parsed body, or rejects with an ApiError whose message is words. */
@@ -52,7 +59,12 @@ export async function api(path, { method = "GET", body } = {}) {
   } catch (e) {
     data = null;
   }
-  if (!response.ok) throw new ApiError(response.status, describe(response.status, data, text));
+  if (!response.ok) {
+    const error = new ApiError(response.status, describe(response.status, data, text));
+    error.reason = data && data.reason;
+    if (response.status === 401 && unauthorized) unauthorized(error.reason || "missing");
+    throw error;
+  }
   if (data === null) throw new ApiError(response.status, "The server answered with something that is not JSON.");
   return data;
 }

@@ -6,8 +6,10 @@
 //   #/sessions              sessions started through ARP
 //   #/session/<id>          one session: live output, cancel, follow-up
 //   #/new[?project=<path>]  start a session
+//   #/devices               access tokens: list, revoke, share a link (QR code)   (admin)
+//   #/signin/<reason>       no valid access token: why, and a field to paste a link
 
-import { api } from "./api.js";
+import { api, onUnauthorized } from "./api.js";
 import { SessionStream } from "./stream.js";
 import { Transcript, h, historyMessage, pill, timeEl } from "./render.js";
 
@@ -22,6 +24,34 @@ const EXECUTORS = ["Claude", "Codex", "Gemini"];
 const MODELS = ["sonnet", "opus", "haiku", "gpt-5-codex", "gpt-5", "gemini-2.5-pro", "gemini-2.5-flash"];
 const MODES = ["plan", "default", "acceptEdits", "auto", "bypassPermissions"];
 const FINAL = new Set(["completed", "failed", "cancelled", "interrupted"]);
+const SCOPES = [
+  ["view", "read sessions, history and live output"],
+  ["prompt", "start, continue and cancel sessions"],
+  ["approve", "answer the agent's questions"],
+  ["admin", "manage devices and links (implies everything)"],
+];
+const EXPIRIES = [
+  ["1 hour", 3600],
+  ["1 day", 86400],
+  ["7 days", 7 * 86400],
+  ["30 days", 30 * 86400],
+  ["Never", ""],
+];
+const REASONS = {
+  missing: "This console needs an access token. Open the Public URL arpc printed (it ends in &access=…), or a share link from the owner.",
+  malformed: "That access link is not valid: its token is malformed. Check that the whole link was copied.",
+  unknown: "That access link is not valid: arpc does not know its token.",
+  expired: "This access link has expired. Ask the owner for a new one.",
+  revoked: "This device's access was revoked. Ask the owner for a new link.",
+};
+let me = null; // the access token this console uses (GET /api/me)
+let signedOut = null; // the reason the API gave for a 401, until the page is reloaded with a token
+
+onUnauthorized((reason) => {
+  if (signedOut) return;
+  signedOut = reason;
+  if (!location.hash.startsWith("#/signin")) location.hash = `#/signin/${encodeURIComponent(reason)}`;
+});
 
 function showBanner(message) {
   banner.textContent = message;
@@ -49,8 +79,27 @@ function loading() {
   return h("p", { class: "muted loading" }, "Loading…");
 }
 
+async function loadMe() {
+  try {
+    me = await api("api/me");
+  } catch (e) {
+    me = null;
+  }
+  document.getElementById("nav-devices").hidden = !can("admin");
+  document.querySelector("[data-nav=new]").hidden = !can("prompt");
+}
+
+/** Whether this console's token has ``scope`` (unknown: assume so, arpc decides anyway). */
+function can(scope) {
+  return !me || me.allows.includes(scope);
+}
+
 async function loadHealth() {
   const el = document.getElementById("health");
+  if (signedOut) {
+    el.textContent = "no access";
+    return;
+  }
   try {
     health = await api("api/health");
     const found = Object.entries(health.executors).filter(([, e]) => e.found).map(([n]) => n);
@@ -58,6 +107,10 @@ async function loadHealth() {
     el.title = "";
     showBanner("");
   } catch (e) {
+    if (e.status === 401) {
+      el.textContent = "no access";
+      return;
+    }
     el.textContent = "not connected";
     showBanner(`Cannot reach arpc. ${e.message}`);
   }
@@ -253,6 +306,7 @@ async function sessionView(id) {
       ["Agent", `${session.executor}${session.model ? " · " + session.model : ""} · ${session.permissionMode}`],
       ["Project", h("a", { href: `#/project/${encodeURIComponent(session.projectPath)}` }, session.projectPath)],
       ["Started", timeEl(session.createdAt)],
+      session.createdBy ? ["Started by", h("span", { id: "started-by" }, session.createdBy.name)] : null,
       ["Turns", String(Array.isArray(session.turns) ? session.turns.length : session.turns)],
       cost ? ["Cost", `$${Number(session.costUsd).toFixed(4)}`] : null,
       session.error ? ["Error", h("span", { class: "error-text" }, session.error)] : null,
@@ -284,6 +338,10 @@ async function sessionView(id) {
         conn.textContent = { live: "● live", connecting: "connecting…", reconnecting: "reconnecting…" }[kind] ?? "";
         if (kind === "reconnecting" && text) conn.textContent = text;
         if (kind === "gone") box.textContent = text;
+        if (kind === "denied") {
+          box.textContent = text;
+          conn.textContent = "access ended";
+        }
         if (kind === "ended") refresh();
       },
     });
@@ -291,6 +349,13 @@ async function sessionView(id) {
   };
 
   const paintActions = () => {
+    if (!can("prompt")) {
+      controls.replaceChildren();
+      actions.classList.toggle("live", session.status === "running");
+      const bar = session.status === "running" ? [pill("running"), conn] : [];
+      actions.replaceChildren(h("div", { class: session.status === "running" ? "live-bar" : "note", id: "view-only" }, ...bar, h("span", { class: "muted" }, "This device may only watch.")));
+      return;
+    }
     if (session.status === "running") {
       const cancel = h("button", { class: "danger", id: "cancel", type: "button" }, "Cancel");
       cancel.addEventListener("click", async () => {
@@ -435,6 +500,178 @@ async function newView(query) {
   if (!project.value && known.size) project.value = [...known][0];
 }
 
+// -- access -----------------------------------------------------------------------------------
+
+function tokenFrom(text) {
+  const t = text.trim();
+  const m = t.match(/(?:^|[?&#])access=([^&#\s]+)/);
+  if (m) return decodeURIComponent(m[1]);
+  return /^arpa_[0-9a-f]{12}_[A-Za-z0-9_-]{43}$/.test(t) ? t : null;
+}
+
+function signinView(reason) {
+  setNav("");
+  document.getElementById("health").textContent = "no access";
+  showBanner("");
+  const input = h("input", {
+    id: "access-input",
+    placeholder: "a link with access=… or a token arpa_…",
+    autocomplete: "off",
+    autocapitalize: "off",
+    spellcheck: "false",
+  });
+  const box = errorBox("signin-error");
+  const form = h(
+    "form",
+    { class: "signin", id: "signin" },
+    h("label", { class: "field" }, h("span", {}, "Access link or token"), input),
+    h("div", { class: "row-actions" }, h("button", { class: "primary", type: "submit" }, "Open the console")),
+    box,
+  );
+  form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const token = tokenFrom(input.value);
+    if (!token) {
+      box.textContent = "That is neither a link with access=… nor an access token (arpa_…).";
+      return;
+    }
+    location.assign(`${location.pathname}?access=${encodeURIComponent(token)}`); // arpc trades it for a cookie
+  });
+  view.replaceChildren(
+    title("Access needed"),
+    h("p", { class: "signin-reason", id: "signin-reason", "data-reason": reason }, REASONS[reason] || REASONS.missing),
+    form,
+  );
+}
+
+function deviceRow(t, refresh, box) {
+  const bits = [`created ${new Date(t.createdAt).toLocaleDateString()}`];
+  const used = t.lastUsedAt ? h("span", {}, "last used ", timeEl(t.lastUsedAt), t.lastUsedFrom ? ` from ${t.lastUsedFrom}` : "") : "never used";
+  const expires = t.expiresAt ? h("span", {}, t.status === "expired" ? "expired " : "expires ", timeEl(t.expiresAt)) : t.status === "active" ? "never expires" : null;
+  const actions = h("div", { class: "meta" });
+  if (t.status === "active") {
+    const revoke = h("button", { class: "danger subtle", type: "button", "data-revoke": t.id }, t.current ? "Revoke (this device)" : "Revoke");
+    revoke.addEventListener("click", async () => {
+      const warn = t.current ? " This is the device you are using: the console will stop working here." : "";
+      if (!confirm(`Revoke "${t.name}"? Its link stops working at once and its open streams are closed.${warn}`)) return;
+      revoke.disabled = true;
+      try {
+        await api(`api/tokens/${encodeURIComponent(t.id)}`, { method: "DELETE" });
+        await refresh();
+      } catch (e) {
+        revoke.disabled = false;
+        fail(box, e);
+      }
+    });
+    actions.append(revoke);
+  } else {
+    actions.append(pill(t.status));
+  }
+  return h(
+    "div",
+    { class: `row device status-row-${t.status}`, "data-token": t.id, "data-status": t.status },
+    h(
+      "div",
+      { class: "main" },
+      h("div", { class: "name" }, t.name, t.owner ? h("span", { class: "badge" }, "owner") : null, t.current ? h("span", { class: "badge here" }, "this device") : null),
+      h("div", { class: "scopes" }, t.scopes.map((s) => h("span", { class: "scope", "data-scope": s }, s))),
+      h("div", { class: "sub" }, bits.join(" · "), " · ", used, expires ? " · " : "", expires || ""),
+    ),
+    actions,
+  );
+}
+
+async function devicesView() {
+  setNav("devices");
+  const box = errorBox("devices-error");
+  const list = h("div", { class: "list", id: "devices" }, loading());
+  const name = h("input", { id: "device-name", name: "name", maxlength: 64, placeholder: "e.g. Phone, Alice's laptop", autocomplete: "off" });
+  const scopes = h(
+    "fieldset",
+    { class: "scopes-choice", id: "device-scopes" },
+    h("legend", {}, "May"),
+    SCOPES.map(([s, help]) =>
+      h("label", { class: "check" }, h("input", { type: "checkbox", value: s, checked: s === "view" || s === "prompt" }), h("b", {}, s), " ", h("small", { class: "muted" }, help)),
+    ),
+  );
+  const expiry = h("select", { id: "device-expiry", name: "expiresIn" }, EXPIRIES.map(([label, secs]) => h("option", { value: secs, selected: secs === 7 * 86400 }, label)));
+  const submit = h("button", { class: "primary", type: "submit", id: "create-link" }, "Create link");
+  const formError = errorBox("device-error");
+  const made = h("div", { id: "new-link" });
+  const form = h(
+    "form",
+    { class: "device-form", id: "device-form" },
+    h("div", { class: "grid" }, h("label", { class: "field" }, h("span", {}, "Name"), name), h("label", { class: "field" }, h("span", {}, "Expires after"), expiry)),
+    scopes,
+    h("div", { class: "row-actions" }, submit),
+    formError,
+  );
+  view.replaceChildren(
+    title("Devices", h("span", { class: "muted" }, "who can reach this agent")),
+    h("h2", {}, "Share a link"),
+    form,
+    made,
+    h("h2", {}, "Access tokens"),
+    box,
+    list,
+  );
+  const refresh = async () => {
+    try {
+      const data = await api("api/tokens");
+      box.textContent = "";
+      const active = data.tokens.filter((t) => t.status === "active");
+      const ended = data.tokens.filter((t) => t.status !== "active");
+      list.replaceChildren(...[...active, ...ended].map((t) => deviceRow(t, refresh, box)));
+    } catch (e) {
+      list.replaceChildren();
+      fail(box, e);
+    }
+  };
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    formError.textContent = "";
+    const chosen = [...scopes.querySelectorAll("input:checked")].map((i) => i.value);
+    const body = { name: name.value.trim(), scopes: chosen };
+    if (expiry.value) body.expiresIn = Number(expiry.value);
+    submit.disabled = true;
+    try {
+      const t = await api("api/tokens", { method: "POST", body });
+      const link = h("input", { id: "link-text", readonly: true, value: t.link });
+      const copy = h("button", { type: "button", id: "copy-link" }, "Copy");
+      copy.addEventListener("click", async () => {
+        link.select();
+        try {
+          await navigator.clipboard.writeText(t.link);
+          copy.textContent = "Copied";
+        } catch (e) {
+          copy.textContent = "Select and copy";
+        }
+      });
+      made.replaceChildren(
+        h(
+          "div",
+          { class: "made", "data-token": t.id },
+          h("img", { id: "link-qr", src: t.qr, alt: `QR code of the link for ${t.name}`, width: 240, height: 240 }),
+          h(
+            "div",
+            { class: "made-text" },
+            h("p", {}, h("b", {}, t.name), ` may ${t.scopes.join(", ")}`, t.expiresAt ? h("span", {}, " until ", timeEl(t.expiresAt)) : " with no expiry", "."),
+            h("p", { class: "muted" }, "Scan the code with the phone's camera, or copy the link. It is shown only this once: whoever has it gets this access."),
+            h("div", { class: "copy-row" }, link, copy),
+          ),
+        ),
+      );
+      form.reset();
+      await refresh();
+    } catch (e) {
+      fail(formError, e);
+    } finally {
+      submit.disabled = false;
+    }
+  });
+  await refresh();
+}
+
 // -- routing ----------------------------------------------------------------------------------
 
 async function route() {
@@ -442,13 +679,18 @@ async function route() {
   cleanup = null;
   routeGen += 1;
   window.scrollTo(0, 0);
-  healthReady = loadHealth();
   const hash = location.hash.replace(/^#\/?/, "");
   const [path, search] = hash.split("?");
   const parts = path.split("/");
   const arg = parts.slice(1).join("/");
+  if (parts[0] === "signin") {
+    signinView(decodeURIComponent(arg || signedOut || "missing"));
+    return;
+  }
+  healthReady = loadHealth();
   try {
     if (parts[0] === "project" && arg) await projectView(decodeURIComponent(arg));
+    else if (parts[0] === "devices") await devicesView();
     else if (parts[0] === "history" && arg) await historyView(decodeURIComponent(arg));
     else if (parts[0] === "sessions") await sessionsView();
     else if (parts[0] === "session" && arg) await sessionView(decodeURIComponent(arg));
@@ -461,4 +703,5 @@ async function route() {
 
 window.addEventListener("hashchange", route);
 setInterval(loadHealth, 15000);
-route();
+if (location.hash.startsWith("#/signin")) route();
+else loadMe().then(route);

@@ -8,6 +8,11 @@
 import { api, wsUrl } from "./api.js";
 
 const DELAYS = [500, 1000, 2000, 4000, 8000, 10000];
+/** Close codes arpc sends when the viewer's access token stops being valid: no reconnecting. */
+export const ACCESS_CLOSED = {
+  4001: "Your access was revoked: this device can no longer watch this session.",
+  4002: "Your access link has expired: ask the owner for a new one.",
+};
 
 export class SessionStream {
   /**
@@ -73,6 +78,11 @@ export class SessionStream {
       if (this.stopped) return;
       if (this.ended) {
         this.onState("ended", "");
+        this.dispose();
+        return;
+      }
+      if (ACCESS_CLOSED[close.code]) {
+        this.onState("denied", ACCESS_CLOSED[close.code]);
         this.dispose();
         return;
       }
