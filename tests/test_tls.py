@@ -49,7 +49,9 @@ async def curl(*args: str) -> tuple[str, str, int]:
     return out.decode(), err.decode(), code
 
 
-def tls_get(port: int, cafile: str, alpn: list[str] | None, path: str, host: str = "127.0.0.1"):
+def tls_get(
+    port: int, cafile: str, alpn: list[str] | None, path: str, host: str = "127.0.0.1", extra: str = ""
+):
     """GET ``path`` over TLS with Python's ssl offering ``alpn``; (selected protocol, raw response).
 
     Blocking (run it in a thread); raises :class:`ssl.SSLError` when the handshake fails.
@@ -59,7 +61,8 @@ def tls_get(port: int, cafile: str, alpn: list[str] | None, path: str, host: str
         context.set_alpn_protocols(alpn)
     with socket.create_connection(("127.0.0.1", port), timeout=15) as raw:
         with context.wrap_socket(raw, server_hostname=host) as conn:
-            conn.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+            head = f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n"
+            conn.sendall(head.encode())
             data = b""
             for _ in range(10000):  # bounded: the relay closes after its answer
                 chunk = conn.recv(65536)
@@ -193,7 +196,12 @@ class ApiEndpointOverTLSTests(unittest.TestCase):
         arpc = await start_command_arpc(self, relay, ws, "--api-endpoint", f"ssl:0:{tls_args(paths)}")
         port = int((await arpc.wait_for(r"api listening on 127\.0\.0\.1:(\d+)")).group(1))
         selected, raw = await threads.deferToThread(
-            tls_get, port, paths["ca"], ["h2", "http/1.1"], "/api/health"
+            tls_get,
+            port,
+            paths["ca"],
+            ["h2", "http/1.1"],
+            "/api/health",
+            extra=f"Authorization: Bearer {arpc.access}\r\n",
         )
         self.assertEqual((selected, status_of(raw)), ("http/1.1", 200))
         self.assertIn("sessions", json.loads(body_of(raw)))
