@@ -10,11 +10,14 @@ T = TypeVar("T")
 
 
 def slots_dataclass(cls: type[T]) -> type[T]:
-    """``@dataclass(slots=True)``, also on Python 3.9 (where the class is rebuilt with
-    ``__slots__`` the way 3.10's ``dataclass`` does it): no per-instance ``__dict__``."""
+    """``@dataclass(slots=True)``, also on Python 3.9: no per-instance ``__dict__``."""
     if sys.version_info >= (3, 10):
         return dataclass(slots=True)(cls)
-    cls = dataclass(cls)
+    return with_slots(dataclass(cls))
+
+
+def with_slots(cls: type[T]) -> type[T]:
+    """The dataclass ``cls`` rebuilt with ``__slots__`` for its fields, as 3.10's ``dataclass`` does."""
     names = tuple(f.name for f in fields(cls))
     namespace = dict(cls.__dict__)
     for name in (*names, "__dict__", "__weakref__"):

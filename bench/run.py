@@ -313,9 +313,9 @@ def listen_overflows() -> int:
             lines = f.read().splitlines()
     except OSError:
         return -1
-    for names, values in zip(lines[::2], lines[1::2], strict=False):
+    for names, values in zip(lines[::2], lines[1::2]):
         if names.startswith("TcpExt:"):
-            table = dict(zip(names.split()[1:], values.split()[1:], strict=False))
+            table = dict(zip(names.split()[1:], values.split()[1:]))
             return int(table.get("ListenOverflows", -1))
     return -1
 

@@ -153,7 +153,7 @@ class IsolationBrowserTests(unittest.TestCase):
             seen = {}
             context = page.context
             tabs = {}
-            for name, (ws, proc) in zip(("b1", "b2"), consoles, strict=True):
+            for name, (ws, proc) in zip(("b1", "b2"), consoles):
                 tab = context.new_page()
                 tab.goto(proc.url)
                 tab.locator(f'#projects a[data-project="{ws.project}"]').wait_for()
@@ -174,7 +174,7 @@ class IsolationBrowserTests(unittest.TestCase):
             seen["form_page"] = page.content()
             seen["jar_after"] = [(c["name"], c["value"], c["path"]) for c in context.cookies()]
             # both consoles still work, side by side, in this browser
-            for name, (ws, proc) in zip(("b1", "b2"), consoles, strict=True):
+            for name, (ws, proc) in zip(("b1", "b2"), consoles):
                 tab = context.new_page()
                 tab.goto(origin_of(proc.url) + "/")
                 tab.locator(f'#projects a[data-project="{ws.project}"]').wait_for()
