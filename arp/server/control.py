@@ -183,20 +183,27 @@ class ControlServerProtocol(BoundedBoxes, amp.AMP, TimeoutMixin):
                 address=self.peer_address(),
             )
             raise AuthFailed("the TLS session arpc signed is not the relay's (something in between ends TLS)")
-        record = self.registry.register(
-            self,
-            nonce,
-            client_id,
-            identity,
-            exchange,
-            signature,
-            proof,
-            mode,
-            remote_port,
-            self.peer_address(),
-            binding=binding,
-        )
+        address = self.peer_address()
+        args = (nonce, client_id, identity, exchange, signature, proof, mode, remote_port, address)
+        cluster = self.registry.cluster
+        if cluster is not None:  # several relays: pin the id in Redis first (refused if it is down)
+            tenant = self.registry.admit(*args, binding=binding)
+            done = cluster.claim(client_id, identity, tenant, mode)
+            done.addCallback(lambda _: self._claimed(args, binding, tenant))
+            return done
+        return self._registered(self.registry.register(self, *args, binding=binding), client_id)
+
+    def _claimed(self, args: tuple, binding: bytes, tenant: str) -> dict:
+        record = self.registry.register(self, *args, binding=binding, tenant=tenant)
+        if self.transport.disconnecting or not self.transport.connected:
+            self.registry.control_lost(record, self)  # gone while Redis answered
+            raise BadRegistration("the control connection closed during registration")
+        return self._registered(record, args[1])
+
+    def _registered(self, record: ClientRecord, client_id: str) -> dict:
         self.record = record
+        if self.registry.cluster is not None:
+            self.registry.cluster.route_changed(client_id)
         if self.factory is not None:
             self.factory.registered(self)
         interval = self.registry.config.heartbeat

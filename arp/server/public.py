@@ -366,7 +366,7 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
             client_id = token.decode("ascii")
         except UnicodeDecodeError:
             client_id = ""
-        record = self.registry.clients.get(client_id)
+        record = self.registry.lookup(client_id)
         if record is not None and record.mode != "http":
             record = None  # a raw TCP client's tunnels carry no HTTP
         if record is None:

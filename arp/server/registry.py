@@ -100,6 +100,7 @@ class Registry(Service):
         self.keys = {name: wire.key_bytes(key) for name, key in auth_keys.items()}
         self.clock = clock
         self.clients: dict[str, ClientRecord] = {}
+        self.cluster = None  # arp.server.cluster.Cluster with --redis: the other relays
         self.tcp_opener = None  # set by the tap: (record) -> port number, raises BadRegistration
         self.unrouted: dict[int, int] = {}  # statuses of answers that reached no client
         self.retired: dict = {
@@ -136,9 +137,8 @@ class Registry(Service):
         """A fresh challenge for one registration."""
         return os.urandom(wire.NONCE_SIZE)
 
-    def register(
+    def admit(
         self,
-        control: object,
         nonce: bytes,
         client_id: str,
         identity: bytes,
@@ -150,14 +150,8 @@ class Registry(Service):
         remote_address: str,
         *,
         binding: bytes = b"",
-    ) -> ClientRecord:
-        """Check a registration and bring the client online; raise an AMP error to refuse it.
-
-        The proof must be the transcript's MAC under one of the auth keys (which
-        names the tenant), the signature the transcript's signature by
-        ``identity``, and ``identity`` the key pinned to ``client_id`` if the id
-        is held (online or in retention).
-        """
+    ) -> str:
+        """Check a registration's proofs and this relay's pin of the id; return the tenant."""
         if not wire.CLIENT_ID_RE.match(client_id):
             raise BadRegistration("client id must be 1-64 of A-Z a-z 0-9 _ . - (starting alnum)")
         if mode not in ("http", "tcp"):
@@ -183,6 +177,49 @@ class Registry(Service):
                 address=remote_address,
             )
             raise AuthFailed("the identity signature does not verify")
+        record = self.clients.get(client_id)
+        if record is not None and record.identity != identity:
+            self.log.warn(
+                "refused registration for {client_id} from {address}: the id is pinned to "
+                "identity {pinned} ({state}), not {offered}",
+                client_id=wire.redact(client_id),
+                address=remote_address,
+                pinned=wire.fingerprint(record.identity),
+                state="online" if record.online else "retained",
+                offered=wire.fingerprint(identity),
+            )
+            raise ClientIdInUse("this client id is registered by another arpc instance")
+        return tenant
+
+    def register(
+        self,
+        control: object,
+        nonce: bytes,
+        client_id: str,
+        identity: bytes,
+        exchange: bytes,
+        signature: bytes,
+        proof: bytes,
+        mode: str,
+        remote_port: int,
+        remote_address: str,
+        *,
+        binding: bytes = b"",
+        tenant: str | None = None,
+    ) -> ClientRecord:
+        """Check a registration and bring the client online; raise an AMP error to refuse it.
+
+        The proof must be the transcript's MAC under one of the auth keys (which
+        names the tenant), the signature the transcript's signature by
+        ``identity``, and ``identity`` the key pinned to ``client_id`` if the id
+        is held (online or in retention).  ``tenant``: :meth:`admit` has already
+        checked all that (and said which tenant).
+        """
+        if tenant is None:
+            tenant = self.admit(
+                nonce, client_id, identity, exchange, signature, proof, mode, remote_port, remote_address,
+                binding=binding,
+            )
         relay_exchange = wire.new_exchange()
         try:
             tunnel_key = wire.tunnel_key(relay_exchange, exchange, nonce, client_id)
@@ -272,6 +309,16 @@ class Registry(Service):
         record.control = None
         record.offline_since = time.time()
         record.pool.set_online(False)
+        if self.cluster is not None:
+            self.cluster.released(record.client_id)
+
+    def lookup(self, client_id: str) -> ClientRecord | None:
+        """The record a public request for ``client_id`` goes to (memory only: the hot path).
+        With other relays, a client online elsewhere gets a stand-in that reaches it there."""
+        record = self.clients.get(client_id)
+        if self.cluster is None:
+            return record
+        return self.cluster.lookup(client_id, record)
 
     def _expire(self, record: ClientRecord) -> None:
         record.expiry = None

@@ -156,6 +156,7 @@ class Guard:
         self.store = store
         self.cookie = cookie_name(client_id)
         self.route_url: Callable[[], str] = lambda: ""  # the relay's URL for us, once registered
+        self.relays: Callable[[], list] = lambda: []  # the relays arpc is linked to (several: see tap)
 
     def credential(self, request: server.Request) -> str | None:
         """The token the request presents, if any."""
@@ -395,6 +396,7 @@ class Health(JsonResource):
             "version": __version__,
             "executors": executors,
             "sessions": {"running": self.manager.running_count(), "max": self.manager.max_sessions},
+            "relays": self.guard.relays(),
         }
 
 
