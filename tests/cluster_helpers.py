@@ -83,8 +83,21 @@ class RedisServer:
         import os
 
         os.makedirs(self.dir, exist_ok=True)
-        args = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--dir", os.path.abspath(self.dir), "--daemonize", "no"]
+        args = [
+            REDIS_SERVER,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            os.path.abspath(self.dir),
+            "--daemonize",
+            "no",
+        ]
         if self.password:
             args += ["--requirepass", self.password]
         self.proc = _Watch()
@@ -109,7 +122,10 @@ class RedisServer:
         auth = ["-a", self.password, "--no-auth-warning"] if self.password else []
         done = subprocess.run(
             [REDIS_CLI, "-h", "127.0.0.1", "-p", str(self.port), *auth, *args],
-            capture_output=True, text=True, timeout=10, check=False,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
         )
         return done.stdout.strip()
 
@@ -151,9 +167,24 @@ async def start_client(
     wait: int = 1,
 ) -> TwistdProcess:
     """An arpc linked to every relay in ``hosts``; waits for ``wait`` registrations."""
-    args = ["arpc", "--server-addr", ",".join(hosts), "--control-port", str(ports["control"]),
-            "--proxy-port", str(ports["proxy"]), "--data-dir", data_dir or test.mktemp(),
-            "--auth-key", AUTH_KEY, "--local-port", str(local_port), "--max-backoff", "1", *extra]
+    args = [
+        "arpc",
+        "--server-addr",
+        ",".join(hosts),
+        "--control-port",
+        str(ports["control"]),
+        "--proxy-port",
+        str(ports["proxy"]),
+        "--data-dir",
+        data_dir or test.mktemp(),
+        "--auth-key",
+        AUTH_KEY,
+        "--local-port",
+        str(local_port),
+        "--max-backoff",
+        "1",
+        *extra,
+    ]
     proc = TwistdProcess("arpc", args).start()
     test.addCleanup(proc.stop)
     await registered(proc, wait)

@@ -5,12 +5,15 @@ Relays run on 127.0.0.1, .2 and .3 with the same ports; arpc links to all (or so
 
 from __future__ import annotations
 
+import json
 import time
 
 from twisted.internet import defer, reactor
 from twisted.internet.error import ConnectError
 from twisted.trial import unittest
 
+from arp.server.cluster import BadRedisURL, RedisURL, relay_header, relay_key
+from arp.server.registry import Registry, RelayConfig
 from tests.cluster_helpers import (
     HOSTS,
     RedisServer,
@@ -22,7 +25,14 @@ from tests.cluster_helpers import (
     start_client,
     start_relay,
 )
-from tests.helpers import AUTH_KEY, TWISTD, HTTPClient, TwistdProcess, listen_backend, raw_exchange, sleep, status_of
+from tests.helpers import (
+    AUTH_KEY,
+    HTTPClient,
+    TwistdProcess,
+    listen_backend,
+    raw_exchange,
+    status_of,
+)
 
 
 def _ports() -> dict[str, int]:
@@ -62,8 +72,9 @@ class EveryRelayReachesTheClient(ClusterTestCase):
         """Every relay answers for the client; after kill -9 of one relay the others keep
         answering, and the only requests lost are those in flight on the killed relay."""
         await self.start(3)
-        arpc = await start_client(self, list(HOSTS), self.ports, self.backend, "--client-id", "c0ffee" * 4,
-                                  wait=3)
+        arpc = await start_client(
+            self, list(HOSTS), self.ports, self.backend, "--client-id", "c0ffee" * 4, wait=3
+        )
         token = "c0ffee" * 4
         for relay in self.relays:
             code, body = await self.get(relay, token)
@@ -121,3 +132,260 @@ class EveryRelayReachesTheClient(ClusterTestCase):
         code, body = await self.get(self.relays[0], token, "/echo/hello")
         self.assertEqual(code, 200)
         self.assertIn(b"/echo/hello", body)
+
+    async def test_admin_and_metrics_show_every_relay(self):
+        """The admin API has a row per relay and sums; /metrics labels the per-relay series."""
+        await self.start(2)
+        token = "ad" + "3" * 30
+        await start_client(self, list(HOSTS[:2]), self.ports, self.backend, "--client-id", token, wait=2)
+        relay = self.relays[0]
+        admin = f"http://{relay.host}:{relay.ports['admin']}"
+
+        async def two_rows() -> object:
+            _, body = await self.http.request("GET", f"{admin}/admin/api/stats")
+            stats = json.loads(body)
+            rows = stats.get("relays", [])
+            return stats if len(rows) == 2 and all(r["clients_online"] == 1 for r in rows) else None
+
+        stats = await eventually(two_rows)
+        self.assertEqual(stats["all_relays"]["clients_online"], 2)
+        self.assertEqual(sum(1 for r in stats["relays"] if r["self"]), 1)
+        _, metrics = await self.http.request("GET", f"{admin}/metrics")
+        for row in stats["relays"]:
+            self.assertIn(f'arp_relay_clients{{relay="{row["relay"]}"'.encode(), metrics)
+        self.assertIn(b"arp_relays 2.0", metrics)
+
+
+class Pinning(ClusterTestCase):
+    """The id is pinned to one identity across all relays."""
+
+    async def test_imposter_at_another_relay_is_refused(self):
+        """A second arpc (another identity key) claiming the same id at another relay is refused,
+        and requests there still reach the real client."""
+        await self.start(2)
+        token = "feed" + "4" * 28
+        await start_client(self, [HOSTS[0]], self.ports, self.backend, "--client-id", token)
+        imposter = await start_client(
+            self, [HOSTS[1]], self.ports, free_port_on(("127.0.0.1",)), "--client-id", token, wait=0
+        )
+        await imposter.wait_for("held by another arpc instance")
+        await self.relays[1].proc.wait_for("another relay has the id pinned to another identity")
+        self.assertNotIn("Registered. Public URL", imposter.output)
+        code, _ = await self.get(self.relays[1], token)
+        self.assertEqual(code, 200)
+
+
+class RedisOutage(ClusterTestCase):
+    """Redis stopped and started under the relays."""
+
+    async def test_existing_clients_keep_working_new_ones_wait(self):
+        """With Redis down, existing clients answer on every relay and a new registration is
+        refused as temporary; once Redis is back the new client registers and is reachable
+        through every relay."""
+        await self.start(2, "--redis-timeout", "30")
+        old = "01d" + "5" * 29
+        await start_client(self, list(HOSTS[:2]), self.ports, self.backend, "--client-id", old, wait=2)
+        await self.redis.stop()
+        for relay in self.relays:
+            await relay.proc.wait_for("lost Redis at")
+            self.assertEqual((await self.get(relay, old))[0], 200)
+        new = "9e7" + "6" * 29
+        newcomer = await start_client(self, [HOSTS[0]], self.ports, self.backend, "--client-id", new, wait=0)
+        await newcomer.wait_for("the relay cannot take us now: the relay cannot reach its shared state")
+        self.assertNotIn("Registered. Public URL", newcomer.output)
+        self.assertEqual((await self.get(self.relays[1], new))[0], 404)
+        self.redis = await RedisServer(self, port=self.redis.port).start()
+        await registered(newcomer, 1, timeout=30)
+
+        async def everywhere() -> bool:
+            codes = [await self.status(r, t) for r in self.relays for t in (old, new)]
+            return codes == [200] * 4
+
+        await eventually(everywhere, timeout=20)
+
+    async def test_relay_without_redis_past_the_bound_stops_claiming(self):
+        """A relay that has not seen Redis for --redis-timeout drops its clients (it no longer
+        claims their ids); they come back once Redis does."""
+        await self.start(1)
+        token = "b0d" + "7" * 29
+        arpc = await start_client(self, [HOSTS[0]], self.ports, self.backend, "--client-id", token)
+        await self.redis.stop()
+        await self.relays[0].proc.wait_for(r"without Redis for over 3s: dropping 1 clients")
+        self.assertEqual((await self.get(self.relays[0], token))[0], 404)
+        await arpc.wait_for("the relay cannot take us now")
+        self.redis = await RedisServer(self, port=self.redis.port).start()
+        await registered(arpc, 2, timeout=30)
+        self.assertEqual((await self.get(self.relays[0], token))[0], 200)
+
+
+class Retention(ClusterTestCase):
+    """A client gone from every relay."""
+
+    async def test_gone_everywhere_503_then_404_on_every_relay(self):
+        """After arpc leaves, every relay (also one it never linked to) answers 503 during the
+        retention time, then 404."""
+        await self.start(3, "--retention", "4")
+        token = "9011e" + "8" * 27
+        arpc = await start_client(
+            self, list(HOSTS[:2]), self.ports, self.backend, "--client-id", token, wait=2
+        )
+
+        async def all_200() -> bool:
+            return [await self.status(r, token) for r in self.relays] == [200] * 3
+
+        await eventually(all_200)
+        await arpc.stop()
+
+        async def all_503() -> bool:
+            return [await self.status(r, token) for r in self.relays] == [503] * 3
+
+        await eventually(all_503, timeout=3)
+
+        async def all_404() -> bool:
+            return [await self.status(r, token) for r in self.relays] == [404] * 3
+
+        await eventually(all_404, timeout=20)
+
+
+class BadInput(ClusterTestCase):
+    """Wrong Redis URLs, garbage in Redis, relay-to-relay connections without the credential."""
+
+    async def run_arps(self, *args: str) -> TwistdProcess:
+        proc = TwistdProcess(
+            "arps",
+            [
+                "arps",
+                "--auth-key",
+                AUTH_KEY,
+                "--data-dir",
+                self.mktemp(),
+                "--control-endpoint",
+                "tcp:0:interface=127.0.0.1",
+                "--proxy-endpoint",
+                "tcp:0:interface=127.0.0.1",
+                "--public-endpoint",
+                "tcp:0:interface=127.0.0.1",
+                "--admin-endpoint",
+                "none",
+                *args,
+            ],
+        ).start()
+        self.addCleanup(proc.stop)
+        timer = reactor.callLater(30, proc.signal, "KILL")
+        await proc.ended
+        if timer.active():
+            timer.cancel()
+        return proc
+
+    async def test_malformed_redis_url_is_one_line_and_nonzero_exit(self):
+        """``--redis http://...`` is refused before anything starts."""
+        proc = await self.run_arps("--redis", "http://127.0.0.1:6379/0")
+        self.assertNotEqual(proc.exit_code, 0)
+        self.assertIn(
+            "--redis 'http://127.0.0.1:6379/0': the scheme must be redis:// or rediss://", proc.output
+        )
+        proc = await self.run_arps("--redis", "redis://127.0.0.1:6379/zero")
+        self.assertIn("the path must be a database number", proc.output)
+
+    async def test_unreachable_redis_is_one_line_and_nonzero_exit(self):
+        """A Redis nobody listens on: one clear line, exit status 1."""
+        need_redis()
+        port = free_port_on(("127.0.0.1",))
+        proc = await self.run_arps("--redis", f"redis://127.0.0.1:{port}/0")
+        self.assertEqual(proc.exit_code, 1)
+        lines = [line for line in proc.output.splitlines() if "cannot use Redis" in line]
+        self.assertEqual(len(lines), 1, proc.output)
+        self.assertIn(f"redis://127.0.0.1:{port}/0", lines[0])
+        self.assertNotIn("Traceback", proc.output)
+
+    async def test_wrong_redis_password_is_one_line_and_nonzero_exit(self):
+        """A Redis that refuses our password: one clear line, exit status 1."""
+        need_redis()
+        redis = await RedisServer(self, password="right-password").start()
+        proc = await self.run_arps("--redis", f"redis://:wrong@127.0.0.1:{redis.port}/0")
+        self.assertEqual(proc.exit_code, 1)
+        self.assertIn("cannot use Redis at", proc.output)
+        self.assertNotIn("wrong@", proc.output)  # the URL is logged without its password
+
+    async def test_garbage_in_redis_is_ignored_with_a_warning(self):
+        """Another program's data under arp: keys and on the channel: warnings, no crash, and
+        relays still route through each other."""
+        need_redis()
+        self.redis = await RedisServer(self).start()
+        cli = self.redis.cli
+        cli("SET", "arp:id:stringnotahash", "x")
+        cli("SET", "arp:id:bad key!", "x")
+        cli("HSET", "arp:id:okid", "identity", "zz", "mode", "weird")
+        cli("SET", "arp:holders:okid", "not-a-set")
+        cli("SADD", "arp:relays", "ghost", "junk")
+        cli("SET", "arp:relay:junk", "{not json")
+        self.ports = _ports()
+        self.backend = listen_backend(self)
+        self.relays = [await start_relay(self, h, self.ports, self.redis.url) for h in HOSTS[:2]]
+        self.http = HTTPClient(self, persistent=False)
+        await self.relays[0].proc.wait_for("ignoring Redis key")
+        cli("PUBLISH", "arp:events", "\xff garbage")
+        cli("PUBLISH", "arp:events", "up ../../etc x")
+        await self.relays[0].proc.wait_for("ignoring a message on arp:events")
+        token = "6a4" + "9" * 29
+        await start_client(self, [HOSTS[1]], self.ports, self.backend, "--client-id", token)
+
+        async def through_a() -> bool:
+            return await self.status(self.relays[0], token) == 200
+
+        await eventually(through_a)
+        for relay in self.relays:
+            self.assertNotIn("Traceback", relay.proc.output)
+        claimed = await start_client(
+            self, [HOSTS[0]], self.ports, self.backend, "--client-id", "stringnotahash", wait=0
+        )
+        await claimed.wait_for("the shared state holds something else under this client id")
+
+    async def test_relay_connection_without_the_credential_is_refused(self):
+        """A connection to the proxy port posing as a relay: a wrong MAC is refused; a header
+        made with the shared key works once, and the same header replayed is refused."""
+        await self.start(1)
+        token = "5ec" + "a" * 29
+        await start_client(self, [HOSTS[0]], self.ports, self.backend, "--client-id", token)
+        relay = self.relays[0]
+        request = b"GET /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        now = str(int(time.time())).encode()
+        forged = b"ARP-RELAY %s intruder %s %s %s\r\n" % (token.encode(), now, b"ab" * 16, b"00" * 32)
+        raw = await raw_exchange(relay.ports["proxy"], forged + request)
+        self.assertEqual(raw, b"")
+        await relay.proc.wait_for("refused relay connection from .*wrong relay credential")
+        registry = Registry(RelayConfig(), AUTH_KEY, reactor)
+        header = relay_header(relay_key(registry), token, "peer", time.time())
+        raw = await raw_exchange(relay.ports["proxy"], header + request)
+        self.assertEqual(status_of(raw), 200, raw)
+        raw = await raw_exchange(relay.ports["proxy"], header + request)
+        self.assertEqual(raw, b"")
+        await relay.proc.wait_for("relay header replayed")
+        wrong = Registry(RelayConfig(), "another-key", reactor)
+        raw = await raw_exchange(
+            relay.ports["proxy"], relay_header(relay_key(wrong), token, "peer", time.time()) + request
+        )
+        self.assertEqual(raw, b"")
+
+
+class RedisURLs(unittest.TestCase):
+    """Parsing ``--redis``."""
+
+    def test_parse(self):
+        """Host, port, database, password (URL-decoded) and TLS come from the URL; the log form
+        has no password; malformed URLs say what is wrong."""
+        url = RedisURL.parse("rediss://:p%40ss@redis.example:6380/3")
+        self.assertEqual(
+            (url.host, url.port, url.db, url.password, url.tls), ("redis.example", 6380, 3, "p@ss", True)
+        )
+        self.assertEqual(url.safe(), "rediss://redis.example:6380/3")
+        self.assertEqual(RedisURL.parse("redis://h").port, 6379)
+        for bad, why in (
+            ("http://h/0", "scheme"),
+            ("redis:///0", "names no host"),
+            ("redis://h:99999/0", "not a URL"),
+            ("redis://h/x", "database number"),
+        ):
+            with self.assertRaises(BadRedisURL) as e:
+                RedisURL.parse(bad)
+            self.assertIn(why, str(e.exception))

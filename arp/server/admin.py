@@ -130,7 +130,35 @@ def relay_metrics(registry: Registry, public: PublicFactory) -> bytes:
             "gauge", "arp_public_connections", "Open public connections.", [({}, public.open_connections)]
         ),
     ]
+    if registry.cluster is not None:
+        families += _relay_families(registry.cluster.relay_rows())
     return "".join(families).encode()
+
+
+def _relay_families(rows: list[dict]) -> list[str]:
+    """Per-relay metrics (``relay`` label) as each relay last published them in Redis."""
+    return [
+        _family(
+            "gauge",
+            "arp_relay_clients",
+            "Clients with a control link to each relay of the group.",
+            [({"relay": r["relay"], "advertise": r["advertise"]}, r["clients_online"]) for r in rows],
+        ),
+        _family(
+            "counter",
+            "arp_relay_requests",
+            "Requests each relay of the group has relayed.",
+            [({"relay": r["relay"]}, r["requests"]) for r in rows],
+        ),
+        _family(
+            "gauge",
+            "arp_relay_tunnels",
+            "Tunnels held by each relay of the group.",
+            [({"relay": r["relay"], "state": "idle"}, r["tunnels_idle"]) for r in rows]
+            + [({"relay": r["relay"], "state": "busy"}, r["tunnels_busy"]) for r in rows],
+        ),
+        _family("gauge", "arp_relays", "Relays in the group (this one included).", [({}, len(rows))]),
+    ]
 
 
 class Metrics(RelayView):
@@ -269,6 +297,20 @@ def _totals(registry: Registry, public: PublicFactory) -> dict:
     totals["statuses"] = {str(k): v for k, v in sorted(totals["statuses"].items())}
     totals["public_connections"] = public.open_connections
     totals["version"] = __version__
+    if registry.cluster is not None:  # several relays: a row per relay, and the sums
+        rows = registry.cluster.relay_rows()
+        totals["relays"] = rows
+        totals["all_relays"] = {
+            name: sum(row[name] for row in rows)
+            for name in (
+                "clients_online",
+                "requests",
+                "bytes_in",
+                "bytes_out",
+                "tunnels_idle",
+                "tunnels_busy",
+            )
+        }
     return totals
 
 
