@@ -133,6 +133,27 @@ class EveryRelayReachesTheClient(ClusterTestCase):
         self.assertEqual(code, 200)
         self.assertIn(b"/echo/hello", body)
 
+    async def test_client_only_on_a_killed_relay_answers_503_elsewhere(self):
+        """kill -9 of the only relay a client is linked to: the other relay answers 503 (offline,
+        kept for the retention) at once instead of waiting for a tunnel, then 404."""
+        await self.start(2, "--retention", "3")
+        token = "dead" + "2" * 28
+        await start_client(self, [HOSTS[1]], self.ports, self.backend, "--client-id", token)
+
+        async def through_a() -> bool:
+            return await self.status(self.relays[0], token) == 200
+
+        await eventually(through_a)
+        await self.relays[1].proc.kill()
+        code, body = await self.get(self.relays[0], token)
+        self.assertEqual(code, 503, body)  # waiting for a tunnel that never comes would be a 504
+
+        async def offline_then_gone() -> bool:
+            return await self.status(self.relays[0], token) == 404
+
+        await eventually(offline_then_gone, timeout=20)
+        await self.relays[0].proc.wait_for("relay [0-9a-f]+ is gone")
+
     async def test_admin_and_metrics_show_every_relay(self):
         """The admin API has a row per relay and sums; /metrics labels the per-relay series."""
         await self.start(2)

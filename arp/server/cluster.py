@@ -299,6 +299,7 @@ class Cluster(Service):
         #: client id -> record standing for a client held by other relays
         self.remote: dict[str, ClientRecord] = {}
         self.nonces: dict[bytes, float] = {}
+        self.suspects: dict[str, float] = {}  # relay id -> until when we do not try it
         self.ops = 0  # Redis commands sent (the benchmark counts them)
         self._commands: ClientService | None = None
         self._subscriber: ClientService | None = None
@@ -432,9 +433,8 @@ class Cluster(Service):
     def _prepare_subscriber(self, proto: object) -> object:
         yield self._login(proto)
         yield proto.subscribe(EVENTS)
-        if not self.available and self.redis is not None:
-            return  # the command side resyncs when it is back
-        yield self._load()
+        if self.available:  # else the command connection reloads when it is back
+            yield self._load()
 
     def _commands_lost(self, proto: object) -> None:
         if self.redis is proto:
@@ -704,10 +704,12 @@ class Cluster(Service):
         remote = self.remote.get(client_id)
         if remote is not None:
             return remote
-        if self.holders.get(client_id) and self.available:
+        if self.live_holders(client_id):
             return self._remote_record(client_id)
         if local is not None:
             return local
+        if self.holders.get(client_id):  # held by relays we cannot reach right now
+            return self._retained_record(client_id)
         deadline = self.retained.get(client_id)
         if deadline is not None and deadline > self.clock.seconds():
             return self._retained_record(client_id)
@@ -739,17 +741,24 @@ class Cluster(Service):
         if remote is None:
             return
         local = self.registry.clients.get(client_id)
-        if (local is not None and local.online) or not self.holders.get(client_id):
+        if (local is not None and local.online) or not self.live_holders(client_id):
             del self.remote[client_id]
             remote.control = None
             remote.pool.set_online(False)
+
+    def live_holders(self, client_id: str) -> list[str]:
+        """The relays holding ``client_id`` that we know the address of and last reached."""
+        now = self.clock.seconds()
+        held = self.holders.get(client_id, ())
+        return [r for r in held if r in self.relays and self.suspects.get(r, 0.0) <= now]
 
     def open_remote(self, record: ClientRecord, count: int) -> None:
         """Open ``count`` relay-to-relay connections for ``record`` to relays that hold it."""
         from twisted.internet import reactor
 
-        held = [r for r in self.holders.get(record.client_id, ()) if r in self.relays]
+        held = self.live_holders(record.client_id)
         if not held:
+            self.route_changed(record.client_id)
             return
         for _ in range(count):
             self._rr += 1
@@ -759,14 +768,26 @@ class Cluster(Service):
             endpoint = HostnameEndpoint(reactor, host.strip("[]"), int(port), timeout=5)
             factory = Factory.forProtocol(lambda h=header: RelayTunnel(self, record, h))
             factory.noisy = False
-            endpoint.connect(factory).addErrback(
-                lambda f, r=relay: self.log.warn(
-                    "cannot reach relay {relay} at {address}: {why}",
-                    relay=r["id"],
-                    address=r["advertise"],
-                    why=f.getErrorMessage(),
-                )
-            )
+            endpoint.connect(factory).addErrback(self._unreachable, relay, record)
+
+    def _unreachable(self, failure: Failure, relay: dict, record: ClientRecord) -> None:
+        """A relay we meant to carry a request to cannot be reached: avoid it for a while and
+        use another holder; with none left, waiting requests get 503 at once (not a timeout)."""
+        self.log.warn(
+            "cannot reach relay {relay} at {address}: {why}",
+            relay=relay["id"],
+            address=relay["advertise"],
+            why=failure.getErrorMessage(),
+        )
+        self.suspects[relay["id"]] = self.clock.seconds() + min(self.timeout, 10.0)
+        if record.pool.pending:
+            record.pool.pending.popleft()
+        if self.remote.get(record.client_id) is record:
+            if self.live_holders(record.client_id):
+                if record.pool.waiters:
+                    self.open_remote(record, 1)
+            else:
+                self.route_changed(record.client_id)
 
     # the stand-in record's "control link"
     def drop(self, reason: str) -> None:
