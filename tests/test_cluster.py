@@ -175,6 +175,8 @@ class EveryRelayReachesTheClient(ClusterTestCase):
         for row in stats["relays"]:
             self.assertIn(f'arp_relay_clients{{relay="{row["relay"]}"'.encode(), metrics)
         self.assertIn(b"arp_relays 2.0", metrics)
+        response, body = await self.http.request("GET", f"{admin}/healthz")
+        self.assertEqual((response.code, json.loads(body)), (200, {"ok": True, "redis": True}))
 
 
 class Pinning(ClusterTestCase):
@@ -233,6 +235,9 @@ class RedisOutage(ClusterTestCase):
         await self.redis.stop()
         await self.relays[0].proc.wait_for(r"without Redis for over 3s: dropping 1 clients")
         self.assertEqual((await self.get(self.relays[0], token))[0], 404)
+        admin = f"http://{HOSTS[0]}:{self.relays[0].ports['admin']}/healthz"
+        response, body = await self.http.request("GET", admin)
+        self.assertEqual((response.code, json.loads(body)), (503, {"ok": False, "redis": False}))
         await arpc.wait_for("the relay cannot take us now")
         self.redis = await RedisServer(self, port=self.redis.port).start()
         await registered(arpc, 2, timeout=30)

@@ -323,6 +323,21 @@ class Stats(RelayView):
         return send_json(request, 200, _totals(self.registry, self.public))
 
 
+class Health(RelayView):
+    """``/healthz``: 200 while the relay serves; 503 once it has given up its clients for
+    lack of Redis.  Needs no admin token and says nothing about clients."""
+
+    isLeaf = True
+
+    def render_GET(self, request: server.Request) -> bytes:
+        cluster = self.registry.cluster
+        body: dict = {"ok": True}
+        if cluster is not None:
+            body["redis"] = cluster.available
+            body["ok"] = cluster.serving
+        return send_json(request, 200 if body["ok"] else 503, body)
+
+
 class AdminRoot(resource.Resource):
     """The admin tree; checks the admin token (if any) before anything else."""
 
@@ -338,6 +353,7 @@ class AdminRoot(resource.Resource):
         admin.putChild(b"api", api)
         self.putChild(b"admin", admin)
         self.putChild(b"metrics", Metrics(registry, public))
+        self.health = Health(registry, public)
 
     def _authorized(self, request: server.Request) -> bool:
         if not self.token:
@@ -351,6 +367,8 @@ class AdminRoot(resource.Resource):
         return hmac.compare_digest(given, self.token.encode())
 
     def getChildWithDefault(self, path: bytes, request: server.Request) -> resource.Resource:
+        if path == b"healthz" and not request.postpath:
+            return self.health  # for load balancers and readiness probes: no token, no data
         if not self.token and not loopback_host(request):
             # a loopback admin without a token: refuse names that DNS rebinding could point here
             return JSONError(

@@ -69,7 +69,8 @@ local t = redis.call('TYPE', KEYS[1]).ok
 if t ~= 'hash' and t ~= 'none' then return -1 end
 local cur = redis.call('HGET', KEYS[1], 'identity')
 if cur and cur ~= ARGV[1] then return 0 end
-if redis.call('TYPE', KEYS[2]).ok ~= 'set' then redis.call('DEL', KEYS[2]) end
+local h = redis.call('TYPE', KEYS[2]).ok
+if h ~= 'set' and h ~= 'none' then redis.call('DEL', KEYS[2]) end
 redis.call('HSET', KEYS[1], 'identity', ARGV[1], 'tenant', ARGV[2], 'mode', ARGV[3])
 redis.call('PERSIST', KEYS[1])
 redis.call('SADD', KEYS[2], ARGV[4])
@@ -859,6 +860,13 @@ class Cluster(Service):
         return ""
 
     # -- the admin view -----------------------------------------------------------------
+
+    @property
+    def serving(self) -> bool:
+        """False while the relay has given up its clients (Redis lost for over the bound)."""
+        if self.available:
+            return True
+        return self.lost_since is None or self.clock.seconds() - self.lost_since <= self.timeout
 
     def relay_rows(self) -> list[dict]:
         """One row per relay (this one first), with the stats each publishes."""
