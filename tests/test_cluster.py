@@ -6,7 +6,9 @@ Relays run on 127.0.0.1, .2 and .3 with the same ports; arpc links to all (or so
 from __future__ import annotations
 
 import json
+import shutil
 import time
+from pathlib import Path
 
 from twisted.internet import defer, reactor
 from twisted.internet.error import ConnectError
@@ -415,3 +417,82 @@ class RedisURLs(unittest.TestCase):
             with self.assertRaises(BadRedisURL) as e:
                 RedisURL.parse(bad)
             self.assertIn(why, str(e.exception))
+
+
+HAPROXY_CONF = """global
+    maxconn 2000
+defaults
+    mode http
+    option http-server-close
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+    retry-on conn-failure empty-response
+    retries 3
+    option redispatch 1
+frontend public
+    bind 127.0.0.1:{port}
+    default_backend relays
+backend relays
+    balance roundrobin
+{servers}
+"""
+
+
+class LoadBalancer(ClusterTestCase):
+    """HAProxy (Debian's) in front of three relays, as in etc/cluster."""
+
+    async def test_relay_killed_behind_haproxy_costs_only_in_flight_requests(self):
+        """Requests through HAProxy keep succeeding when one relay is killed with SIGKILL; the
+        failures are no more than the requests that were in flight when it died."""
+        haproxy = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin")
+        if haproxy is None:
+            raise unittest.SkipTest("needs haproxy (apt-get install haproxy; CI installs it)")
+        await self.start(3)
+        token = "1b" + "c" * 30
+        await start_client(self, list(HOSTS), self.ports, self.backend, "--client-id", token, wait=3)
+        port = free_port_on(("127.0.0.1",))
+        servers = "\n".join(
+            f"    server r{i} {r.host}:{r.ports['public']}" for i, r in enumerate(self.relays)
+        )
+        conf = Path(self.mktemp())
+        conf.write_text(HAPROXY_CONF.format(port=port, servers=servers))
+        lb = TwistdProcess("haproxy", [])
+        reactor.spawnProcess(lb, haproxy, [haproxy, "-db", "-f", str(conf)], env={})
+        self.addCleanup(lambda: lb.kill())
+        url = f"http://127.0.0.1:{port}/echo?token={token}"
+
+        async def lb_answers() -> bool:
+            try:
+                response, _ = await self.http.request("GET", url)
+            except ConnectError:
+                return False
+            return response.code == 200
+
+        await eventually(lb_answers)
+        counts = {"ok": 0, "failed": 0, "inflight": 0, "ok_after": 0}
+        state = {"killed": False, "inflight_at_kill": 0, "stop": False}
+
+        async def worker() -> None:
+            while not state["stop"]:
+                counts["inflight"] += 1
+                try:
+                    response, _ = await self.http.request("GET", url)
+                    ok = response.code == 200
+                except Exception:
+                    ok = False
+                finally:
+                    counts["inflight"] -= 1
+                counts["ok" if ok else "failed"] += 1
+                if ok and state["killed"]:
+                    counts["ok_after"] += 1
+
+        workers = [defer.ensureDeferred(worker()) for _ in range(4)]
+        await eventually(lambda: defer.succeed(counts["ok"] >= 40))
+        state["inflight_at_kill"] = counts["inflight"]  # an upper bound on what the kill can cost
+        state["killed"] = True
+        await self.relays[1].proc.kill()
+        await eventually(lambda: defer.succeed(counts["ok_after"] >= 60))
+        state["stop"] = True
+        await defer.gatherResults(workers)
+        self.assertLessEqual(counts["failed"], state["inflight_at_kill"], counts)
