@@ -9,6 +9,7 @@ import json
 import shutil
 import time
 from pathlib import Path
+from unittest import mock
 
 from twisted.internet import defer, reactor
 from twisted.internet.error import ConnectError
@@ -496,3 +497,63 @@ class LoadBalancer(ClusterTestCase):
         state["stop"] = True
         await defer.gatherResults(workers)
         self.assertLessEqual(counts["failed"], state["inflight_at_kill"], counts)
+
+
+class ArpcOnEveryRelay(unittest.TestCase):
+    """arpc's --server-addr with several relays."""
+
+    def test_repeated_and_comma_separated_server_addresses(self):
+        """``-s a,b --server-addr c`` names three relays; the first is the public host."""
+        from arp.client.tap import Options
+
+        options = Options()
+        options.parseOptions(
+            [
+                "-s",
+                "a.example, b.example",
+                "--server-addr",
+                "c.example",
+                "--auth-key",
+                "k",
+                "--local-port",
+                "80",
+            ]
+        )
+        self.assertEqual(options["server-addrs"], ["a.example", "b.example", "c.example"])
+        self.assertEqual(options["server-addr"], "a.example")
+
+    def test_a_name_with_several_addresses_is_one_relay_per_address(self):
+        """A name resolving to several addresses becomes one link per address (duplicates
+        merged); a name with one address, or none yet, stays a name."""
+        from arp.client import tap
+
+        answers = {
+            "relays.example": ["10.0.0.1", "10.0.0.2", "10.0.0.1", "fd00::3"],
+            "one.example": ["10.0.0.9"],
+        }
+
+        def fake_getaddrinfo(host: str, port: object, type: int = 0) -> list:  # noqa: A002
+            if host not in answers:
+                raise OSError("no such name")
+            return [(0, type, 0, "", (a, 0)) for a in answers[host]]
+
+        with mock.patch("socket.getaddrinfo", fake_getaddrinfo):
+            found = tap.relay_addresses(["relays.example", "one.example", "later.example", "10.0.0.2"])
+        self.assertEqual(found, ["10.0.0.1", "10.0.0.2", "fd00::3", "one.example", "later.example"])
+
+    async def test_one_arpc_registers_with_every_relay(self):
+        """One arpc process given three relays registers three times, lists them in its log,
+        and each relay routes to it."""
+        need_redis()
+        redis = await RedisServer(self).start()
+        ports = _ports()
+        backend = listen_backend(self)
+        relays = [await start_relay(self, h, ports, redis.url) for h in HOSTS]
+        token = "e11" + "d" * 29
+        arpc = await start_client(self, list(HOSTS), ports, backend, "--client-id", token, wait=3)
+        self.assertIn("arpc keeps a link to 3 relays: 127.0.0.1, 127.0.0.2, 127.0.0.3", arpc.output)
+        http = HTTPClient(self, persistent=False)
+        for relay in relays:
+            response, _ = await http.request("GET", relay_url(relay, f"/echo?token={token}"))
+            self.assertEqual(response.code, 200)
+            self.assertIn("client e11ddd... registered", relay.proc.output)
