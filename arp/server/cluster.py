@@ -580,6 +580,9 @@ class Cluster(Service):
 
     def _refresh(self) -> None:
         now = self.clock.seconds()
+        config = self.registry.config
+        for remote in self.remote.values():  # idle relay-to-relay connections hold a tunnel there
+            remote.pool.reap(config.tunnel_max_idle, config.surplus_idle)
         for client_id, deadline in list(self.retained.items()):
             if deadline <= now:
                 del self.retained[client_id]
@@ -746,6 +749,7 @@ class Cluster(Service):
             del self.remote[client_id]
             remote.control = None
             remote.pool.set_online(False)
+            self.registry._retire(remote)  # its counts stay in the relay's totals
 
     def live_holders(self, client_id: str) -> list[str]:
         """The relays holding ``client_id`` that we know the address of and last reached."""

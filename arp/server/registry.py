@@ -365,7 +365,10 @@ class Registry(Service):
     def totals(self) -> dict:
         """Relay-wide counters (monotonic) and gauges, for the admin API and metrics."""
         totals = {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.retired.items()}
-        for record in self.clients.values():
+        counted = list(self.clients.values())
+        if self.cluster is not None:  # requests carried to other relays count here too
+            counted += self.cluster.remote.values()
+        for record in counted:
             for name, value in self._counts(record).items():
                 if name == "statuses":
                     for status, count in value.items():
