@@ -240,11 +240,27 @@ async def wait_pool_warm(relay: Relay, client_id: str, idle: int = 5, timeout: f
 
 
 def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    """A loopback port nothing listens on now, for a process the test starts later.
+
+    Picked at random below the kernel's ephemeral range (32768-60999 on Linux)
+    and ARP's own default ports (17001-17999, 20000-20999): the kernel hands
+    ephemeral ports to every outgoing connection, so a port it gave us could be
+    taken by one before our process binds it (a test that restarts a relay on
+    the same ports needs it free twice).
+    """
+    import random
+
+    for _ in range(200):
+        port = random.randrange(10000, 17000)
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            s.close()
+        return port
+    raise AssertionError("no free port found in 10000-16999")
 
 
 # -- a local backend -------------------------------------------------------------

@@ -192,9 +192,9 @@ class CommandModeTests(unittest.TestCase):
         self.assertIn(
             "Reading prompt from stdin...", [e.get("text") for e in odd["events"] if e["kind"] == "raw"]
         )
-        self.assertIn("item.plan.delta", [e.get("type") for e in odd["events"]])
+        self.assertIn("item/plan/delta", [e.get("type") for e in odd["events"]])
         codex_run = self.ws.recorded_for("hi codex")[0]
-        self.assertIn("--skip-git-repo-check", codex_run["argv"])
+        self.assertEqual(codex_run["argv"][1:], ["app-server"])  # the interactive channel
         for prompt, executor in (("hi codex", "codex"), ("hi gemini", "gemini")):
             sid = ids[prompt]
             code, body = await api.post(f"/api/sessions/{sid}/messages", {"prompt": f"more {executor}"})

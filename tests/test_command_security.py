@@ -272,10 +272,12 @@ class AgentTurnTests(unittest.TestCase):
 
     timeout = 60
 
-    def _manager(self, ws: Workspace) -> SessionManager:
+    def _manager(self, ws: Workspace, **kw) -> SessionManager:
         binaries = {"Claude": fake("claude"), "Codex": fake("codex"), "Gemini": fake("gemini")}
+        sub = kw.pop("sub", "")
         manager = SessionManager(
-            store=SessionStore(Path(ws.data)),
+            **kw,
+            store=SessionStore(Path(ws.data) / sub),
             reactor=reactor,
             binaries=binaries,
             project_roots=[ws.root],
@@ -342,7 +344,8 @@ class AgentTurnTests(unittest.TestCase):
     async def test_hostile_session_id_never_reaches_the_command_line(self):
         """An agent reporting ``--dangerously-skip-permissions`` as its session id: the id is
         ignored, the follow-up resumes the last valid id as ``--resume=ID``; an agent that never
-        reports a valid id cannot be continued (409), for each CLI."""
+        reports a valid id cannot be continued (409), for each CLI's one-shot command line (in the
+        interactive channels of Codex and Gemini the id travels inside JSON, never as an argument)."""
         ws = Workspace(self)
         manager = self._manager(ws)
         session = await self._done(manager, "Claude", "HOSTILE_ID one", ws.project)
@@ -355,6 +358,7 @@ class AgentTurnTests(unittest.TestCase):
         argv = ws.recorded_for("two")[0]["argv"]
         self.assertNotIn(HOSTILE, argv)
         self.assertIn(f"--resume={valid[0]}", argv)
+        manager = self._manager(ws, oneshot=("Claude", "Codex", "Gemini"), sub="oneshot")
         for executor in ("Claude", "Codex", "Gemini"):
             session = await self._done(manager, executor, f"HOSTILE_ONLY {executor}", ws.project)
             self.assertEqual(session.record["agentSessionIds"], [], executor)

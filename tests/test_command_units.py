@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet import reactor
 from twisted.internet.error import ConnectionDone
@@ -153,6 +153,7 @@ class DigestTests(unittest.TestCase):
                 d = digest(executor, obj)
                 self.assertIsNone(d.text)
 
+    @settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])  # a loaded CI machine is slow
     @given(
         st.recursive(
             st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),

@@ -138,6 +138,13 @@ class Options(options.TwistdOptions):
         ],
         ["max-sessions", None, 4, "Command mode: agents allowed to run at once.", options.positive_int],
         [
+            "approval-timeout",
+            None,
+            1800.0,
+            "Command mode: seconds an agent's question waits for an answer before it is denied.",
+            options.seconds,
+        ],
+        [
             "log-level",
             None,
             None,
@@ -151,6 +158,9 @@ class Options(options.TwistdOptions):
         self["project-root"] = []
         self["cors-origin"] = []
         self["api-host"] = []
+        self["acp-agent"] = []
+        self["oneshot-agent"] = []
+        self["notify"] = []
         self["server-addrs"] = []
         self["server-addr"] = None
 
@@ -178,6 +188,34 @@ class Options(options.TwistdOptions):
         if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})", name):
             raise usage.UsageError(f"--api-host {name!r} must be a host name like box.lan (no port)")
         self["api-host"].append(name)
+
+    def opt_acp_agent(self, spec: str) -> None:
+        """Command mode: an Agent Client Protocol agent, NAME=COMMAND, e.g. goose='goose acp' (repeatable)."""
+        from arp.client.command.executors import acp_agent
+
+        try:
+            self["acp-agent"].append(acp_agent(spec))
+        except ValueError as e:
+            raise usage.UsageError(f"--acp-agent {spec!r}: {e}")
+
+    def opt_oneshot_agent(self, name: str) -> None:
+        """Command mode: run Claude, Codex or Gemini one-shot (it cannot ask for approval; repeatable)."""
+        from arp.client.command.executors import executor_named
+
+        executor = executor_named(name)
+        if executor is None:
+            raise usage.UsageError(f"--oneshot-agent {name!r}: use Claude, Codex or Gemini")
+        self["oneshot-agent"].append(executor.name)
+
+    def opt_notify(self, url: str) -> None:
+        """Command mode: POST approvals and finished sessions to this webhook (ntfy topic URLs get
+        ntfy's format; repeatable)."""
+        from arp.client.command.notify import check_url
+
+        try:
+            self["notify"].append(check_url(url))
+        except ValueError as e:
+            raise usage.UsageError(f"--notify {url!r}: {e}")
 
     def postOptions(self) -> None:
         if not self["server-addr"] and not self["control-endpoint"]:
@@ -392,6 +430,10 @@ def _command_mode(
         client_id=client_id,
         rotate_owner_token=bool(config["rotate-owner-token"]),
         show_qr=not config["no-qr"],
+        approval_timeout=config["approval-timeout"],
+        oneshot=config["oneshot-agent"],
+        acp_agents=config["acp-agent"],
+        notify=config["notify"],
     )
     command.setServiceParent(top)
     if config["api-endpoint"]:

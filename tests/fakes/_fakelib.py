@@ -107,3 +107,204 @@ def session_ids(prompt, resume, make=new_id):
         return HOSTILE, HOSTILE
     first = resume or make()
     return first, HOSTILE if "HOSTILE_ID" in prompt else first
+
+
+# -- interactive channels (reference/approvals.md) ----------------------------------------------
+#
+# Markers that ask (interactive modes only): ``ASK_BASH`` (a shell command), ``ASK_EDIT`` (a file
+# edit with a diff), ``ASK_QUESTION`` (Claude's AskUserQuestion), ``ASK_TWICE`` (the same command
+# twice: "allow for this session" answers the second), ``WITHDRAW`` (ask, then withdraw the
+# request), ``DIE_ASKING`` (ask, then exit 9 without waiting).  Each asked request blocks until
+# answered (with ``HTML`` in the prompt, Claude's command is markup that must stay text); what
+# the fake was told ends up in its output ("allowed: ...", "denied: ...",
+# "answer: ...") and in its record file (``told``).
+
+ASK_MARKERS = ("ASK_BASH", "ASK_EDIT", "ASK_QUESTION", "ASK_TWICE", "WITHDRAW", "DIE_ASKING")
+COMMAND = "rm -rf build"
+HTML_COMMAND = '<img src=x onerror="window.pwned=1"><script>window.pwned=2</script>'  # the HTML marker
+QUESTION = {
+    "question": "Which color?",
+    "header": "Color",
+    "multiSelect": False,
+    "options": [{"label": "Red", "description": "warm"}, {"label": "Blue", "description": "cool"}],
+}
+TOPPINGS = {
+    "question": "Which toppings?",
+    "header": "Toppings",
+    "multiSelect": True,
+    "options": [{"label": "Cheese"}, {"label": "Olives"}, {"label": "Basil"}],
+}
+
+
+def read_json():
+    """The next JSON line on stdin, or None at EOF (non-JSON lines are an error)."""
+    line = sys.stdin.readline()
+    if not line:
+        return None
+    return json.loads(line)
+
+
+def drain_stdin():
+    """Wait until arpc closes our stdin (a real interactive CLI does not exit before)."""
+    while sys.stdin.readline():
+        pass
+
+
+def asks(prompt):
+    return any(m in prompt for m in ASK_MARKERS)
+
+
+def write_told(name, argv, prompt, told, extra=None):
+    record(name, argv, prompt, {"told": told, **(extra or {})})
+
+
+def edit_target():
+    path = os.path.join(os.getcwd(), "README.md")
+    return path, "Hello wrold\n", "Hello world\n"
+
+
+# -- ACP (Gemini --experimental-acp and the generic agent) --------------------------------------
+
+
+def rpc(obj):
+    emit({"jsonrpc": "2.0", **obj})
+
+
+def acp_main(name, argv):
+    """An ACP agent on stdio: initialize, session/new|load, session/prompt, asking on markers."""
+    told = []
+    pending_id = [1000]
+    sid = resume = None
+    while True:
+        msg = read_json()
+        if msg is None:
+            return 0
+        method, rid, params = msg.get("method"), msg.get("id"), msg.get("params") or {}
+        if method == "initialize":
+            rpc({"id": rid, "result": {"protocolVersion": 1, "agentCapabilities": {"loadSession": True}}})
+        elif method in ("session/new", "session/load"):
+            sid = resume = params.get("sessionId")
+            sid = sid or new_id()
+            record(
+                name,
+                argv,
+                "",
+                {"acp": method, "cwd_param": params.get("cwd"), "resume": params.get("sessionId")},
+            )
+            rpc({"id": rid, "result": {"sessionId": sid} if method == "session/new" else None})
+        elif method == "session/prompt":
+            prompt = " ".join(b.get("text", "") for b in params.get("prompt", []) if isinstance(b, dict))
+            prelude(prompt)
+            if "LONG" in prompt:
+                long_run(name, argv, prompt, lambda i, s=params["sessionId"]: acp_chunk(s, f"tick {i} "))
+            if "GARBAGE" in prompt:
+                print("\x1b[2Kprogress: 50%", flush=True)
+                rpc(
+                    {
+                        "method": "session/update",
+                        "params": {"sessionId": sid, "update": {"sessionUpdate": "plan", "entries": []}},
+                    }
+                )
+            listing = {"toolCallId": "t1", "title": "list_directory", "kind": "read"}
+            listing["rawInput"] = {"dir_path": "."}
+            update(params["sessionId"], {"sessionUpdate": "tool_call", **listing, "status": "pending"})
+            done = {"toolCallId": "t1", "status": "completed"}
+            done["content"] = [{"type": "content", "content": {"type": "text", "text": "2 items"}}]
+            update(params["sessionId"], {"sessionUpdate": "tool_call_update", **done})
+            text = acp_turn(name, argv, prompt, params["sessionId"], told, pending_id, resume)
+            if text is None:
+                return 9
+            write_told(name, argv, prompt, told, {"resume": resume})
+            if "FAIL" in prompt:
+                rpc({"id": rid, "error": {"code": -32000, "message": "quota exceeded"}})
+                continue
+            emit(acp_chunk(params["sessionId"], f"{name.capitalize()} says: "))
+            emit(acp_chunk(params["sessionId"], text))
+            rpc({"id": rid, "result": {"stopReason": "end_turn"}})
+        elif method == "session/cancel":
+            told.append({"cancel": True})
+        elif rid is not None and method is None:
+            pass  # a stray answer
+        elif rid is not None:
+            rpc({"id": rid, "error": {"code": -32601, "message": f"unknown method {method}"}})
+
+
+def update(sid, body):
+    rpc({"method": "session/update", "params": {"sessionId": sid, "update": body}})
+
+
+def acp_chunk(sid, text):
+    return {
+        "jsonrpc": "2.0",
+        "method": "session/update",
+        "params": {
+            "sessionId": sid,
+            "update": {"sessionUpdate": "agent_message_chunk", "content": {"type": "text", "text": text}},
+        },
+    }
+
+
+ACP_OPTIONS = [
+    {"optionId": "yes", "name": "Allow", "kind": "allow_once"},
+    {"optionId": "always", "name": "Always allow", "kind": "allow_always"},
+    {"optionId": "no", "name": "Reject", "kind": "reject_once"},
+]
+
+
+def acp_turn(name, argv, prompt, sid, told, pending_id, resume=None):
+    """Run the tool calls the markers ask for; the text to answer with (None: die)."""
+    if not asks(prompt):
+        return prompt
+    path, old, new = edit_target()
+    if "ASK_EDIT" in prompt:
+        call = {
+            "toolCallId": "call_edit",
+            "title": "Edit README.md",
+            "kind": "edit",
+            "content": [{"type": "diff", "path": path, "oldText": old, "newText": new}],
+            "locations": [{"path": path}],
+        }
+    else:
+        call = {
+            "toolCallId": "call_shell",
+            "title": f"Run {COMMAND}",
+            "kind": "execute",
+            "rawInput": {"command": COMMAND},
+        }
+    emit(
+        {
+            "jsonrpc": "2.0",
+            "method": "session/update",
+            "params": {
+                "sessionId": sid,
+                "update": {"sessionUpdate": "tool_call", **call, "status": "pending"},
+            },
+        }
+    )
+    results = []
+    for _ in range(2 if "ASK_TWICE" in prompt else 1):
+        pending_id[0] += 1
+        rid = pending_id[0]
+        rpc(
+            {
+                "id": rid,
+                "method": "session/request_permission",
+                "params": {"sessionId": sid, "toolCall": call, "options": ACP_OPTIONS},
+            }
+        )
+        if "DIE_ASKING" in prompt:
+            write_told(name, argv, prompt, told, {"resume": resume})
+            return None
+        while True:
+            msg = read_json()
+            if msg is None:
+                return None
+            if msg.get("id") == rid and "method" not in msg:
+                outcome = (msg.get("result") or {}).get("outcome") or {}
+                told.append(outcome)
+                break
+            if msg.get("method") == "session/cancel":
+                told.append({"cancel": True})
+        choice = outcome.get("optionId") if outcome.get("outcome") == "selected" else "cancelled"
+        results.append({"yes": "allowed", "always": "allowed always", "no": "denied"}.get(choice, choice))
+    return "; ".join(f"{r}: {call['title']}" for r in results)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 from dataclasses import dataclass
 from typing import Any
@@ -60,14 +61,26 @@ class UnsafeSessionId(ValueError):
     """An agent session id that does not have its CLI's shape (it never reaches a command line)."""
 
 
+#: Session ids of agents added with ``--acp-agent``: they travel in JSON, never on a command line.
+_ACP_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$")
+_AGENT_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
+
+
 @dataclass(frozen=True)
 class Executor:
-    """One agent CLI: its API name, the arpc flag naming its binary, and its command lines."""
+    """One agent CLI: its API name, the arpc flag naming its binary, and its command lines.
+
+    ``protocol`` names its interactive channel (:mod:`.channels`): ``claude``, ``codex`` or
+    ``acp``; ``command`` is the rest of an ``--acp-agent`` command line after the binary.
+    """
 
     name: str
     flag: str
     default_binary: str
     session_id_pattern: re.Pattern = _UUID_RE
+    protocol: str = "acp"
+    command: tuple[str, ...] = ()
+    oneshot: bool = True  # whether it has a one-shot command line to fall back to
 
     def valid_session_id(self, session_id: object) -> bool:
         """Whether an id the agent reported has this CLI's shape (so it can go back on its command line)."""
@@ -113,6 +126,25 @@ class Executor:
             args.append(f"--resume={resume}")
         return [*args, f"--prompt={prompt}"]
 
+    def interactive_argv(self, binary: str, model: str | None, mode: str, resume: str | None) -> list[str]:
+        """The command line of an interactive run: the prompt, and for Codex and ACP agents the
+        model and the session to resume, go over the channel, not on the command line."""
+        if resume is not None and not self.valid_session_id(resume):
+            raise UnsafeSessionId(f"{self.name} session id {resume[:80]!r} does not look like a UUID")
+        rank = PERMISSION_RANK[mode]
+        model_args = [f"--model={model}"] if model else []
+        if self.protocol == "claude":
+            args = [binary, "-p", "--output-format", "stream-json", "--input-format", "stream-json"]
+            args += ["--verbose", "--permission-prompt-tool", "stdio", *model_args, "--permission-mode", mode]
+            if resume:
+                args.append(f"--resume={resume}")
+            return args
+        if self.protocol == "codex":
+            return [binary, "app-server"]
+        if self.name == "Gemini":
+            return [binary, "--experimental-acp", *model_args, "--approval-mode", _GEMINI_APPROVAL[rank]]
+        return [binary, *self.command]
+
     def environment(self, base: dict[str, str]) -> dict[str, str]:
         """The child's environment: ours, minus what would confuse the CLI."""
         env = {k: v for k, v in base.items() if k not in ("CLAUDECODE", "CLAUDE_CODE_ENTRYPOINT")}
@@ -123,10 +155,32 @@ class Executor:
 
 
 EXECUTORS = {
-    "Claude": Executor("Claude", "--command-path", "claude"),
-    "Codex": Executor("Codex", "--codex-path", "codex"),
-    "Gemini": Executor("Gemini", "--gemini-path", "gemini"),
+    "Claude": Executor("Claude", "--command-path", "claude", protocol="claude"),
+    "Codex": Executor("Codex", "--codex-path", "codex", protocol="codex"),
+    "Gemini": Executor("Gemini", "--gemini-path", "gemini", protocol="acp"),
 }
+
+
+def acp_agent(spec: str) -> Executor:
+    """Parse ``--acp-agent NAME=COMMAND`` (COMMAND split like a shell would, without one)."""
+    name, sep, command = spec.partition("=")
+    name = name.strip()
+    if not sep or not _AGENT_NAME_RE.match(name):
+        raise ValueError("must be NAME=COMMAND, NAME being letters, digits, _ or - (at most 32)")
+    if executor_named(name) is not None:
+        raise ValueError(f"{name} is a built-in agent")
+    try:
+        words = shlex.split(command)
+    except ValueError as e:
+        raise ValueError(f"cannot split the command: {e}")
+    if not words:
+        raise ValueError("the command is empty")
+    return Executor(
+        name, "--acp-agent", words[0], _ACP_ID_RE, protocol="acp", command=tuple(words[1:]), oneshot=False
+    )
+
+
+acp_agent.coerceDoc = "NAME=COMMAND, e.g. goose='goose acp' (repeatable)."  # type: ignore[attr-defined]
 _ALIASES = {
     "claude": "Claude",
     "claude-code": "Claude",
@@ -191,6 +245,8 @@ def _claude(obj: dict) -> Digest:
 
 
 def _codex(obj: dict) -> Digest:
+    if "method" in obj:
+        return _codex_app(obj)
     d = Digest()
     kind = obj.get("type")
     if kind == "thread.started" and isinstance(obj.get("thread_id"), str):
@@ -218,7 +274,49 @@ def _codex(obj: dict) -> Digest:
     return d
 
 
+def _codex_app(obj: dict) -> Digest:
+    """``codex app-server`` notifications (the channel consumes requests and responses)."""
+    d = Digest()
+    method = obj.get("method")
+    params = obj.get("params") if isinstance(obj.get("params"), dict) else {}
+    item = params.get("item") if isinstance(params.get("item"), dict) else {}
+    if method == "thread/started" and isinstance(params.get("thread"), dict):
+        thread_id = params["thread"].get("id")
+        d.agent_session_id = thread_id if isinstance(thread_id, str) else None
+    elif (
+        method == "item/completed"
+        and item.get("type") == "agentMessage"
+        and isinstance(item.get("text"), str)
+    ):
+        d.text = item["text"]
+    elif method == "turn/completed":
+        turn = params.get("turn") if isinstance(params.get("turn"), dict) else {}
+        d.usage = turn.get("usage", params.get("usage"))
+        if turn.get("status") == "failed":
+            d.failed = True
+            error = turn.get("error")
+            d.error = str(error.get("message")) if isinstance(error, dict) else "turn failed"
+    elif method == "error" and isinstance(params.get("error"), dict):
+        d.error = str(params["error"].get("message"))
+    return d
+
+
+def _acp(obj: dict) -> Digest:
+    """Agent Client Protocol ``session/update`` notifications: the agent's text as deltas."""
+    d = Digest()
+    params = obj.get("params") if isinstance(obj.get("params"), dict) else {}
+    update = params.get("update") if isinstance(params.get("update"), dict) else {}
+    content = update.get("content") if isinstance(update.get("content"), dict) else {}
+    if obj.get("method") == "session/update" and update.get("sessionUpdate") == "agent_message_chunk":
+        if content.get("type") == "text" and isinstance(content.get("text"), str):
+            d.text = content["text"]
+            d.delta = True
+    return d
+
+
 def _gemini(obj: dict) -> Digest:
+    if "method" in obj:
+        return _acp(obj)
     d = Digest()
     kind = obj.get("type")
     if kind == "init" and isinstance(obj.get("session_id"), str):
@@ -245,6 +343,6 @@ def digest(executor: str, obj: object) -> Digest:
     if not isinstance(obj, dict):
         return Digest()
     try:
-        return _DIGESTERS[executor](obj)
+        return _DIGESTERS.get(executor, _acp)(obj)
     except (AttributeError, TypeError, ValueError, KeyError):
         return Digest()

@@ -83,8 +83,11 @@ class AgentProcess(ProcessProtocol):
         self._escalation: list = []
         self._watch: LoopingCall | None = None
 
-    def spawn(self, reactor: object, argv: list[str], env: dict[str, str], cwd: str) -> None:
-        """Start ``argv`` in ``cwd`` with stdin closed and no TTY, as a process group leader.
+    def spawn(
+        self, reactor: object, argv: list[str], env: dict[str, str], cwd: str, keep_stdin: bool = False
+    ) -> None:
+        """Start ``argv`` in ``cwd`` with no TTY, as a process group leader; stdin is closed unless
+        ``keep_stdin`` (an interactive channel: :meth:`write` lines, then :meth:`close_stdin`).
 
         ``cwd`` must be a resolved path (no symlinks): the agent starts only if the directory it
         lands in still is ``cwd`` (else the wrapper exits :data:`MOVED_EXIT` with a message).
@@ -99,7 +102,18 @@ class AgentProcess(ProcessProtocol):
             childFDs={0: "w", 1: "r", 2: "r"},
         )
         self.pgid = self.transport.pid
-        self.transport.closeStdin()
+        if not keep_stdin:
+            self.transport.closeStdin()
+
+    def write(self, data: bytes) -> None:
+        """Send ``data`` to the agent's stdin (dropped once the agent has ended)."""
+        if not self.ended and self.transport is not None:
+            self.transport.write(data)
+
+    def close_stdin(self) -> None:
+        """Close the agent's stdin: an interactive CLI exits when its input ends."""
+        if not self.ended and self.transport is not None:
+            self.transport.closeStdin()
 
     @property
     def pid(self) -> int | None:

@@ -12,8 +12,9 @@ from twisted.logger import Logger
 from twisted.web.server import Request, Site
 from twisted.web.static import File
 
+from arp import __version__
 from arp.client.command.access import AccessStore, qr_terminal
-from arp.client.command.executors import EXECUTORS
+from arp.client.command.executors import Executor
 from arp.client.command.history import (
     ClaudeHistory,
     CodexHistory,
@@ -25,6 +26,7 @@ from arp.client.command.history import (
 )
 from arp.client.command.limits import bound_bodies
 from arp.client.command.local import check_host
+from arp.client.command.notify import Notifier
 from arp.client.command.sessions import SessionManager
 from arp.client.command.store import SessionStore
 from arp.client.command.tunnel import SiteTunnel
@@ -73,6 +75,10 @@ class CommandService(MultiService):
         environ: dict[str, str] | None = None,
         history_anywhere: bool = False,
         api_hosts: Sequence[str] = (),
+        approval_timeout: float = 1800.0,
+        oneshot: Sequence[str] = (),
+        acp_agents: Sequence[Executor] = (),
+        notify: Sequence[str] = (),
     ) -> None:
         super().__init__()
         self.access = AccessStore(Path(data_dir), reactor, rotate_owner=rotate_owner_token)  # type: ignore[arg-type]
@@ -92,8 +98,14 @@ class CommandService(MultiService):
             max_sessions=max_sessions,
             claude_roots=roots,
             environ=environ,
+            approval_timeout=approval_timeout,
+            oneshot=oneshot,
+            acp_agents=acp_agents,
+            version=__version__,
         )
         self.manager.setServiceParent(self)
+        self.notifier = Notifier(reactor, list(notify), self.manager, link=self._session_link)
+        self.notifier.setServiceParent(self)
         # history is read only for projects under --project-root, unless --history-anywhere
         given = [os.path.abspath(os.path.expanduser(p)) for p in project_roots]
         within = None if history_anywhere else ProjectScope([*given, *self.manager.project_roots])
@@ -111,6 +123,10 @@ class CommandService(MultiService):
         self.site: Site = bound_bodies(make_site(self.root))
         #: the ``--api-endpoint`` site: the same tree, for requests whose Host addresses it
         self.api_site: Site = check_host(bound_bodies(make_site(self.root)), api_hosts)
+
+    def _session_link(self, session_id: str) -> str | None:
+        base = self.guard.route_url()
+        return f"{base}#/session/{session_id}" if base else None
 
     @property
     def owner_token(self) -> str:
@@ -136,8 +152,10 @@ class CommandService(MultiService):
 
     def describe(self) -> dict[str, Any]:
         """A summary for the start-up log line."""
+        manager = self.manager
         found = {
-            name: ex.resolve(self.manager.binaries.get(name)) or "not found" for name, ex in EXECUTORS.items()
+            f"{name} ({manager.mode(ex)})": ex.resolve(manager.binaries.get(name)) or "not found"
+            for name, ex in manager.executors.items()
         }
         return {
             "roots": ", ".join(str(r) for r in self.manager.project_roots),

@@ -6,7 +6,7 @@ import json
 import os
 import uuid
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -14,7 +14,17 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.logger import Logger
 
+from arp.client.command.approvals import (
+    PENDING,
+    Answer,
+    ApprovalBook,
+    ApprovalError,
+    Pending,
+    check_answer,
+)
+from arp.client.command.channels import CHANNELS, AcpChannel, Channel
 from arp.client.command.executors import (
+    EXECUTORS,
     PERMISSION_RANK,
     Executor,
     UnsafeSessionId,
@@ -49,9 +59,10 @@ class Viewer(Protocol):
     def session_ended(self) -> None: ...
 
 
-def now_iso() -> str:
-    """The current UTC time as ISO 8601 with milliseconds."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+def now_iso(later: float = 0.0) -> str:
+    """The current UTC time (plus ``later`` seconds) as ISO 8601 with milliseconds."""
+    when = datetime.now(UTC) + timedelta(seconds=later)
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class Session:
@@ -75,6 +86,9 @@ class Session:
         self._result_text: str | None = None
         self._line_buffer: list[dict] = []
         self._bad_id_warned = False
+        self.channel: Channel | None = None
+        self.pending: dict[str, Pending] = {}  # by approval id
+        self.allowed_tools: set[str] = set()  # allowed "for this session"
 
     @property
     def id(self) -> str:
@@ -154,8 +168,118 @@ class Session:
             self._error = d.error
 
     def _valid_agent_id(self, session_id: object) -> bool:
-        executor = executor_named(self.record["executor"])
+        executor = self.manager.executor(self.record["executor"])
         return executor is not None and executor.valid_session_id(session_id)
+
+    # -- the interactive channel's host ---------------------------------------------------
+
+    @property
+    def cwd(self) -> str:
+        """The agent's working directory."""
+        return self.record["projectPath"]
+
+    def note_agent_session(self, session_id: object) -> None:
+        """The channel learned the agent's session id (a thread or ACP session)."""
+        if isinstance(session_id, str):
+            from arp.client.command.executors import Digest
+
+            self._learn(Digest(agent_session_id=session_id))
+
+    def note_failure(self, message: str) -> None:
+        """The channel saw the turn fail."""
+        self._failed = True
+        self._error = message[:2000]
+
+    def ask(self, *, key: str, reply: Any, sessionScope: bool = False, **fields: Any) -> str:
+        """The agent asks: record an approval, show it to viewers, start its timeout."""
+        manager = self.manager
+        timeout = manager.approval_timeout
+        record: dict[str, Any] = {
+            "id": manager.approvals.new_id(),
+            "sessionId": self.id,
+            "turn": len(self.record["turns"]),
+            "agent": self.record["executor"],
+            "kind": fields.pop("kind", "permission"),
+            "tool": fields.pop("tool", "tool"),
+            "input": fields.pop("input", {}),
+            "summary": fields.pop("summary", {}),
+            "suggestions": fields.pop("suggestions", None) or [],
+            "sessionScope": sessionScope,
+            "createdAt": now_iso(),
+            "deadline": now_iso(timeout),
+            "status": PENDING,
+            "answeredBy": None,
+            "answeredAt": None,
+            "key": key,
+        }
+        record.update({k: v for k, v in fields.items() if v is not None})
+        pending = Pending(record, reply)
+        self.pending[record["id"]] = pending
+        manager.approvals.put(record)
+        self.emit("approval", approval=record)
+        if record["kind"] == "permission" and record["tool"] in self.allowed_tools:
+            # allowed for this session already: recorded, answered at once, nobody is nudged
+            self._resolve(pending, Answer("allowed", scope="session"), {"rule": "allowed for this session"})
+        else:
+            manager.announce("approval", self, record)
+            pending.timer = manager.reactor.callLater(timeout, self._expire, record["id"])  # type: ignore[attr-defined]
+        return record["id"]
+
+    def _expire(self, approval_id: str) -> None:
+        pending = self.pending.get(approval_id)
+        if pending is not None:
+            minutes = self.manager.approval_timeout / 60
+            message = f"No answer from the user within {minutes:g} minutes, so this was denied."
+            self._resolve(pending, Answer("expired", message=message), {"rule": "approval timeout"})
+
+    def withdraw(self, key: str, why: str) -> None:
+        """The agent no longer waits for the approval it asked as ``key``."""
+        for pending in list(self.pending.values()):
+            if pending.record["key"] == key:
+                self._resolve(pending, Answer("cancelled", message="withdrawn"), {"rule": why})
+
+    def cancel_approvals(self, why: str, tell_agent: bool) -> None:
+        """Cancel every pending approval (the session was cancelled, or its agent ended)."""
+        for pending in list(self.pending.values()):
+            answer = Answer("cancelled", message=why if tell_agent else "withdrawn")
+            self._resolve(pending, answer, {"rule": why})
+
+    def answer(self, approval_id: str, body: object, by: dict | None) -> dict[str, Any]:
+        """A person answers: validate, tell the agent, record who and when (409 if not pending)."""
+        pending = self.pending.get(approval_id)
+        if pending is None:
+            record = self.manager.approvals.records.get(approval_id)
+            if record is None or record.get("sessionId") != self.id:
+                raise ApprovalError(404, f"no approval {approval_id!r} in this session")
+            raise ApprovalError(409, f"the approval is {record['status']}, no longer pending")
+        answer = check_answer(pending.record, body)
+        return self._resolve(pending, answer, by)
+
+    def _resolve(self, pending: Pending, answer: Answer, by: dict | None) -> dict[str, Any]:
+        record = pending.record
+        self.pending.pop(record["id"], None)
+        if pending.timer is not None and pending.timer.active():
+            pending.timer.cancel()
+        record["status"] = answer.status
+        record["answeredBy"] = by
+        record["answeredAt"] = now_iso()
+        record["decision"] = {
+            "message": answer.message if answer.message != "withdrawn" else None,
+            "scope": answer.scope,
+            "answers": answer.answers,
+            "updatedInput": answer.updated_input,
+        }
+        if answer.allowed and answer.scope == "session" and record["kind"] == "permission":
+            self.allowed_tools.add(record["tool"])
+        try:
+            pending.reply(answer)
+        except Exception:
+            self.manager.log.failure("session {id}: could not pass an answer to the agent", id=self.id)
+        self.manager.approvals.put(record)
+        self.emit("approval_resolved", approval=record)
+        if by != {"rule": "allowed for this session"}:
+            self.manager.announce("approval_resolved", self, record)
+        return record
 
     def emit(self, kind: str, **fields: Any) -> dict[str, Any]:
         """Record a new event, then pass it to every viewer."""
@@ -228,7 +352,11 @@ class Session:
         """
         record = self.record
         manager = self.manager
-        argv = executor.argv(binary, prompt, record.get("model"), record["permissionMode"], resume)
+        interactive = manager.mode(executor) == "interactive"
+        if interactive:
+            argv = executor.interactive_argv(binary, record.get("model"), record["permissionMode"], resume)
+        else:
+            argv = executor.argv(binary, prompt, record.get("model"), record["permissionMode"], resume)
         record["turns"].append({"prompt": prompt, "startedAt": now_iso(), "resume": resume, "by": by})
         record["status"] = "running"
         record["exitCode"] = None
@@ -239,14 +367,24 @@ class Session:
         self._error = None
         self._stderr_kept = self._stderr_dropped = 0
         self._stderr_tail = b""
-        self.emit("turn", prompt=prompt, resume=resume, argv=argv[1:], by=by)
+        mode = "interactive" if interactive else "oneshot"
+        self.emit("turn", prompt=prompt, resume=resume, argv=argv[1:], by=by, mode=mode)
         process = AgentProcess(manager.reactor, self._line, self._stderr, self._ended)
+        env = executor.environment(manager.environ)
         try:
-            process.spawn(manager.reactor, argv, executor.environment(manager.environ), record["projectPath"])
+            process.spawn(manager.reactor, argv, env, record["projectPath"], keep_stdin=interactive)
         except OSError as e:
             self._finish("failed", None, f"could not start {binary}: {e}")
             return
         self.process = process
+        if interactive:
+            options = {
+                "model": record.get("model"),
+                "rank": PERMISSION_RANK[record["permissionMode"]],
+                "version": manager.version,
+            }
+            self.channel = CHANNELS[executor.protocol](self, process, prompt, resume, options)
+            self.channel.start()
         record["pid"] = process.pid
         manager.store.save(record)
         manager.log.info(
@@ -266,7 +404,11 @@ class Session:
         except ValueError:
             self.emit("raw", text=text)
             return
+        if self.channel is not None and self.channel.handle(obj):
+            return
         kind = obj.get("type") if isinstance(obj, dict) else None
+        if kind is None and isinstance(obj, dict) and isinstance(obj.get("method"), str):
+            kind = obj["method"]
         self.emit("agent", type=kind if isinstance(kind, str) else None, data=obj)
 
     def _stderr(self, data: bytes) -> None:
@@ -282,6 +424,8 @@ class Session:
 
     def _ended(self, code: int | None, sig: int | None) -> None:
         self.process = None
+        self.channel = None
+        self.cancel_approvals("the agent ended", tell_agent=False)
         if self._stderr_dropped:
             self.emit("stderr", text=f"[{self._stderr_dropped} more bytes of stderr not recorded]")
         if self.cancelling:
@@ -311,6 +455,7 @@ class Session:
         self.manager.store.save(record)
         self.manager.store.close_events(self.id)
         self.manager.log.info("session {id}: {status}", id=self.id, status=status)
+        self.manager.announce("session_finished", self, None)
         for viewer in list(self.viewers):
             viewer.session_ended()
 
@@ -333,7 +478,19 @@ class SessionManager(Service):
         claude_roots: Iterable[Path] = (),
         grace: float = 2.0,
         environ: dict[str, str] | None = None,
+        approval_timeout: float = 1800.0,
+        oneshot: Iterable[str] = (),
+        acp_agents: Iterable[Executor] = (),
+        version: str = "0",
     ) -> None:
+        self.executors: dict[str, Executor] = dict(EXECUTORS)
+        for agent in acp_agents:
+            self.executors[agent.name] = agent
+        self.oneshot = {executor_named(n).name if executor_named(n) else n for n in oneshot}
+        self.approval_timeout = approval_timeout
+        self.version = version
+        self.listeners: list[Any] = []  # called with (event, session, approval record or None)
+        self.approvals = ApprovalBook(Path(store.directory) / "approvals.json")
         self.store = store
         self.reactor = reactor
         self.binaries = binaries
@@ -348,28 +505,70 @@ class SessionManager(Service):
         self.stopping = False
         self._load()
 
+    def executor(self, name: object) -> Executor | None:
+        """The executor for an API name: a built-in one (aliases too) or an ``--acp-agent``."""
+        if isinstance(name, str) and name in self.executors:
+            return self.executors[name]
+        found = executor_named(name)
+        return self.executors.get(found.name) if found else None
+
+    def mode(self, executor: Executor) -> str:
+        """``interactive`` (the agent can ask) or ``oneshot`` (``--oneshot-agent``: it cannot)."""
+        return "oneshot" if executor.name in self.oneshot and executor.oneshot else "interactive"
+
+    def announce(self, event: str, session: Session, approval: dict | None) -> None:
+        """Tell the listeners (webhooks, waiting approval lists) about an approval or a finished session."""
+        for listener in list(self.listeners):
+            try:
+                listener(event, session, approval)
+            except Exception:
+                self.log.failure("a listener failed on {event}", event=event)
+
+    def approval_listing(self, status: str | None = None) -> list[dict[str, Any]]:
+        """Approval records, oldest first, as the API shows them."""
+        return [{k: v for k, v in r.items() if k != "key"} for r in self.approvals.listing(status)]
+
+    def _cancel_stale_approvals(self) -> None:
+        """Approvals pending before a restart: their agents are gone, so they are cancelled."""
+        changed = False
+        for record in self.approvals.listing(PENDING):
+            record.update(status="cancelled", answeredAt=now_iso(), answeredBy={"rule": "arpc restarted"})
+            changed = True
+            session = self.sessions.get(record.get("sessionId", ""))
+            if session is not None:
+                session.emit("approval_resolved", approval=record)
+                if not session.running:
+                    self.store.close_events(session.id)
+        if changed:
+            self.approvals.save()
+
     def _load(self) -> None:
-        for record in self.store.load_all():
-            if not all(k in record for k in ("executor", "status", "turns", "lastSeq", "createdAt")):
-                continue
-            session = Session(self, record)
-            self.sessions[record["id"]] = session
-            if record["status"] == "running":
-                # the record is saved at status changes; the event log is the truth about sequence numbers
+        self._load_sessions()
+        for session in self.sessions.values():
+            if session.running:  # the record is saved at status changes; the log knows the last seq
                 events = session.events()
                 if events:
-                    record["lastSeq"] = max(record["lastSeq"], events[-1]["seq"])
-                pid = record.get("pid")
+                    session.record["lastSeq"] = max(session.record["lastSeq"], events[-1]["seq"])
+        self._cancel_stale_approvals()
+        for session in list(self.sessions.values()):
+            if session.running:
+                pid = session.record.get("pid")
                 if isinstance(pid, int) and group_alive(pid):
                     self.log.warn(
                         "session {id}: its agent (process group {pid}) from before the restart may still "
                         "be running; it is not ours any more",
-                        id=record["id"],
+                        id=session.id,
                         pid=pid,
                     )
                 session._finish("interrupted", None, "arpc stopped while the agent was running")
         if self.sessions:
             self.log.info("loaded {n} sessions", n=len(self.sessions))
+
+    def _load_sessions(self) -> None:
+        for record in self.store.load_all():
+            if not all(k in record for k in ("executor", "status", "turns", "lastSeq", "createdAt")):
+                continue
+            self.sessions[record["id"]] = Session(self, record)
 
     # -- queries ------------------------------------------------------------------------
 
@@ -471,9 +670,9 @@ class SessionManager(Service):
         """Validate a new-session request and start the agent."""
         if not isinstance(body, dict):
             raise ApiError(400, "the body must be a JSON object")
-        executor = executor_named(body.get("executor", "Claude"))
+        executor = self.executor(body.get("executor", "Claude"))
         if executor is None:
-            raise ApiError(400, "unknown executor: use Claude, Codex or Gemini")
+            raise ApiError(400, "unknown executor: use " + ", ".join(self.executors))
         prompt = self._prompt(body)
         project = self._project_path(body)
         model = self._model(body)
@@ -520,8 +719,9 @@ class SessionManager(Service):
             raise ApiError(409, "the agent never reported a valid session id, so it cannot be continued")
         model = self._model(body) if "model" in body else session.record.get("model")
         self._recheck_project(session.record["projectPath"])
-        executor = executor_named(session.record["executor"])
-        assert executor is not None
+        executor = self.executor(session.record["executor"])
+        if executor is None:
+            raise ApiError(409, f"the agent {session.record['executor']} is not configured any more")
         binary = self._binary(executor)
         self._capacity()
         session.record["model"] = model
@@ -570,6 +770,9 @@ class SessionManager(Service):
         session.cancelling = True
         session.cancelled_by = actor
         self.log.info("session {id}: cancelling", id=session.id)
+        session.cancel_approvals("the session was cancelled", tell_agent=True)
+        if isinstance(session.channel, AcpChannel):
+            session.channel.cancel()
         d = process.terminate(self.grace)
         d.addCallback(lambda _: session)
         return d
@@ -582,6 +785,7 @@ class SessionManager(Service):
             viewer.session_ended()
         self.store.delete(session.id)
         self.sessions.pop(session.id, None)
+        self.approvals.drop_session(session.id)
 
     def stopService(self) -> Deferred:
         """Stop every running agent (recorded as interrupted) before arpc exits."""

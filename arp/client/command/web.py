@@ -7,6 +7,8 @@
     /api/sessions/{id}                       GET, DELETE
     /api/sessions/{id}/messages              POST
     /api/sessions/{id}/stream?since=N        WebSocket
+    /api/sessions/{id}/approvals/{aid}       GET (view), POST (approve)
+    /api/approvals[?status=&wait=&version=]  GET (view; wait= long-polls for a change)
     /api/claude/projects                     GET
     /api/claude/sessions[?project=]          GET
     /api/claude/sessions/{uuid}              GET
@@ -34,7 +36,7 @@ from urllib.parse import urlsplit
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server
@@ -52,7 +54,7 @@ from arp.client.command.access import (
     qr_svg_data_url,
     with_access,
 )
-from arp.client.command.executors import EXECUTORS
+from arp.client.command.approvals import ApprovalError
 from arp.client.command.history import ClaudeHistory, CodexHistory, GeminiHistory
 from arp.client.command.sessions import ApiError, Session, SessionManager
 from arp.client.command.store import valid_id
@@ -382,7 +384,7 @@ class Health(JsonResource):
 
     def handle_GET(self, request: server.Request, grant: Grant) -> tuple[int, Any]:
         executors = {}
-        for name, executor in EXECUTORS.items():
+        for name, executor in self.manager.executors.items():
             configured = self.manager.binaries.get(name) or executor.default_binary
             path = executor.resolve(configured)
             executors[name] = {
@@ -390,6 +392,8 @@ class Health(JsonResource):
                 "path": path,
                 "binary": configured,
                 "flag": executor.flag,
+                "mode": self.manager.mode(executor),
+                "protocol": executor.protocol if self.manager.mode(executor) == "interactive" else "oneshot",
             }
         return 200, {
             "ok": True,
@@ -397,6 +401,10 @@ class Health(JsonResource):
             "executors": executors,
             "sessions": {"running": self.manager.running_count(), "max": self.manager.max_sessions},
             "relays": self.guard.relays(),
+            "approvals": {
+                "pending": len(self.manager.approvals.listing("pending")),
+                "timeout": self.manager.approval_timeout,
+            },
         }
 
 
@@ -442,6 +450,9 @@ class SessionDetail(JsonResource):
     def getChild(self, path: bytes, request: server.Request) -> Resource:
         if path == b"messages":
             return FollowUp(self.cors, self.guard, self.manager, self.session_id)
+        if path == b"approvals" and len(request.postpath) == 1:
+            approval_id = request.postpath[0].decode("ascii", "replace")
+            return ApprovalDetail(self.cors, self.guard, self.manager, self.session_id, approval_id)
         if path == b"stream" and not request.postpath:
             return self.stream
         return NotFound(self.cors, self.guard)
@@ -479,6 +490,98 @@ class FollowUp(JsonResource):
         body = session.summary()
         body["events"] = session.events_since(before)
         return 202, body
+
+
+class ApprovalDetail(JsonResource):
+    """``/api/sessions/{id}/approvals/{approvalId}``: read one approval, or answer it (``approve``)."""
+
+    isLeaf = True
+    scopes = {"GET": "view", "POST": "approve"}
+
+    def __init__(self, cors: Cors, guard: Guard, manager: SessionManager, session_id: str, aid: str) -> None:
+        super().__init__(cors, guard)
+        self.manager = manager
+        self.session_id = session_id
+        self.approval_id = aid
+
+    def handle_GET(self, request: server.Request, grant: Grant) -> tuple[int, Any]:
+        self.manager.get(self.session_id)
+        record = self.manager.approvals.records.get(self.approval_id)
+        if record is None or record.get("sessionId") != self.session_id:
+            raise ApiError(404, f"no approval {self.approval_id!r} in this session")
+        return 200, {k: v for k, v in record.items() if k != "key"}
+
+    def handle_POST(self, request: server.Request, grant: Grant) -> tuple[int, Any]:
+        session = self.manager.get(self.session_id)
+        body = self.json_body(request)
+        try:
+            record = session.answer(self.approval_id, body, grant.actor())
+        except ApprovalError as e:
+            raise ApiError(e.status, e.message)
+        log.info(
+            "approval {id} of session {sid} {status} by token {token}",
+            id=record["id"],
+            sid=session.id,
+            status=record["status"],
+            token=grant.id,
+        )
+        return 200, {k: v for k, v in record.items() if k != "key"}
+
+
+class Approvals(JsonResource):
+    """``GET /api/approvals``: every approval, oldest first (``?status=pending`` filters).
+
+    ``?wait=S&version=V`` waits up to S seconds (at most 55) for a change after version V, so a
+    console's "needs you" badge is live without polling.
+    """
+
+    isLeaf = True
+    scopes = {"GET": "view"}
+    MAX_WAIT = 55
+
+    def __init__(self, cors: Cors, guard: Guard, manager: SessionManager) -> None:
+        super().__init__(cors, guard)
+        self.manager = manager
+        self.version = 0
+        self.waiting: list[Deferred] = []
+        manager.listeners.append(self._changed)
+
+    def _changed(self, event: str, session: Session, approval: dict | None) -> None:
+        if approval is None:
+            return
+        self.version += 1
+        waiting, self.waiting = self.waiting, []
+        for d in waiting:
+            if not d.called:
+                d.callback(None)
+
+    def handle_GET(self, request: server.Request, grant: Grant) -> tuple[int, Any] | Deferred:
+        status = _str_arg(request, "status")
+        if status is not None and status not in ("pending", "allowed", "denied", "expired", "cancelled"):
+            raise ApiError(400, "status must be pending, allowed, denied, expired or cancelled")
+        wait = _int_arg(request, "wait", 0, 0, self.MAX_WAIT)
+        version = _int_arg(request, "version", -1, -1)
+
+        def answer(_: object = None) -> tuple[int, Any]:
+            return 200, {"approvals": self.manager.approval_listing(status), "version": self.version}
+
+        if not wait or version != self.version:
+            return answer()
+        d: Deferred = Deferred()
+        self.waiting.append(d)
+        from twisted.internet import reactor
+
+        def forget(result: object) -> object:
+            if d in self.waiting:
+                self.waiting.remove(d)
+            return result
+
+        d.addTimeout(wait, reactor, onTimeoutCancel=lambda *_: None)
+        d.addBoth(forget)
+        request.notifyFinish().addErrback(lambda _: None if d.called else d.cancel())
+        d.addCallback(answer)
+        d.addErrback(lambda f: f.trap(CancelledError) and (499, "the client went away"))
+        return d
 
 
 class HistoryList(JsonResource):
@@ -806,6 +909,7 @@ def build_root(
         agent.putChild(b"sessions", HistoryList(cors, guard, reader))
     claude_api = api.children[b"claude"]
     claude_api.putChild(b"projects", Projects(cors, guard, claude))
+    api.putChild(b"approvals", Approvals(cors, guard, manager))
     api.putChild(b"me", Me(cors, guard))
     api.putChild(b"tokens", Tokens(cors, guard))
     return root

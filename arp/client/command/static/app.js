@@ -6,12 +6,14 @@
 //   #/sessions              sessions started through ARP
 //   #/session/<id>          one session: live output, cancel, follow-up
 //   #/new[?project=<path>]  start a session
+//   #/approvals             what the agents wait for you to answer (approvals and questions)
 //   #/devices               access tokens: list, revoke, share a link (QR code)   (admin)
 //   #/signin/<reason>       no valid access token: why, and a field to paste a link
 
 import { api, onUnauthorized } from "./api.js";
 import { SessionStream } from "./stream.js";
 import { Transcript, h, historyMessage, pill, timeEl } from "./render.js";
+import { approvalCard, notify, onPending, watchPending } from "./approvals.js";
 
 const view = document.getElementById("view");
 const banner = document.getElementById("banner");
@@ -274,7 +276,7 @@ async function sessionView(id) {
   }
   if (gen !== routeGen) return; // the user went elsewhere meanwhile
   transcript.replaceChildren();
-  const render = new Transcript(transcript, session.executor);
+  const render = new Transcript(transcript, session.executor, { canAnswer: can("approve") });
   let lastSeq = 0;
   let stream = null;
   let alive = true;
@@ -290,11 +292,17 @@ async function sessionView(id) {
     const nearBottom = el.scrollTop + el.clientHeight >= el.scrollHeight - 120;
     render.add(event);
     if (event.kind === "status") {
+      if (stream && session.status === "running") notify(`Session ${event.status}`, session.prompt.slice(0, 120), `#/session/${id}`, `session-${id}`);
       session.status = event.status;
       session.error = event.error;
       paint();
     }
     if (nearBottom && stream) el.scrollTop = el.scrollHeight;
+    if (event.kind === "approval" && event.approval.status === "pending") {
+      // the agent waits for this: bring the card (and its buttons) above the live bar
+      const card = transcript.querySelector(`[data-approval="${CSS.escape(event.approval.id)}"]`);
+      if (card && card.dataset.status === "pending") card.scrollIntoView({ block: "center" });
+    }
   };
 
   const paint = () => {
@@ -426,6 +434,44 @@ async function sessionView(id) {
   if (session.status === "running") watch();
 }
 
+// -- what needs you ---------------------------------------------------------------------------
+
+async function approvalsView() {
+  setNav("approvals");
+  const list = h("div", { class: "list approvals", id: "approvals" }, loading());
+  const recent = h("div", { class: "list approvals recent", id: "recent" });
+  const box = errorBox("approvals-error");
+  const nudge = h("button", { type: "button", id: "enable-notifications", class: "subtle" }, "Notify me in the background");
+  const canNotify = typeof Notification !== "undefined" && Notification.permission === "default";
+  nudge.hidden = !canNotify;
+  nudge.addEventListener("click", async () => {
+    await Notification.requestPermission();
+    nudge.hidden = Notification.permission !== "default";
+  });
+  view.replaceChildren(title("Needs you", nudge), box, list, h("h2", {}, "Answered recently"), recent);
+  const gen = routeGen;
+  const paint = async () => {
+    try {
+      const all = (await api("api/approvals")).approvals;
+      if (gen !== routeGen) return;
+      const waiting = all.filter((a) => a.status === "pending");
+      list.replaceChildren(...(waiting.length ? waiting.map((a) => approvalCard(a, { canAnswer: can("approve"), link: true })) : [h("p", { class: "empty" }, "Nothing is waiting for you.")]));
+      const done = all.filter((a) => a.status !== "pending").slice(-10).reverse();
+      recent.replaceChildren(...done.map((a) => approvalCard(a, { link: true })));
+    } catch (e) {
+      fail(box, e);
+    }
+  };
+  await paint();
+  let last = null;
+  const off = onPending((pending) => {
+    const ids = pending.map((a) => a.id).join();
+    if (last !== null && ids !== last) paint();
+    last = ids;
+  });
+  cleanup = off;
+}
+
 // -- new session ------------------------------------------------------------------------------
 
 async function newView(query) {
@@ -437,7 +483,7 @@ async function newView(query) {
   const executor = h(
     "select",
     { id: "executor", name: "executor" },
-    EXECUTORS.map((name) => {
+    (health ? Object.keys(health.executors) : EXECUTORS).map((name) => {
       const info = health && health.executors[name];
       const missing = info && !info.found ? ` (not found: set ${info.flag})` : "";
       return h("option", { value: name }, name + missing);
@@ -691,6 +737,7 @@ async function route() {
   try {
     if (parts[0] === "project" && arg) await projectView(decodeURIComponent(arg));
     else if (parts[0] === "devices") await devicesView();
+    else if (parts[0] === "approvals") await approvalsView();
     else if (parts[0] === "history" && arg) await historyView(decodeURIComponent(arg));
     else if (parts[0] === "sessions") await sessionsView();
     else if (parts[0] === "session" && arg) await sessionView(decodeURIComponent(arg));
@@ -704,4 +751,8 @@ async function route() {
 window.addEventListener("hashchange", route);
 setInterval(loadHealth, 15000);
 if (location.hash.startsWith("#/signin")) route();
-else loadMe().then(route);
+else
+  loadMe().then(() => {
+    if (!signedOut && can("view")) watchPending();
+    return route();
+  });

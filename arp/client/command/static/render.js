@@ -2,6 +2,7 @@
 // ever set with textContent, or passed through the escaping markdown renderer.
 
 import { markdown } from "./markdown.js";
+import { approvalCard, updateCards } from "./approvals.js";
 
 /** h("div", {class: "x", onclick: f}, child, "text", ...) */
 export function h(tag, attrs = {}, ...children) {
@@ -118,9 +119,10 @@ export function historyMessage(m) {
 
 /** Renders a session's events into a container, keeping a little state (Gemini deltas, stderr runs). */
 export class Transcript {
-  constructor(container, executor) {
+  constructor(container, executor, { canAnswer = true } = {}) {
     this.el = container;
     this.executor = executor;
+    this.canAnswer = canAnswer;
     this.delta = null; // the Gemini assistant bubble being extended
     this.stderr = null; // the <pre> of the current run of stderr events
   }
@@ -145,6 +147,12 @@ export class Transcript {
         return this.agent(e.data, e.time);
       case "raw":
         return h("pre", { class: "raw-line" }, e.text);
+      case "approval":
+        this.delta = null;
+        return approvalCard(e.approval, { canAnswer: this.canAnswer });
+      case "approval_resolved":
+        updateCards(e.approval);
+        return null;
       case "stderr":
         if (this.stderr) {
           this.stderr.textContent += e.text;
@@ -166,7 +174,8 @@ export class Transcript {
 
   agent(d, time) {
     if (!d || typeof d !== "object") return rawFold("output", d);
-    const fn = { Claude: this.claude, Codex: this.codex, Gemini: this.gemini }[this.executor];
+    if (typeof d.method === "string" && this.executor !== "Codex") return this.acp(d, time);
+    const fn = { Claude: this.claude, Codex: this.codex, Gemini: this.gemini }[this.executor] || this.acp;
     const nodes = fn ? fn.call(this, d, time) : undefined;
     return nodes === undefined ? rawFold(`event ${d.type ?? "?"}`, d) : nodes;
   }
@@ -203,6 +212,7 @@ export class Transcript {
   }
 
   codex(d, time) {
+    if (typeof d.method === "string") return this.codexApp(d, time);
     if (d.type === "thread.started") return note(`Codex thread ${d.thread_id}`, "meta");
     if (d.type === "turn.started" || d.type === "item.started" || d.type === "item.updated") return null;
     if (d.type === "turn.completed") return note(`Turn completed${d.usage ? ` · ${d.usage.output_tokens ?? "?"} output tokens` : ""}`, "meta");
@@ -220,6 +230,55 @@ export class Transcript {
       return rawFold(`item ${item.type}`, item);
     }
     return undefined;
+  }
+
+  // codex app-server notifications (reference/approvals.md §2)
+  codexApp(d, time) {
+    const p = d.params || {};
+    const item = p.item || {};
+    if (d.method === "thread/started") return note(`Codex thread ${(p.thread && p.thread.id) || "?"}`, "meta");
+    if (d.method === "turn/completed") {
+      const t = p.turn || {};
+      if (t.status === "failed") return note(`Turn failed: ${(t.error && t.error.message) || "unknown error"}`, "error");
+      return note("Turn completed", "meta");
+    }
+    if (d.method === "error") return note(`Error: ${(p.error && p.error.message) || "?"}`, "error");
+    if (d.method !== "item/completed") return null;
+    if (item.type === "agentMessage") return bubble("assistant", item.text, time);
+    if (item.type === "reasoning") return thinking(item.text || (item.summary || []).join("\n"), time);
+    if (item.type === "commandExecution") {
+      const cmd = Array.isArray(item.command) ? item.command.join(" ") : item.command;
+      const failed = item.status !== "completed" || (item.exitCode ?? 0) !== 0;
+      return [toolCall("shell", { command: cmd }, time), toolResult(item.aggregatedOutput ?? "", failed, time, item.status === "declined" ? "declined" : `exit ${item.exitCode ?? "?"}`)];
+    }
+    if (item.type === "fileChange") return toolCall("file change", item.changes || item, time);
+    if (item.type === "userMessage") return null;
+    return rawFold(`item ${item.type}`, item);
+  }
+
+  // Agent Client Protocol session/update notifications (Gemini --experimental-acp, --acp-agent)
+  acp(d, time) {
+    const u = (d.params && d.params.update) || {};
+    const c = u.content || {};
+    if (d.method !== "session/update") return null;
+    if (u.sessionUpdate === "agent_message_chunk" && c.type === "text") {
+      if (this.delta) {
+        this.delta.text += c.text;
+        this.delta.md.innerHTML = markdown(this.delta.text);
+        return null;
+      }
+      const node = bubble("assistant", c.text, time);
+      this.delta = { text: c.text, md: node.querySelector(".md") };
+      return node;
+    }
+    this.delta = null;
+    if (u.sessionUpdate === "agent_thought_chunk" && c.type === "text") return thinking(c.text, time);
+    if (u.sessionUpdate === "tool_call") return toolCall(u.title || u.kind || "tool", u.rawInput || u.content || {}, time);
+    if (u.sessionUpdate === "tool_call_update" && (u.status === "completed" || u.status === "failed")) {
+      const text = (u.content || []).map((b) => (b && b.content && b.content.text) || (b && b.type === "diff" ? `diff ${b.path}` : "")).join("\n");
+      return toolResult(text, u.status === "failed", time);
+    }
+    return null;
   }
 
   gemini(d, time) {

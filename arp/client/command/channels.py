@@ -1,0 +1,438 @@
+"""Interactive channels: the machine protocols on which each agent CLI asks and waits for an answer.
+
+* Claude Code: stream-json in and out with ``--permission-prompt-tool stdio``; permission
+  requests are ``control_request`` lines on stdout, answered by ``control_response`` lines on stdin.
+* Codex: ``codex app-server``, JSON-RPC over stdio; approvals are requests from the server.
+* Gemini (and any agent given by ``--acp-agent``): the Agent Client Protocol, JSON-RPC over stdio;
+  approvals are ``session/request_permission`` requests.
+
+A channel writes the prompt, reads every parsed stdout line first (:meth:`Channel.handle` returns
+True for protocol plumbing, which does not become a session event), turns requests into approvals
+through its :class:`Host` (the session), and closes the agent's stdin when the turn is over, which
+ends the process.  Facts: ``reference/approvals.md``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from arp.client.command.approvals import Answer, claude_summary, shown_path, text_of, unified_diff
+
+#: What the model is told when a request is not allowed.
+DENIED = "The user denied this."
+UNSUPPORTED = -32601
+
+
+class Host(Protocol):
+    """What a channel needs from its session."""
+
+    @property
+    def cwd(self) -> str: ...
+
+    def ask(self, **fields: Any) -> str: ...
+
+    def withdraw(self, key: str, why: str) -> None: ...
+
+    def note_agent_session(self, session_id: object) -> None: ...
+
+    def note_failure(self, message: str) -> None: ...
+
+
+class Writer(Protocol):
+    """The agent's stdin."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def close_stdin(self) -> None: ...
+
+
+def _line(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
+
+
+class Channel:
+    """The part all protocols share: a host, the agent's stdin, the turn's prompt."""
+
+    def __init__(self, host: Host, process: Writer, prompt: str, resume: str | None, options: dict) -> None:
+        self.host = host
+        self.process = process
+        self.prompt = prompt
+        self.resume = resume
+        self.options = options
+        self.done = False
+
+    def send(self, obj: dict[str, Any]) -> None:
+        """Write one JSON line to the agent."""
+        self.process.write(_line(obj))
+
+    def finish(self) -> None:
+        """The turn is over: close stdin so that the agent exits."""
+        if not self.done:
+            self.done = True
+            self.process.close_stdin()
+
+    def start(self) -> None:
+        """Send the prompt (and whatever must come before it)."""
+        raise NotImplementedError
+
+    def handle(self, obj: Any) -> bool:
+        """Read one stdout object; True if it was protocol plumbing (not a session event)."""
+        raise NotImplementedError
+
+
+class ClaudeChannel(Channel):
+    """Claude Code's stdio control protocol (what the Agent SDK's ``canUseTool`` uses)."""
+
+    def start(self) -> None:
+        self.send({"type": "user", "message": {"role": "user", "content": self.prompt}})
+
+    def handle(self, obj: Any) -> bool:
+        if not isinstance(obj, dict):
+            return False
+        kind = obj.get("type")
+        if kind == "control_request":
+            self._request(obj)
+            return True
+        if kind == "control_cancel_request":
+            rid = obj.get("request_id")
+            if isinstance(rid, str):
+                self.host.withdraw(f"claude:{rid}", "the agent withdrew the request")
+            return True
+        if kind == "control_response":
+            return True
+        if kind == "result":
+            self.finish()
+        return False
+
+    def _request(self, obj: dict[str, Any]) -> None:
+        rid = obj.get("request_id")
+        request = obj.get("request")
+        if not isinstance(rid, str) or not isinstance(request, dict):
+            return
+        if request.get("subtype") != "can_use_tool":
+            self.send(
+                {
+                    "type": "control_response",
+                    "response": {"subtype": "error", "request_id": rid, "error": "not supported by arpc"},
+                }
+            )
+            return
+        tool = request.get("tool_name") if isinstance(request.get("tool_name"), str) else "tool"
+        data = request.get("input") if isinstance(request.get("input"), dict) else {}
+        suggestions = request.get("permission_suggestions")
+        suggestions = suggestions if isinstance(suggestions, list) else []
+
+        def reply(answer: Answer) -> None:
+            if answer.status == "cancelled" and answer.message == "withdrawn":
+                return  # the agent no longer waits for it
+            if answer.allowed:
+                given = dict(answer.updated_input if answer.updated_input is not None else data)
+                if answer.answers is not None:
+                    given["answers"] = answer.answers
+                response: dict[str, Any] = {"behavior": "allow", "updatedInput": given}
+                if answer.scope == "session":
+                    response["updatedPermissions"] = suggestions or [
+                        {
+                            "type": "addRules",
+                            "rules": [{"toolName": tool}],
+                            "behavior": "allow",
+                            "destination": "session",
+                        }
+                    ]
+            else:
+                response = {"behavior": "deny", "message": answer.message or DENIED}
+                if answer.status == "cancelled":
+                    response["interrupt"] = True
+            self.send(
+                {
+                    "type": "control_response",
+                    "response": {"subtype": "success", "request_id": rid, "response": response},
+                }
+            )
+
+        question = tool == "AskUserQuestion"
+        questions = data.get("questions") if question and isinstance(data.get("questions"), list) else None
+        summary = claude_summary(tool, data, self.host.cwd)
+        for key in ("blocked_path", "decision_reason"):
+            if isinstance(request.get(key), str):
+                summary[key] = request[key]
+        self.host.ask(
+            key=f"claude:{rid}",
+            kind="question" if questions else "permission",
+            tool=tool,
+            input=data,
+            summary=summary,
+            suggestions=suggestions,
+            questions=questions,
+            toolUseId=request.get("tool_use_id"),
+            reply=reply,
+            sessionScope=True,
+        )
+
+
+class JsonRpcChannel(Channel):
+    """JSON-RPC 2.0 over stdio (Codex omits ``"jsonrpc"``; ACP has it): our requests and their
+    answers, the agent's requests, which must be answered once."""
+
+    jsonrpc = True
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self._next = 0
+        self._waiting: dict[int, Callable[[dict], None]] = {}
+
+    def call(self, method: str, params: dict[str, Any], then: Callable[[dict], None]) -> None:
+        """Send a request; ``then(result)`` runs with its result (an error fails the turn)."""
+        self._next += 1
+        self._waiting[self._next] = then
+        message = {"method": method, "id": self._next, "params": params}
+        if self.jsonrpc:
+            message["jsonrpc"] = "2.0"
+        self.send(message)
+
+    def notify(self, method: str, params: dict[str, Any]) -> None:
+        """Send a notification."""
+        message: dict[str, Any] = {"method": method, "params": params}
+        if self.jsonrpc:
+            message["jsonrpc"] = "2.0"
+        self.send(message)
+
+    def respond(self, rid: Any, result: Any = None, error: dict | None = None) -> None:
+        """Answer one of the agent's requests."""
+        message: dict[str, Any] = {"id": rid}
+        if error is not None:
+            message["error"] = error
+        else:
+            message["result"] = result
+        if self.jsonrpc:
+            message["jsonrpc"] = "2.0"
+        self.send(message)
+
+    def handle(self, obj: Any) -> bool:
+        if not isinstance(obj, dict):
+            return False
+        if "method" in obj and "id" in obj:
+            params = obj.get("params") if isinstance(obj.get("params"), dict) else {}
+            if not self.request(obj["id"], obj["method"], params):
+                self.respond(obj["id"], error={"code": UNSUPPORTED, "message": "not supported by arpc"})
+            return True
+        if "id" in obj and ("result" in obj or "error" in obj):
+            then = self._waiting.pop(obj["id"], None) if isinstance(obj["id"], int) else None
+            if isinstance(obj.get("error"), dict):
+                self.host.note_failure(str(obj["error"].get("message") or obj["error"]))
+                self.finish()
+            elif then is not None:
+                then(obj.get("result") if isinstance(obj.get("result"), dict) else {})
+            return True
+        if "method" in obj:
+            params = obj.get("params") if isinstance(obj.get("params"), dict) else {}
+            self.notification(obj["method"], params)
+        return False
+
+    def request(self, rid: Any, method: str, params: dict[str, Any]) -> bool:
+        """Handle a request from the agent; False if we do not know it."""
+        return False
+
+    def notification(self, method: str, params: dict[str, Any]) -> None:
+        """See a notification (it also becomes a session event)."""
+
+
+#: Claude permission rank -> Codex (approvalPolicy, sandbox): the lower modes ask.
+CODEX_POLICY = {
+    0: ("untrusted", "read-only"),
+    1: ("untrusted", "workspace-write"),
+    2: ("on-request", "workspace-write"),
+    3: ("on-failure", "workspace-write"),
+    4: ("never", "danger-full-access"),
+}
+
+
+class CodexChannel(JsonRpcChannel):
+    """``codex app-server``: initialize, thread/start (or resume), turn/start; approvals are requests."""
+
+    jsonrpc = False
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.thread: str | None = None
+        self._items: dict[str, dict] = {}
+
+    def start(self) -> None:
+        info = {"clientInfo": {"name": "arpc", "title": "ARP", "version": self.options.get("version", "0")}}
+        self.call("initialize", info, self._initialized)
+
+    def _initialized(self, result: dict) -> None:
+        self.notify("initialized", {})
+        policy, sandbox = CODEX_POLICY[self.options["rank"]]
+        params: dict[str, Any] = {"cwd": self.host.cwd, "approvalPolicy": policy, "sandbox": sandbox}
+        if self.options.get("model"):
+            params["model"] = self.options["model"]
+        if self.resume:
+            self.call("thread/resume", {**params, "threadId": self.resume}, self._thread)
+        else:
+            self.call("thread/start", params, self._thread)
+
+    def _thread(self, result: dict) -> None:
+        thread = result.get("thread") if isinstance(result.get("thread"), dict) else {}
+        self.thread = thread.get("id") if isinstance(thread.get("id"), str) else self.resume
+        self.host.note_agent_session(self.thread)
+        if self.thread is None:
+            self.host.note_failure("codex app-server started no thread")
+            self.finish()
+            return
+        turn = {"threadId": self.thread, "input": [{"type": "text", "text": self.prompt}]}
+        self.call("turn/start", turn, lambda result: None)
+
+    def notification(self, method: str, params: dict[str, Any]) -> None:
+        item = params.get("item")
+        if method == "item/started" and isinstance(item, dict) and isinstance(item.get("id"), str):
+            if item.get("type") == "fileChange":
+                self._items[item["id"]] = item
+        elif method == "turn/completed":
+            turn = params.get("turn") if isinstance(params.get("turn"), dict) else {}
+            if turn.get("status") == "failed":
+                error = turn.get("error")
+                self.host.note_failure(
+                    str(error.get("message")) if isinstance(error, dict) else "turn failed"
+                )
+            self.finish()
+
+    def request(self, rid: Any, method: str, params: dict[str, Any]) -> bool:
+        if method == "item/commandExecution/requestApproval":
+            command = text_of(params.get("command"))
+            cwd = params.get("cwd") if isinstance(params.get("cwd"), str) else self.host.cwd
+            summary = {"command": command, "cwd": cwd, "reason": params.get("reason")}
+            tool = "command"
+        elif method == "item/fileChange/requestApproval":
+            item = self._items.get(str(params.get("itemId")), {})
+            summary = {"reason": params.get("reason")}
+            changes = item.get("changes") if isinstance(item.get("changes"), list) else []
+            paths = [c.get("path") for c in changes if isinstance(c, dict) and isinstance(c.get("path"), str)]
+            if paths:
+                summary["path"] = ", ".join(shown_path(p, self.host.cwd) for p in paths)
+                summary["diff"] = "".join(
+                    c["diff"] for c in changes if isinstance(c, dict) and isinstance(c.get("diff"), str)
+                )
+            tool = "fileChange"
+            params = {**params, "changes": changes}
+        else:
+            return False
+
+        def reply(answer: Answer) -> None:
+            if answer.status == "cancelled" and answer.message == "withdrawn":
+                return
+            result: dict[str, Any] = {"decision": "accept" if answer.allowed else "decline"}
+            if answer.allowed and answer.scope == "session":
+                result["acceptSettings"] = {"forSession": True}
+            self.respond(rid, result)
+
+        self.host.ask(
+            key=f"codex:{rid}", kind="permission", tool=tool, input=params, summary=summary,
+            reply=reply, sessionScope=True,
+        )  # fmt: skip
+        return True
+
+
+class AcpChannel(JsonRpcChannel):
+    """The Agent Client Protocol: initialize, session/new (or load), session/prompt."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.acp_session: str | None = None
+
+    def start(self) -> None:
+        capabilities = {"fs": {"readTextFile": False, "writeTextFile": False}, "terminal": False}
+        self.call("initialize", {"protocolVersion": 1, "clientCapabilities": capabilities}, self._initialized)
+
+    def _initialized(self, result: dict) -> None:
+        params = {"cwd": self.host.cwd, "mcpServers": []}
+        if self.resume:
+            self.acp_session = self.resume
+            self.call("session/load", {**params, "sessionId": self.resume}, self._session)
+        else:
+            self.call("session/new", params, self._session)
+
+    def _session(self, result: dict) -> None:
+        if isinstance(result.get("sessionId"), str):
+            self.acp_session = result["sessionId"]
+        if self.acp_session is None:
+            self.host.note_failure("the agent opened no session")
+            self.finish()
+            return
+        self.host.note_agent_session(self.acp_session)
+        prompt = {"sessionId": self.acp_session, "prompt": [{"type": "text", "text": self.prompt}]}
+        self.call("session/prompt", prompt, self._ended)
+
+    def _ended(self, result: dict) -> None:
+        reason = result.get("stopReason")
+        if reason not in (None, "end_turn", "max_tokens", "max_turn_requests", "cancelled"):
+            self.host.note_failure(f"the agent stopped: {reason}")
+        self.finish()
+
+    def request(self, rid: Any, method: str, params: dict[str, Any]) -> bool:
+        if method != "session/request_permission":
+            return False
+        call = params.get("toolCall") if isinstance(params.get("toolCall"), dict) else {}
+        options = [o for o in params.get("options") or [] if isinstance(o, dict) and "optionId" in o]
+        summary = acp_summary(call, self.host.cwd)
+
+        def pick(*kinds: str) -> str | None:
+            for kind in kinds:
+                for option in options:
+                    if option.get("kind") == kind:
+                        return option["optionId"]
+            return None
+
+        def reply(answer: Answer) -> None:
+            if answer.status == "cancelled" and answer.message == "withdrawn":
+                return
+            if answer.status == "cancelled":
+                self.respond(rid, {"outcome": {"outcome": "cancelled"}})
+                return
+            if answer.allowed:
+                kinds = (
+                    ("allow_always", "allow_once")
+                    if answer.scope == "session"
+                    else ("allow_once", "allow_always")
+                )
+            else:
+                kinds = ("reject_once", "reject_always")
+            chosen = pick(*kinds)
+            if chosen is None:
+                self.respond(rid, {"outcome": {"outcome": "cancelled"}})
+            else:
+                self.respond(rid, {"outcome": {"outcome": "selected", "optionId": chosen}})
+
+        tool = call.get("kind") if isinstance(call.get("kind"), str) else "tool"
+        self.host.ask(
+            key=f"acp:{rid}", kind="permission", tool=tool, input=call, summary=summary,
+            suggestions=options, reply=reply, sessionScope=pick("allow_always") is not None,
+        )  # fmt: skip
+        return True
+
+    def cancel(self) -> None:
+        """Ask the agent to stop the turn (``session/cancel``)."""
+        if self.acp_session:
+            self.notify("session/cancel", {"sessionId": self.acp_session})
+
+
+def acp_summary(call: dict[str, Any], cwd: str) -> dict[str, Any]:
+    """The human summary of an ACP tool call: its title, a command, or a path and diff."""
+    summary: dict[str, Any] = {"title": text_of(call.get("title") or call.get("kind") or "tool", 500)}
+    raw = call.get("rawInput") if isinstance(call.get("rawInput"), dict) else {}
+    for block in call.get("content") or []:
+        if isinstance(block, dict) and block.get("type") == "diff" and isinstance(block.get("path"), str):
+            old = block.get("oldText") if isinstance(block.get("oldText"), str) else ""
+            new = block.get("newText") if isinstance(block.get("newText"), str) else ""
+            path = shown_path(block["path"], cwd)
+            summary["path"] = path
+            summary["diff"] = summary.get("diff", "") + unified_diff(path, old, new)
+    if "path" not in summary and call.get("kind") == "execute" and raw.get("command") is not None:
+        summary["command"] = text_of(raw["command"])
+        summary["cwd"] = raw.get("cwd") if isinstance(raw.get("cwd"), str) else cwd
+    return summary
+
+
+CHANNELS: dict[str, type[Channel]] = {"claude": ClaudeChannel, "codex": CodexChannel, "acp": AcpChannel}
