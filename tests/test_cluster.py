@@ -6,7 +6,9 @@ Relays run on 127.0.0.1, .2 and .3 with the same ports; arpc links to all (or so
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import socket
 import time
 from pathlib import Path
 from unittest import mock
@@ -245,6 +247,94 @@ class RedisOutage(ClusterTestCase):
         self.redis = await RedisServer(self, port=self.redis.port).start()
         await registered(arpc, 2, timeout=30)
         self.assertEqual((await self.get(self.relays[0], token))[0], 200)
+
+
+class RawTCPPorts(ClusterTestCase):
+    """``arpc --tcp`` on several relays."""
+
+    async def test_same_port_on_every_relay_and_never_another_clients(self):
+        """A raw TCP port given to a client on one relay is not given to another client on
+        another relay (though free there), and the client gets that same port on every relay."""
+        need_redis()
+        first = free_port_on()
+        for _ in range(50):
+            if all(free_port_on_check(h, first + k) for h in HOSTS[:2] for k in (1, 2)):
+                break
+            first = free_port_on()
+        await self.start_tcp(first)
+        y = await start_client(
+            self, [HOSTS[1]], self.ports, self.backend, "--tcp", "--client-id", "tcpy" + "0" * 28, wait=0
+        )
+        await y.wait_for("Registered. Public address")
+        self.assertEqual(tcp_ports(y), {first})
+        x_dir = self.mktemp()
+        x = await start_client(
+            self,
+            [HOSTS[0]],
+            self.ports,
+            self.backend,
+            "--tcp",
+            "--client-id",
+            "tcpx" + "0" * 28,
+            data_dir=x_dir,
+            wait=0,
+        )
+        await x.wait_for("Registered. Public address")
+        self.assertEqual(tcp_ports(x), {first + 1})  # relay 1 would have given it `first`
+        blocker = socket.socket()
+        blocker.bind((HOSTS[1], first + 1))
+        blocker.listen(1)
+        self.addCleanup(blocker.close)
+        x2 = await start_client(
+            self,
+            [HOSTS[1]],
+            self.ports,
+            self.backend,
+            "--tcp",
+            "--client-id",
+            "tcpx" + "0" * 28,
+            data_dir=x_dir,
+            wait=0,
+        )
+        await x2.wait_for("the relay cannot take us now: no free TCP port")  # not first + 2: it is x's port
+        blocker.close()
+        await x2.wait_for("Registered. Public address")
+        self.assertEqual(tcp_ports(x2), {first + 1}, x2.output[-3000:])
+
+    async def start_tcp(self, first: int) -> None:
+        self.redis = await RedisServer(self).start()
+        self.ports = _ports()
+        self.backend = listen_backend(self)
+        self.relays = []
+        for host in HOSTS[:2]:
+            self.relays.append(
+                await start_relay(
+                    self,
+                    host,
+                    self.ports,
+                    self.redis.url,
+                    "--tcp-ports",
+                    f"{first}-{first + 2}",
+                    "--tcp-interface",
+                    host,
+                )
+            )
+
+
+def tcp_ports(proc: TwistdProcess) -> set[int]:
+    """The raw TCP ports an arpc was given, from its log."""
+    return {int(p) for p in re.findall(r"Public address: tcp://\S+:(\d+)", proc.output)}
+
+
+def free_port_on_check(host: str, port: int) -> bool:
+    s = socket.socket()
+    try:
+        s.bind((host, port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
 
 
 class Retention(ClusterTestCase):

@@ -73,6 +73,8 @@ local h = redis.call('TYPE', KEYS[2]).ok
 if h ~= 'set' and h ~= 'none' then redis.call('DEL', KEYS[2]) end
 redis.call('HSET', KEYS[1], 'identity', ARGV[1], 'tenant', ARGV[2], 'mode', ARGV[3])
 redis.call('PERSIST', KEYS[1])
+local p = redis.call('HGET', KEYS[1], 'port')
+if p then redis.call('PERSIST', 'arp:tcp-port:' .. p) end
 redis.call('SADD', KEYS[2], ARGV[4])
 redis.call('PUBLISH', KEYS[3], 'up ' .. ARGV[5] .. ' ' .. ARGV[4] .. ' ' .. ARGV[3])
 return 1
@@ -84,9 +86,24 @@ if redis.call('EXISTS', KEYS[2]) == 1 then
   redis.call('PUBLISH', KEYS[3], 'leave ' .. ARGV[3] .. ' ' .. ARGV[1])
   return 1
 end
-if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+if redis.call('TYPE', KEYS[1]).ok == 'hash' then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  local p = redis.call('HGET', KEYS[1], 'port')
+  if p then redis.call('PEXPIRE', 'arp:tcp-port:' .. p, ARGV[2]) end
+end
 redis.call('PUBLISH', KEYS[3], 'down ' .. ARGV[3] .. ' ' .. ARGV[1] .. ' ' .. ARGV[2])
 return 0
+"""
+
+_RESERVE_PORT = """
+local t = redis.call('TYPE', KEYS[4]).ok
+if t ~= 'string' and t ~= 'none' then return -1 end
+local cur = redis.call('GET', KEYS[4])
+if cur and cur ~= ARGV[2] then return 0 end
+redis.call('SET', KEYS[4], ARGV[2])
+if redis.call('TYPE', KEYS[1]).ok == 'hash' then redis.call('HSET', KEYS[1], 'port', ARGV[1]) end
+redis.call('PUBLISH', KEYS[3], 'port ' .. ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. ARGV[1])
+return 1
 """
 
 
@@ -301,6 +318,8 @@ class Cluster(Service):
         self.remote: dict[str, ClientRecord] = {}
         self.nonces: dict[bytes, float] = {}
         self.suspects: dict[str, float] = {}  # relay id -> until when we do not try it
+        #: raw TCP port -> (client id, until when it is kept: None while some relay holds the client)
+        self.ports: dict[int, tuple[str, float | None]] = {}
         self.ops = 0  # Redis commands sent (the benchmark counts them)
         self._commands: ClientService | None = None
         self._subscriber: ClientService | None = None
@@ -513,7 +532,26 @@ class Cluster(Service):
                     retained[client_id] = now + int(ttl) / 1000
             if cursor == "0":
                 break
-        self.holders, self.modes, self.retained = holders, modes, retained
+        ports: dict[int, tuple[str, float | None]] = {}
+        cursor = "0"
+        for _ in range(100_000):
+            reply = yield self._cmd("SCAN", cursor, "MATCH", f"{PREFIX}tcp-port:*", "COUNT", 500)
+            cursor, keys = reply[0], reply[1]
+            for key in keys:
+                number = key[len(PREFIX) + 9 :]
+                try:
+                    owner = yield self._cmd("GET", key)
+                    ttl = yield self._cmd("PTTL", key)
+                except Exception as e:
+                    self.log.warn("ignoring Redis key {key!r}: {why}", key=key, why=str(e))
+                    continue
+                if not number.isdigit() or not isinstance(owner, str) or not wire.CLIENT_ID_RE.match(owner):
+                    self.log.warn("ignoring Redis key {key!r}: not a TCP port reservation", key=key)
+                    continue
+                ports[int(number)] = (owner, now + int(ttl) / 1000 if int(ttl) > 0 else None)
+            if cursor == "0":
+                break
+        self.holders, self.modes, self.retained, self.ports = holders, modes, retained, ports
         yield self._read_relays()
         for client_id in list(self.remote):
             self.route_changed(client_id)
@@ -586,6 +624,9 @@ class Cluster(Service):
         for client_id, deadline in list(self.retained.items()):
             if deadline <= now:
                 del self.retained[client_id]
+        for port, (_, until) in list(self.ports.items()):
+            if until is not None and until <= now:
+                del self.ports[port]
         for nonce, seen in list(self.nonces.items()):
             if seen < now - 2 * RELAY_CLOCK_SKEW:
                 del self.nonces[nonce]
@@ -644,6 +685,35 @@ class Cluster(Service):
             )
             raise ClientIdInUse("this client id is registered by another arpc instance")
         self.route_changed(client_id)
+        if mode != "tcp":
+            return 0
+        try:
+            port = yield self._cmd("HGET", f"{PREFIX}id:{client_id}", "port")
+        except Exception:
+            port = None
+        return int(port) if isinstance(port, str) and port.isdigit() and 0 < int(port) < 65536 else 0
+
+    @inlineCallbacks
+    def reserve_port(self, client_id: str, port: int) -> object:
+        """Record that raw TCP port ``port`` is ``client_id``'s on every relay (the same port
+        everywhere, never another client's).  Raises :class:`Unavailable` if it is taken."""
+        keys = [f"{PREFIX}id:{client_id}", f"{PREFIX}holders:{client_id}", EVENTS, f"{PREFIX}tcp-port:{port}"]
+        try:
+            result = yield self._cmd("EVAL", _RESERVE_PORT, len(keys), *keys, port, client_id, self.relay_id)
+        except Exception as e:
+            raise Unavailable(f"the relay cannot reach its shared state (Redis) now: {e}") from None
+        if result != 1:
+            raise Unavailable(f"TCP port {port} is another client's on another relay")
+        self.ports[port] = (client_id, None)
+
+    def ports_of_others(self, client_id: str) -> set[int]:
+        """TCP ports reserved in Redis for clients other than ``client_id`` (memory only)."""
+        now = self.clock.seconds()
+        return {
+            p
+            for p, (owner, until) in self.ports.items()
+            if owner != client_id and (until is None or until > now)
+        }
 
     def _release(self, client_id: str) -> Deferred:
         return self._eval(_RELEASE, client_id, self.relay_id, int(self.registry.config.retention * 1000))
@@ -673,12 +743,24 @@ class Cluster(Service):
             )
             return
         client_id, relay_id = parts[1], parts[2]
+        if kind == "down":  # (ours too) a client's TCP port is kept as long as its id
+            until = self.clock.seconds() + self.registry.config.retention
+            for port, (owner, _) in list(self.ports.items()):
+                if owner == client_id:
+                    self.ports[port] = (owner, until)
         if relay_id == self.relay_id:
+            return
+        if kind == "port":
+            if len(parts) > 3 and parts[3].isdigit():
+                self.ports[int(parts[3])] = (client_id, None)
             return
         if kind == "up":
             self.holders.setdefault(client_id, set()).add(relay_id)
             self.modes[client_id] = parts[3] if len(parts) > 3 and parts[3] in ("http", "tcp") else "http"
             self.retained.pop(client_id, None)
+            for port, (owner, _) in list(self.ports.items()):
+                if owner == client_id:
+                    self.ports[port] = (owner, None)
         elif kind in ("leave", "down"):
             held = self.holders.get(client_id)
             if held is not None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import ipaddress
 from hmac import compare_digest as secrets_equal
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
@@ -189,16 +190,29 @@ class ControlServerProtocol(BoundedBoxes, amp.AMP, TimeoutMixin):
         if cluster is not None:  # several relays: pin the id in Redis first (refused if it is down)
             tenant = self.registry.admit(*args, binding=binding)
             done = cluster.claim(client_id, identity, tenant, mode)
-            done.addCallback(lambda _: self._claimed(args, binding, tenant))
+            done.addCallback(self._claimed, args, binding, tenant)
             return done
         return self._registered(self.registry.register(self, *args, binding=binding), client_id)
 
-    def _claimed(self, args: tuple, binding: bytes, tenant: str) -> dict:
+    def _claimed(self, port: int, args: tuple, binding: bytes, tenant: str) -> dict | Deferred:
+        if port:  # raw TCP: the port this client has on every relay
+            args = (*args[:7], port, *args[8:])
         record = self.registry.register(self, *args, binding=binding, tenant=tenant)
         if self.transport.disconnecting or not self.transport.connected:
             self.registry.control_lost(record, self)  # gone while Redis answered
             raise BadRegistration("the control connection closed during registration")
-        return self._registered(record, args[1])
+        if record.mode != "tcp":
+            return self._registered(record, args[1])
+
+        def refused(failure: Failure) -> Failure:
+            if record.control is self:
+                self.registry.control_lost(record, self)
+            self.registry.disconnect(record.client_id)
+            return failure
+
+        reserved = self.registry.cluster.reserve_port(record.client_id, record.remote_port)
+        reserved.addCallbacks(lambda _: self._registered(record, args[1]), refused)
+        return reserved
 
     def _registered(self, record: ClientRecord, client_id: str) -> dict:
         self.record = record
