@@ -343,7 +343,7 @@ class Retention(ClusterTestCase):
     async def test_gone_everywhere_503_then_404_on_every_relay(self):
         """After arpc leaves, every relay (also one it never linked to) answers 503 during the
         retention time, then 404."""
-        await self.start(3, "--retention", "4")
+        await self.start(3, "--retention", "8")
         token = "9011e" + "8" * 27
         arpc = await start_client(
             self, list(HOSTS[:2]), self.ports, self.backend, "--client-id", token, wait=2
@@ -358,7 +358,7 @@ class Retention(ClusterTestCase):
         async def all_503() -> bool:
             return [await self.status(r, token) for r in self.relays] == [503] * 3
 
-        await eventually(all_503, timeout=3)
+        await eventually(all_503, timeout=6)
 
         async def all_404() -> bool:
             return [await self.status(r, token) for r in self.relays] == [404] * 3

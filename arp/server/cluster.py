@@ -10,8 +10,10 @@ What lives in Redis (all keys under ``arp:``):
   rewrites every ``timeout / 3`` seconds with an expiry of ``timeout``: a relay whose
   key is gone is dead, and the living ones take it out of every holders set.
 - ``arp:relays``: the set of relay ids ever seen (the dead are removed).
+- ``arp:tcp-port:<port>``: the client id a raw TCP port is reserved for (on every relay),
+  kept as long as the id (its number is also the ``port`` field of ``arp:id:<id>``).
 - the channel ``arp:events``: ``up <id> <relay> <mode>``, ``leave <id> <relay>``,
-  ``down <id> <relay> <retention ms>``, so that every relay keeps the table above in
+  ``down <id> <relay> <retention ms>``, ``port <id> <relay> <port>``, so that every relay keeps the table above in
   memory.  **Nothing on the request path talks to Redis**: routing reads that memory.
 
 A request reaching a relay where the client has no control link is carried to a
