@@ -13,8 +13,9 @@ What lives in Redis (all keys under ``arp:``):
 - ``arp:tcp-port:<port>``: the client id a raw TCP port is reserved for (on every relay),
   kept as long as the id (its number is also the ``port`` field of ``arp:id:<id>``).
 - the channel ``arp:events``: ``up <id> <relay> <mode>``, ``leave <id> <relay>``,
-  ``down <id> <relay> <retention ms>``, ``port <id> <relay> <port>``, so that every relay keeps the table above in
-  memory.  **Nothing on the request path talks to Redis**: routing reads that memory.
+  ``down <id> <relay> <retention ms>``, ``port <id> <relay> <port>``, so that every
+  relay keeps the table above in memory.  **Nothing on the request path talks to
+  Redis**: routing reads that memory.
 
 A request reaching a relay where the client has no control link is carried to a
 relay that has one, over a connection to that relay's proxy port that starts with
