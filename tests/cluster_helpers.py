@@ -67,16 +67,28 @@ class RedisServer:
     """A redis-server of the test's own, on a free loopback port, in a temp dir, without
     persistence; stopped (SIGKILL by PID) at cleanup, and by :meth:`stop` on demand."""
 
-    def __init__(self, test: unittest.TestCase, port: int | None = None, password: str | None = None) -> None:
+    def __init__(
+        self,
+        test: unittest.TestCase,
+        port: int | None = None,
+        password: str | None = None,
+        tls: dict | None = None,
+    ) -> None:
+        """``tls``: paths from :func:`tests.certs.make_ca_and_cert` to serve TLS only."""
+        import os
+
         self.test = test
         self.port = port or free_port_on(("127.0.0.1",))
         self.password = password
+        self.tls = {k: os.path.abspath(v) for k, v in tls.items()} if tls else None
         self.dir = test.mktemp()
         self.proc: _Watch | None = None
 
     @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
+        if self.tls:
+            return f"rediss://{auth}127.0.0.1:{self.port}/0?ca={self.tls['ca']}"
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     async def start(self) -> RedisServer:
@@ -100,19 +112,35 @@ class RedisServer:
         ]
         if self.password:
             args += ["--requirepass", self.password]
+        if self.tls:
+            args[1:3] = ["--port", "0", "--tls-port", str(self.port)]
+            args += [
+                "--tls-cert-file",
+                self.tls["cert"],
+                "--tls-key-file",
+                self.tls["key"],
+                "--tls-ca-cert-file",
+                self.tls["ca"],
+                "--tls-auth-clients",
+                "no",
+            ]
         self.proc = _Watch()
         reactor.spawnProcess(self.proc, REDIS_SERVER, args, env={})
         self.test.addCleanup(self.kill)
         timer = reactor.callLater(15, self.kill)
-        await self.proc.ready
-        timer.cancel()
+        try:
+            await self.proc.ready
+        finally:
+            if timer.active():
+                timer.cancel()
         return self
 
     async def kill(self) -> None:
         """SIGKILL the server (by its PID) and wait until it is gone."""
         proc = self.proc
         if proc is not None and not proc.ended.called:
-            kill_pid(proc.transport.pid)
+            if proc.transport.pid is not None:
+                kill_pid(proc.transport.pid)
             await proc.ended
 
     stop = kill

@@ -6,6 +6,7 @@ Relays run on 127.0.0.1, .2 and .3 with the same ports; arpc links to all (or so
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import socket
@@ -487,6 +488,57 @@ class BadInput(ClusterTestCase):
         self.assertEqual(raw, b"")
 
 
+class RedisOverTLS(ClusterTestCase):
+    """``rediss://`` to a redis-server that speaks only TLS."""
+
+    async def test_relays_share_state_over_tls_and_check_the_certificate(self):
+        """Two relays reach Redis over TLS (trusting the test CA given with ?ca=) and route to
+        each other's client; a relay trusting another CA cannot start."""
+        need_redis()
+        from tests.certs import make_ca_and_cert
+
+        paths = make_ca_and_cert(self.mktemp())
+        self.redis = await RedisServer(self, tls=paths).start()
+        self.ports = _ports()
+        self.backend = listen_backend(self)
+        self.relays = [await start_relay(self, h, self.ports, self.redis.url) for h in HOSTS[:2]]
+        self.http = HTTPClient(self, persistent=False)
+        token = "7150" + "f" * 28
+        await start_client(self, [HOSTS[1]], self.ports, self.backend, "--client-id", token)
+
+        async def through_a() -> bool:
+            return await self.status(self.relays[0], token) == 200
+
+        await eventually(through_a)
+        other = make_ca_and_cert(self.mktemp())
+        proc = TwistdProcess(
+            "arps",
+            [
+                "arps",
+                "--auth-key",
+                AUTH_KEY,
+                "--data-dir",
+                self.mktemp(),
+                "--control-endpoint",
+                "tcp:0:interface=127.0.0.1",
+                "--proxy-endpoint",
+                "tcp:0:interface=127.0.0.1",
+                "--public-endpoint",
+                "tcp:0:interface=127.0.0.1",
+                "--admin-endpoint",
+                "none",
+                "--redis",
+                f"rediss://127.0.0.1:{self.redis.port}/0?ca={os.path.abspath(other['ca'])}",
+            ],
+        ).start()
+        self.addCleanup(proc.stop)
+        await proc.ended
+        self.assertEqual(proc.exit_code, 1)
+        self.assertRegex(
+            proc.output, r"cannot use Redis at rediss://127\.0\.0\.1:\d+/0: certificate not trusted"
+        )
+
+
 class RedisURLs(unittest.TestCase):
     """Parsing ``--redis``."""
 
@@ -504,6 +556,9 @@ class RedisURLs(unittest.TestCase):
             ("redis:///0", "names no host"),
             ("redis://h:99999/0", "not a URL"),
             ("redis://h/x", "database number"),
+            ("redis://h/0?ca=/etc/hostname", "?ca= is for rediss://"),
+            ("rediss://h/0?ca=/no/such/file", "no CA file"),
+            ("rediss://h/0?timeout=3", "the only query parameter"),
         ):
             with self.assertRaises(BadRedisURL) as e:
                 RedisURL.parse(bad)

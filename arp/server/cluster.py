@@ -39,7 +39,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
@@ -125,6 +125,24 @@ def advertised_address(port: object) -> tuple[str, int]:
     return host, address.port
 
 
+class RedisUnreachable(Exception):
+    """The connection to Redis ended before it answered (the reason in words)."""
+
+
+def _why(error: BaseException) -> str:
+    """A connection failure in words (a TLS failure explained)."""
+    from arp import tls
+
+    explained = tls.explain(error)
+    if explained:
+        return (
+            explained.replace("the relay's certificate", "the Redis server's certificate")
+            .replace("trustRoots=", "?ca=")
+            .replace("trustRoots", "?ca=")
+        )
+    return str(error) or repr(error)
+
+
 class BadRedisURL(ValueError):
     """A ``--redis`` URL that cannot be used."""
 
@@ -139,6 +157,7 @@ class RedisURL:
     password: str | None
     username: str | None
     tls: bool
+    ca: str | None = None  # rediss://...?ca=/path/ca.pem: trust this CA instead of the system's
 
     @classmethod
     def parse(cls, text: str) -> RedisURL:
@@ -155,6 +174,15 @@ class RedisURL:
         path = parts.path.strip("/") or "0"
         if not path.isdigit():
             raise BadRedisURL(f"{text!r}: the path must be a database number, e.g. /0")
+        query = parse_qs(parts.query)
+        if set(query) - {"ca"}:
+            raise BadRedisURL(f"{text!r}: the only query parameter is ?ca=/path/ca.pem (with rediss://)")
+        ca = query.get("ca", [None])[0]
+        if ca is not None:
+            if parts.scheme != "rediss":
+                raise BadRedisURL(f"{text!r}: ?ca= is for rediss:// (TLS)")
+            if not os.path.isfile(ca):
+                raise BadRedisURL(f"{text!r}: no CA file {ca}")
         return cls(
             host=parts.hostname,
             port=port,
@@ -162,6 +190,7 @@ class RedisURL:
             password=unquote(parts.password) if parts.password is not None else None,
             username=unquote(parts.username) if parts.username else None,
             tls=parts.scheme == "rediss",
+            ca=ca,
         )
 
     def safe(self) -> str:
@@ -202,6 +231,10 @@ def _redis_protocol(url: RedisURL, subscriber: bool, on_message: object = None) 
         def messageReceived(self, pattern: object, channel: object, message: object) -> None:
             if on_message is not None:
                 on_message(message)
+
+        def connectionLost(self, why: Failure) -> None:
+            self.lost_why = why  # e.g. the TLS handshake's failure, which the pending command hides
+            super().connectionLost(why)
 
     return Proto
 
@@ -338,9 +371,13 @@ class Cluster(Service):
 
         endpoint = HostnameEndpoint(reactor, self.url.host, self.url.port, timeout=REDIS_REPLY_TIMEOUT)
         if self.url.tls:
-            from twisted.internet.ssl import optionsForClientTLS
+            from twisted.internet.ssl import Certificate, optionsForClientTLS
 
-            endpoint = wrapClientTLS(optionsForClientTLS(self.url.host), endpoint)
+            trust = None
+            if self.url.ca:
+                with open(self.url.ca, "rb") as f:
+                    trust = Certificate.loadPEM(f.read())
+            endpoint = wrapClientTLS(optionsForClientTLS(self.url.host, trustRoot=trust), endpoint)
         return endpoint
 
     def startService(self) -> None:
@@ -431,8 +468,13 @@ class Cluster(Service):
             if isinstance(reply, Exception):
                 raise reply
         except Exception as e:
+            import txredisapi
+
+            lost = getattr(proto, "lost_why", None)
+            if lost is not None and not isinstance(e, txredisapi.ResponseError):
+                e = RedisUnreachable(_why(lost.value))
             if not self.ever_connected:
-                raise
+                raise e from None
             self.log.warn("Redis at {url} refused us: {why}", url=self.url.safe(), why=str(e))
             proto.transport.abortConnection()
             raise
