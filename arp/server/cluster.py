@@ -939,7 +939,7 @@ class Cluster(Service):
             return
         client_id = line.split(b" ")[1].decode()
         record = self.registry.clients.get(client_id)
-        if record is None or not record.online:
+        if record is None or not record.online or record.mode != "http":
             proto.transport.loseConnection()  # gone meanwhile: the other relay answers 502/retries
             return
         proto.transport.pauseProducing()
