@@ -16,8 +16,9 @@ _TOKEN_RE = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _TARGET_BAD_RE = re.compile(rb"[\x00-\x20\x7f]")
 
 #: Hop-by-hop headers (RFC 9110 7.6.1) that never cross a hop.  Transfer-Encoding
-#: is hop-by-hop too, but arps passes bodies through with their framing intact.
-HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade"})
+#: is hop-by-hop too, but arps passes bodies through with their framing intact.  ``Trailer``
+#: is end-to-end (RFC 9110 6.6.2): the trailers it announces pass through with the chunked body.
+HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"upgrade"})
 #: Headers that frame a body: never dropped because a Connection header lists them (the
 #: relay frames by them, so dropping them would let the next hop read the body differently).
 FRAMING = frozenset({b"content-length", b"transfer-encoding"})
@@ -207,7 +208,7 @@ def parse_response_head(raw: bytes) -> Head:
     return _response_head(raw, full=True)
 
 
-_HOP_NAMES = rb"connection|keep-alive|proxy-connection|te|trailer|upgrade"
+_HOP_NAMES = rb"connection|keep-alive|proxy-connection|te|upgrade"
 _INTEREST_RE = re.compile(
     rb"\n(content-length|transfer-encoding|" + _HOP_NAMES + rb")[ \t]*:[ \t]*" + _VALUE + rb"[ \t]*\r?(?=\n)",
     re.I,
@@ -404,6 +405,57 @@ class BodyFramer:
                 self._trailers += 1
                 if self._trailers > MAX_TRAILERS:
                     raise HTTPError(400, "too many trailer lines")
+
+
+class Dechunker(BodyFramer):
+    """A chunked body decoded on the way, for an HTTP/1.0 client that cannot read chunks.
+
+    ``feed`` works as for :class:`BodyFramer`; :meth:`take` then returns the chunk data
+    (without sizes, extensions or trailers) found in what was fed since the last call.
+    """
+
+    __slots__ = ("_out",)
+
+    def __init__(self) -> None:
+        super().__init__(CHUNKED)
+        self._out: list[bytes] = []
+
+    def feed(self, data: bytes) -> int:
+        pos, end = 0, len(data)
+        while pos < end and self._state != _DONE:
+            if self._state == _DATA:
+                take = min(self.remaining, end - pos)
+                self._out.append(data[pos : pos + take])
+                pos += take
+                self.remaining -= take
+                if not self.remaining:
+                    self._state = _DATA_END
+                continue
+            nl = data.find(b"\n", pos)
+            if nl < 0:
+                self._line += data[pos:]
+                if len(self._line) > MAX_CHUNK_LINE:
+                    raise HTTPError(400, "chunk header line too long")
+                return end
+            line = self._line + data[pos:nl]
+            self._line = b""
+            pos = nl + 1
+            self._line_complete(line[:-1] if line.endswith(b"\r") else line)
+        return pos
+
+    def take(self) -> bytes:
+        """The decoded body bytes fed since the last call."""
+        out, self._out = self._out, []
+        return b"".join(out)
+
+
+def dechunked_response_head(head: Head) -> bytes:
+    """A scanned chunked response head for an HTTP/1.0 client: no framing or trailer headers
+    (the body ends with the connection) and ``Connection: close``."""
+    full = parse_response_head(head.raw)
+    full.remove(*HOP_BY_HOP, *FRAMING, b"trailer", *(head.connection_tokens() - FRAMING))
+    full.add(b"Connection", b"close")
+    return full.serialize()
 
 
 def json_response(

@@ -50,6 +50,13 @@ def port_range(value: str) -> tuple[int, int]:
     return first, last
 
 
+def port_range_or_none(value: str) -> tuple[int, int] | None:
+    """Coerce ``FIRST-LAST`` to a pair of ports, or ``none``/``off`` to None."""
+    if value.strip().lower() in ("none", "off", ""):
+        return None
+    return port_range(value)
+
+
 def env_default(name: str, default: str | None = None) -> str | None:
     """The value of environment variable ``name``, if set and not empty."""
     value = os.environ.get(name)

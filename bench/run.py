@@ -1056,7 +1056,9 @@ def scale_clients(procs: Processes, workdir: Path, backend: Backend, n: int, idl
     """N registered clients with full pools, idle, on one arps: its RSS and CPU."""
     key = "bench-" + os.urandom(12).hex()
     nofile = max(NOFILE_WANT, n * 8 + 1000)
-    arps, ports = start_arps(procs, workdir, key, nofile=nofile)
+    # every HTTP client has a port of its own: a range wide enough for all of them
+    wide = ("--client-ports", f"30000-{30000 + n + 99}") if _arps_has_option("client-ports") else ()
+    arps, ports = start_arps(procs, workdir, key, *wide, nofile=nofile)
     loader = None
     try:
         time.sleep(0.3)

@@ -8,6 +8,7 @@ from urllib.parse import parse_qs, urlsplit
 from twisted.trial import unittest
 
 from arp.client.command.access import cookie_name
+from arp.server.origins import cookie_name as routing_cookie
 from tests.command_helpers import Api, Workspace, start_command_arpc
 from tests.helpers import raw_exchange, start_arps, status_of
 
@@ -63,13 +64,14 @@ class OwnerTokenTests(unittest.TestCase):
         )
 
     async def test_printed_url_through_the_relay_sets_both_cookies(self):
-        """Opening the printed URL: the relay trades ``?token=`` for its routing cookie and keeps
-        ``?access=``; arpc trades that for its own HttpOnly cookie and lands on ``/``. With both
-        cookies the API answers; with the routing cookie alone it is a 401."""
+        """Opening the printed URL (the client's own port): the relay trades ``?token=`` for its
+        per-client routing cookie and keeps ``?access=``; arpc trades that for its own HttpOnly
+        cookie and lands on ``/``. With both cookies the API answers; with the routing cookie alone
+        it is a 401."""
         ws = Workspace(self)
         relay = await start_arps(self)
         arpc = await start_command_arpc(self, relay, ws)
-        port = relay.ports["public"]
+        port = int(arpc.url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])  # its own port
         path = arpc.url.split(str(port), 1)[1]
 
         async def get(target: str, cookies: str = "", accept: str = "text/html") -> bytes:
@@ -85,7 +87,7 @@ class OwnerTokenTests(unittest.TestCase):
         headers = _headers(first)
         self.assertEqual(headers["location"], [f"/?access={arpc.access}"])
         routing = headers["set-cookie"][0].split(";")[0]
-        self.assertEqual(routing, f"arp_token={arpc.token}")
+        self.assertEqual(routing, f"{routing_cookie(arpc.token).decode()}={arpc.token}")
         second = await get(headers["location"][0], routing)
         self.assertEqual(status_of(second), 302)
         headers = _headers(second)

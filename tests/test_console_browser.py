@@ -116,6 +116,7 @@ class ConsoleBrowserTests(unittest.TestCase):
         )
         self.relay = await start_arps(self)
         self.arpc = await start_command_arpc(self, self.relay, self.ws, *extra)
+        self.origin = self.arpc.url.split("/?", 1)[0]  # the client's own address (its own port)
         return self.arpc.url  # …/?token=<client id>&access=<owner token>
 
     async def test_assets_are_served_with_types_and_no_cache(self):
@@ -166,7 +167,7 @@ class ConsoleBrowserTests(unittest.TestCase):
             seen["times"] = page.locator("#messages .msg time").count()
             shot(page, "history", full_page=True)
 
-            page.goto(f"{self.relay.public}/#/history/{MARKDOWN_ID}")
+            page.goto(f"{self.origin}/#/history/{MARKDOWN_ID}")
             md = page.locator("#messages .msg.assistant .md")
             md.locator("h2").wait_for()
             seen["md"] = {
@@ -219,7 +220,7 @@ class ConsoleBrowserTests(unittest.TestCase):
             return seen
 
         seen = await run_in_browser(drive)
-        self.assertEqual(seen["url"], f"{self.relay.public}/")
+        self.assertEqual(seen["url"], f"{self.origin}/")
         self.assertNotIn(token, seen["url"])
         self.assertNotIn("access", seen["url"])
         self.assertIn(project, seen["projects"])
@@ -371,7 +372,7 @@ class ConsoleBrowserTests(unittest.TestCase):
         project = str(self.ws.project)
 
         def start(page, executor, prompt):
-            page.goto(f"{self.relay.public}/#/new")
+            page.goto(f"{self.origin}/#/new")
             page.locator("#executor option[value=Gemini]").wait_for(state="attached")
             page.locator("#executor").select_option(executor)
             page.locator("#project").fill(project)

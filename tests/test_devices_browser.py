@@ -32,7 +32,7 @@ class DevicesBrowserTests(unittest.TestCase):
             "/api/sessions", {"executor": "Claude", "prompt": "LONG watch me", "projectPath": str(ws.project)}
         )
         self.assertEqual(code, 201, running)
-        base = relay.public
+        base = arpc.url.split("/?", 1)[0]  # the client's own address
 
         def drive(page):
             seen = {}
@@ -133,7 +133,7 @@ class DevicesBrowserTests(unittest.TestCase):
         def drive(page):
             page.goto(made["link"])
             page.locator("#projects").wait_for()
-            page.goto(f"{relay.public}/#/new")
+            page.goto(arpc.url.split("/?", 1)[0] + "/#/new")  # the client's own address
             page.locator("#prompt").fill("should not run")
             page.locator("#project").fill(str(ws.project))
             page.locator("#start").click()

@@ -45,8 +45,9 @@ class ForwardModeTests(unittest.TestCase):
         self.assertEqual(info["headers"]["x-forwarded-proto"], ["http"])
         self.assertEqual(info["headers"]["x-forwarded-host"], [f"127.0.0.1:{self.relay.ports['public']}"])
 
-    async def test_token_from_header_and_cookie(self):
-        """X-ARP-Token and the arp_token cookie route too, and neither reaches the backend."""
+    async def test_token_from_header_not_from_legacy_cookie(self):
+        """X-ARP-Token routes on the shared address and never reaches the backend; the old
+        ``arp_token`` cookie routes nothing there any more: a JSON 401 that expires it."""
         token = await self._setup()
         response, body = await self.client.request(
             "GET", f"{self.relay.public}/echo/h", {"X-ARP-Token": token}
@@ -57,12 +58,13 @@ class ForwardModeTests(unittest.TestCase):
         response, body = await self.client.request(
             "GET", f"{self.relay.public}/echo/c", {"Cookie": f"a=1; arp_token={token}; b=2"}
         )
-        info = json.loads(body)
-        self.assertEqual(response.code, 200)
-        self.assertEqual(info["headers"]["cookie"], ["a=1; b=2"])
+        self.assertEqual(response.code, 401)
+        self.assertIn("no longer routes", json.loads(body)["error"])
+        self.assertIn(b"arp_token=; Path=/; Max-Age=0", response.headers.getRawHeaders(b"set-cookie")[0])
 
-    async def test_browser_navigation_is_redirected_with_cookie(self):
-        """A page load with ?token= is redirected to the clean URL and gets the cookie."""
+    async def test_browser_navigation_is_redirected_to_own_origin(self):
+        """A page load with ?token= on the shared address goes to the client's own port, which
+        trades the token for the client's own cookie and drops it from the address bar."""
         token = await self._setup()
         raw = await raw_exchange(
             self.relay.ports["public"],
@@ -70,8 +72,20 @@ class ForwardModeTests(unittest.TestCase):
             "Connection: close\r\n\r\n".encode(),
         )
         self.assertEqual(status_of(raw), 302)
+        port = int(self.arpc.url.split(":")[2].split("/")[0])
+        self.assertIn(f"Location: http://relay:{port}/echo/page?x=1&token={token}\r\n".encode(), raw)
+        self.assertIn(b"Referrer-Policy: same-origin\r\n", raw)
+        raw = await raw_exchange(
+            port,
+            f"GET /echo/page?x=1&token={token} HTTP/1.1\r\nHost: relay:{port}\r\nAccept: text/html\r\n"
+            "Connection: close\r\n\r\n".encode(),
+        )
+        self.assertEqual(status_of(raw), 302)
         self.assertIn(b"Location: /echo/page?x=1\r\n", raw)
-        self.assertIn(b"Set-Cookie: arp_token=" + token.encode() + b"; Path=/; HttpOnly", raw)
+        name = "arp_" + sha256(b"arp-cookie\0" + token.encode()).hexdigest()[:20]
+        self.assertIn(f"Set-Cookie: {name}={token}; Path=/; HttpOnly; SameSite=Lax\r\n".encode(), raw)
+        self.assertIn(b"Content-Type: application/json", raw)
+        self.assertEqual(json.loads(raw.partition(b"\r\n\r\n")[2])["location"], "/echo/page?x=1")
 
     async def test_pipelined_requests_then_half_close(self):
         """Three pipelined GETs followed by EOF (``printf ... | nc -N``): three answers in order, then

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from twisted.internet import protocol, reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.interfaces import IPushProducer
 from twisted.trial import unittest
@@ -124,3 +125,71 @@ class FlowControlTests(unittest.TestCase):
         self.assertLess(proto.pump.sent, 64 * 1024 * 1024)
         self.assertLess(rss_mb(relay.proc.pid) - before[0], 40)
         self.assertLess(rss_mb(arpc.pid) - before[1], 40)
+
+
+class PipelinedRequests(Pump):
+    """Writes pipelined token-less requests (each answered by the relay itself) while not paused."""
+
+    REQUEST = b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n"
+
+    def __init__(self, consumer, total: int) -> None:
+        super().__init__(consumer, total)
+        self.block = self.REQUEST * (65536 // len(self.REQUEST))
+
+    def resumeProducing(self):
+        self.paused = False
+        while not self.paused and self.left > 0:
+            self.left -= len(self.block)
+            self.sent += len(self.block)
+            self.consumer.write(self.block)
+
+
+class OwnAnswersFlowTests(unittest.TestCase):
+    """The relay's own answers are flow-controlled: a client that pipelines requests and never reads
+    the answers is no longer read either (issue 11: 34 -> 441 MB RSS for 32 MB sent before)."""
+
+    timeout = 120
+
+    async def test_pipelined_unread_answers(self):
+        """32 MB of pipelined token-less requests whose 401s are never read: the relay stops reading
+        (the sender stalls well short of 32 MB), its RSS grows by less than 64 MB, and it closes the
+        connection (after UNREAD_ANSWERS_TIMEOUT)."""
+        relay = await start_arps(self)
+        await sleep(0.5)
+        before = rss_mb(relay.proc.pid)
+
+        class Attacker(protocol.Protocol):
+            def connectionMade(self):
+                self.transport.pauseProducing()  # never read an answer
+                self.pump = PipelinedRequests(self.transport, 32 * 1024 * 1024)
+                self.transport.registerProducer(self.pump, True)
+                self.pump.resumeProducing()
+
+        proto = Attacker()
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", relay.ports["public"]), proto)
+        self.addCleanup(proto.transport.abortConnection)
+        last, peak = -1, before
+        for _ in range(120):  # until the sender is done or has stalled for a second
+            await sleep(1)
+            peak = max(peak, rss_mb(relay.proc.pid))
+            if proto.pump.left <= 0 or (proto.pump.paused and proto.pump.sent == last):
+                break
+            last = proto.pump.sent
+        self.assertGreater(proto.pump.left, 0, "the relay read all 32 MB although no answer was read")
+        self.assertTrue(proto.pump.paused)
+        # kernel buffers and one bounded write buffer: about 3.4 MB on a machine with a 32 MB tcp_rmem max
+        self.assertLess(proto.pump.sent, 24 * 1024 * 1024)
+        self.assertLess(peak - before, 64, f"arps grew from {before:.0f} to {peak:.0f} MB")
+        # the relay cuts a client that leaves its answers unread (UNREAD_ANSWERS_TIMEOUT)
+        done, fired = Deferred(), []
+        proto.connectionLost = lambda reason: done.callback(None)
+
+        def give_up():
+            fired.append(True)
+            proto.transport.abortConnection()
+
+        timer = reactor.callLater(90, give_up)  # a bound on the wait, not a timing assertion
+        await done
+        if timer.active():
+            timer.cancel()
+        self.assertEqual(fired, [], "the relay kept the connection of a client that reads nothing")

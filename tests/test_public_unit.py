@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from arp import wire
 from arp.control import AuthFailed, ClientIdInUse
+from arp.server.origins import PortOrigins
 from arp.server.public import PublicConfig, PublicFactory
 from arp.server.registry import Registry, RelayConfig
 from arp.server.tunnel import TunnelServerProtocol
@@ -102,6 +104,26 @@ class FrontFixture:
     def public(self):
         proto = self.factory.buildProtocol(None)
         transport = StringTransport()
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def port_origins(self):
+        """Give every HTTP client its own port (listening on a MemoryReactor); the origins."""
+        if getattr(self, "origins", None) is None:
+            self.ports_reactor = MemoryReactor()
+            self.origins = PortOrigins(
+                20000, 20009, "tcp:{}:interface=127.0.0.1".format, self.factory, self.ports_reactor, "http"
+            )
+            self.factory.use_origins(self.origins)
+        return self.origins
+
+    def own(self, record=None, peer: str = "192.168.1.1"):
+        """A connection to ``record``'s own port (client1's by default)."""
+        self.port_origins()
+        record = record or self.record
+        listeners = [f for port, f, *_ in self.ports_reactor.tcpServers if port == record.origin_port]
+        proto = listeners[-1].buildProtocol(None)
+        transport = StringTransport(peerAddress=IPv4Address("TCP", peer, 5555))
         proto.makeConnection(transport)
         return proto, transport
 
@@ -356,3 +378,175 @@ class ControlTimeoutTests(unittest.TestCase):
                 break
         self.assertTrue(transport.disconnecting or transport.disconnected)
         self.assertLessEqual(elapsed, REGISTER_TIMEOUT + 5)
+
+
+class OwnAnswerBackpressureTests(FrontFixture, unittest.TestCase):
+    """The relay's own answers (401, 404, 503...) are flow-controlled like spliced data."""
+
+    REQUEST = b"GET / HTTP/1.1\r\nHost: relay\r\n\r\n"  # no token: answered by the relay itself
+
+    def test_unread_answers_stop_reading_and_parsing(self):
+        """When the client leaves our answers unread (the transport pauses its producer), the
+        connection stops being read and the pipelined requests wait; once drained they are answered."""
+        public, transport = self.public()
+        public.dataReceived(self.REQUEST)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 401 "))
+        self.assertIsNotNone(transport.producer, "no producer registered for the relay's own answers")
+        transport.producer.pauseProducing()  # what Twisted does when the write buffer passes its bound
+        self.assertEqual(transport.producerState, "paused")
+        transport.clear()
+        public.dataReceived(self.REQUEST * 50)
+        self.assertEqual(transport.value(), b"", "answers written although the client reads none")
+        transport.producer.resumeProducing()  # the buffer drained
+        self.assertEqual(transport.value().count(b"HTTP/1.1 401 "), 50)
+        self.assertEqual(transport.producerState, "producing")
+
+    def test_pause_mid_batch(self):
+        """A pause that comes while a batch of pipelined requests is being answered stops the batch."""
+        public, transport = self.public()
+        public.dataReceived(self.REQUEST)
+        own = transport.producer
+        written = []
+
+        def write(data, original=transport.write):
+            original(data)
+            written.append(data)
+            if len(written) == 3:
+                own.pauseProducing()
+
+        transport.write = write
+        public.dataReceived(self.REQUEST * 10)
+        self.assertEqual(len(written), 3)
+        own.resumeProducing()
+        self.assertEqual(len(written), 10)
+
+    def test_routed_request_swaps_in_the_tunnel_throttle(self):
+        """After an answer of our own, a routed request unregisters our producer and joins the tunnel."""
+        from arp.splice import Throttle
+
+        self.tunnel()
+        public, transport = self.public()
+        public.dataReceived(self.REQUEST + b"GET /x HTTP/1.1\r\nX-ARP-Token: client1\r\n\r\n")
+        (t,) = self.record.pool.busy
+        self.assertIn(b"GET /x ", t.transport.value())
+        self.assertIsInstance(transport.producer, Throttle)
+
+    def test_client_that_never_reads_is_cut(self):
+        """A connection whose answers stay unread is aborted after UNREAD_ANSWERS_TIMEOUT; one that
+        reads them in time is served on."""
+        from arp.server.public import UNREAD_ANSWERS_TIMEOUT
+
+        public, transport = self.public()
+        public.dataReceived(self.REQUEST)
+        own = transport.producer
+
+        def write(data, original=transport.write):
+            original(data)
+            own.pauseProducing()  # as Twisted does inside write() when the buffer passes its bound
+
+        transport.write = write
+        public.dataReceived(self.REQUEST * 5)
+        transport.write = write.__defaults__[0]
+        for _ in range(int(UNREAD_ANSWERS_TIMEOUT) - 2):
+            self.clock.advance(1)
+        transport.producer.resumeProducing()  # read in time
+        self.assertFalse(transport.disconnecting or transport.disconnected)
+        self.assertEqual(transport.value().count(b"HTTP/1.1 401 "), 6)
+        transport.write = write
+        public.dataReceived(self.REQUEST)
+        for _ in range(int(UNREAD_ANSWERS_TIMEOUT) + 2):
+            self.clock.advance(1)
+        self.assertTrue(transport.disconnecting or transport.disconnected)
+
+    def test_close_with_paused_producer_unregisters(self):
+        """A closing answer unregisters our producer, so a paused one cannot keep the close pending."""
+        public, transport = self.public()
+        public.dataReceived(self.REQUEST)
+        transport.producer.pauseProducing()
+        public.readConnectionLost()
+        self.assertTrue(transport.disconnecting)
+        self.assertIsNone(transport.producer)
+
+
+class ProtocolPointTests(FrontFixture, unittest.TestCase):
+    """Small HTTP points seen with real applications behind the relay (issue 11)."""
+
+    def _exchange(self, request: bytes, response: bytes) -> tuple[bytes, bytes, StringTransport]:
+        t = self.tunnel()
+        public, transport = self.public()
+        public.dataReceived(request)
+        sent = t.transport.value()
+        t.dataReceived(response)
+        return sent, transport.value(), transport
+
+    def test_trailer_header_is_end_to_end(self):
+        """The ``Trailer`` response header and the trailers it announces reach the client (RFC 9110)."""
+        _, out, _ = self._exchange(
+            b"GET / HTTP/1.1\r\nX-ARP-Token: client1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\n\r\n"
+            b"2\r\nok\r\n0\r\nX-Checksum: abc\r\n\r\n",
+        )
+        self.assertIn(b"\r\nTrailer: X-Checksum\r\n", out)
+        self.assertTrue(out.endswith(b"0\r\nX-Checksum: abc\r\n\r\n"), out)
+
+    def test_h2c_offer_stripped_whole(self):
+        """``Upgrade: h2c`` and ``HTTP2-Settings`` both go: the relay speaks HTTP/1.1 to the service,
+        which sees a plain request and no half of an h2c offer."""
+        sent, out, _ = self._exchange(
+            b"GET / HTTP/1.1\r\nX-ARP-Token: client1\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+            b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        )
+        self.assertNotIn(b"h2c", sent.lower())
+        self.assertNotIn(b"http2-settings", sent.lower())
+        self.assertNotIn(b"upgrade", sent.lower())
+        self.assertTrue(out.endswith(b"\r\n\r\nok"))
+
+    def test_h2c_dropped_from_a_list_other_offers_kept(self):
+        """``Upgrade: h2c, websocket``: only h2c is dropped; the WebSocket offer goes on as an upgrade."""
+        sent, _, _ = self._exchange(
+            b"GET / HTTP/1.1\r\nX-ARP-Token: client1\r\nConnection: Upgrade\r\nUpgrade: h2c, websocket\r\n"
+            b"HTTP2-Settings: AAMAAABk\r\n\r\n",
+            b"",
+        )
+        self.assertIn(b"Connection: Upgrade\r\nUpgrade: websocket\r\n", sent)
+        self.assertNotIn(b"http2-settings", sent.lower())
+
+    def test_chunked_response_dechunked_for_http10_client(self):
+        """An HTTP/1.0 client gets a chunked response decoded, without Transfer-Encoding or trailers,
+        and the close ends the body."""
+        _, out, transport = self._exchange(
+            b"GET / HTTP/1.0\r\nX-ARP-Token: client1\r\nConnection: keep-alive\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-T\r\n"
+            b"Content-Type: text/plain\r\n\r\n"
+            b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-T: 1\r\n\r\n",
+        )
+        head, _, body = out.partition(b"\r\n\r\n")
+        self.assertEqual(body, b"hello world")
+        self.assertNotIn(b"transfer-encoding", head.lower())
+        self.assertNotIn(b"trailer", head.lower())
+        self.assertIn(b"Content-Type: text/plain", head)
+        self.assertIn(b"Connection: close", head)
+        self.assertTrue(transport.disconnecting)
+
+    def test_chunked_response_dechunked_across_reads(self):
+        """Chunk sizes and data split across tunnel reads decode the same."""
+        t = self.tunnel()
+        public, transport = self.public()
+        public.dataReceived(b"GET / HTTP/1.0\r\nX-ARP-Token: client1\r\n\r\n")
+        response = (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"a\r\n0123456789\r\n3\r\nabc\r\n0\r\n\r\n"
+        )
+        for i in range(len(response)):
+            t.dataReceived(response[i : i + 1])
+        self.assertTrue(transport.value().endswith(b"\r\n\r\n0123456789abc"), transport.value())
+        self.assertTrue(transport.disconnecting)
+
+    def test_http11_client_still_gets_chunks(self):
+        """An HTTP/1.1 client gets the chunked body untouched."""
+        _, out, _ = self._exchange(
+            b"GET / HTTP/1.1\r\nX-ARP-Token: client1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        )
+        self.assertTrue(out.endswith(b"Transfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"), out)

@@ -150,7 +150,7 @@ class ReviewTests(FrontFixture, unittest.TestCase):
             (b"http://evil.example/p?token=client1", b"/p"),
             (b"/ok/?token=client1", b"/ok/"),
         ):
-            public, transport = self.public()
+            public, transport = self.own()  # the client's own port trades the token for a cookie
             public.dataReceived(b"GET " + target + b" HTTP/1.1\r\nHost: relay\r\nAccept: text/html\r\n\r\n")
             self.assertTrue(transport.value().startswith(b"HTTP/1.1 302 "), transport.value())
             self.assertIn(b"\r\nLocation: " + where + b"\r\n", transport.value())

@@ -49,7 +49,9 @@ async def curl(*args: str) -> tuple[str, str, int]:
     return out.decode(), err.decode(), code
 
 
-def tls_get(port: int, cafile: str, alpn: list[str] | None, path: str, host: str = "127.0.0.1"):
+def tls_get(
+    port: int, cafile: str, alpn: list[str] | None, path: str, host: str = "127.0.0.1", extra: str = ""
+):
     """GET ``path`` over TLS with Python's ssl offering ``alpn``; (selected protocol, raw response).
 
     Blocking (run it in a thread); raises :class:`ssl.SSLError` when the handshake fails.
@@ -59,7 +61,8 @@ def tls_get(port: int, cafile: str, alpn: list[str] | None, path: str, host: str
         context.set_alpn_protocols(alpn)
     with socket.create_connection(("127.0.0.1", port), timeout=15) as raw:
         with context.wrap_socket(raw, server_hostname=host) as conn:
-            conn.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+            head = f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n"
+            conn.sendall(head.encode())
             data = b""
             for _ in range(10000):  # bounded: the relay closes after its answer
                 chunk = conn.recv(65536)
@@ -193,7 +196,12 @@ class ApiEndpointOverTLSTests(unittest.TestCase):
         arpc = await start_command_arpc(self, relay, ws, "--api-endpoint", f"ssl:0:{tls_args(paths)}")
         port = int((await arpc.wait_for(r"api listening on 127\.0\.0\.1:(\d+)")).group(1))
         selected, raw = await threads.deferToThread(
-            tls_get, port, paths["ca"], ["h2", "http/1.1"], "/api/health"
+            tls_get,
+            port,
+            paths["ca"],
+            ["h2", "http/1.1"],
+            "/api/health",
+            extra=f"Authorization: Bearer {arpc.access}\r\n",
         )
         self.assertEqual((selected, status_of(raw)), ("http/1.1", 200))
         self.assertIn("sessions", json.loads(body_of(raw)))
@@ -274,7 +282,7 @@ class ReadmeHTTPSRelayTests(unittest.TestCase):
         self.addCleanup(arpc.stop)
         match = await arpc.wait_for(r"Public URL: (\S+)")
         url = match.group(1)
-        self.assertTrue(url.startswith(f"https://localhost:{ports['443']}/?token="), url)
+        self.assertRegex(url, r"^https://localhost:\d+/\?token=")  # the client's own port, over TLS
 
         out, err, code = await curl("--cacert", paths["ca"], "-D", "-", url.replace("/?", "/echo?"))
         self.assertEqual(code, 0, err)
@@ -381,8 +389,9 @@ class BehindTLSProxyTests(unittest.TestCase):
         site.resource.putChild(b"hsts", HSTSBackend())
         relay = await start_arps(self, "--public-url", "https://relay.test", "--hsts", "600")
         arpc = await start_arpc(self, relay, local_port=listen_backend(self, site))
-        self.assertTrue(arpc.url.startswith("https://relay.test/?token="), arpc.url)
+        self.assertRegex(arpc.url, r"^https://relay\.test:\d+/\?token=")  # the client's own port
         port, token = relay.ports["public"], arpc.token
+        own = int(arpc.url.split("/?", 1)[0].rsplit(":", 1)[1])
 
         def get(path: str, accept: str = "application/json") -> bytes:
             head = f"GET {path} HTTP/1.1\r\nHost: relay.test\r\nAccept: {accept}\r\nConnection: close\r\n"
@@ -393,7 +402,7 @@ class BehindTLSProxyTests(unittest.TestCase):
         self.assertEqual(json.loads(body_of(raw))["headers"]["x-forwarded-proto"], ["https"])
         self.assertEqual(header_values(raw, b"strict-transport-security"), [b"max-age=600"])
 
-        raw = await raw_exchange(port, get(f"/?token={token}", accept="text/html"))
+        raw = await raw_exchange(own, get(f"/?token={token}", accept="text/html"))
         self.assertEqual(status_of(raw), 302)
         (cookie,) = header_values(raw, b"set-cookie")
         self.assertIn(b"; Secure", cookie)
@@ -458,8 +467,10 @@ class ConsoleOverHTTPSTests(unittest.TestCase):
         ws = Workspace(_ShortTemp(self))
         write_claude_history(ws.claude, str(ws.project))
         arpc = await start_command_arpc(self, relay, ws)
-        base = f"https://127.0.0.1:{relay.ports['public']}"
-        self.assertEqual(arpc.url, f"{base}/?token={arpc.token}")
+        base = arpc.url.split("/?", 1)[0]  # the client's own port, TLS like the public port
+        self.assertRegex(base, r"^https://127\.0\.0\.1:\d+$")
+        self.assertNotEqual(base, f"https://127.0.0.1:{relay.ports['public']}")
+        self.assertTrue(arpc.url.startswith(f"{base}/?token={arpc.token}"), arpc.url)
         project = str(ws.project)
 
         def drive(page):
@@ -486,12 +497,14 @@ class ConsoleOverHTTPSTests(unittest.TestCase):
         seen = await run_in_browser(drive, extra_args=[spki])
         self.assertEqual(seen["url"], f"{base}/")
         self.assertEqual(seen["hsts"], "max-age=60")
-        (cookie,) = [c for c in seen["cookies"] if c["name"] == "arp_token"]
+        from arp.server.origins import cookie_name
+
+        (cookie,) = [c for c in seen["cookies"] if c["name"] == cookie_name(arpc.token).decode()]
         self.assertTrue(cookie["secure"])
         self.assertTrue(cookie["httpOnly"])
         self.assertTrue(seen["sockets"], "no WebSocket was opened")
         for url in seen["sockets"]:
-            self.assertTrue(url.startswith(f"wss://127.0.0.1:{relay.ports['public']}/"), url)
+            self.assertTrue(url.startswith(base.replace("https://", "wss://") + "/"), url)
         self.assertGreaterEqual(len(seen["ticks"]), 5)
         self.assertEqual(seen["ticks"], list(range(len(seen["ticks"]))))
 

@@ -1,8 +1,11 @@
 """The public HTTP front: route each request by token to a client's tunnel.
 
 One :class:`PublicHTTPProtocol` per public connection handles its requests one
-after another (keep-alive, pipelining).  For each it parses the head, finds the
-token, takes a tunnel from the client's pool, sends the rewritten head and then
+after another (keep-alive, pipelining).  The same protocol serves the shared
+public port and each client's own port (``bound`` to that client, see
+:mod:`arp.server.origins`).  For each request it parses the head, asks the
+:class:`~arp.server.routing.Router` which client it is for (or which answer to
+give instead), takes a tunnel from the client's pool, sends the rewritten head and then
 streams the body both ways, tracking only where each body ends.  When both
 messages are complete the tunnel goes back to the pool.  A ``101 Switching
 Protocols`` answer turns the connection into a raw splice for its lifetime.
@@ -10,14 +13,11 @@ Protocols`` answer turns the connection into a raw splice for its lifetime.
 
 from __future__ import annotations
 
-import json
-from collections import OrderedDict
 from dataclasses import dataclass
-from urllib.parse import unquote_to_bytes
 
 from twisted.internet.defer import CancelledError
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -25,30 +25,42 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from arp import http, wire
+from arp.server.origins import DomainOrigins, Origins, access_cookie_name
 from arp.server.pool import PoolClosed, PoolTimeout
 from arp.server.registry import ClientRecord, Registry
+from arp.server.routing import TOKEN_HEADER, Answer, GuessLimiter, Router, error_body, strip_arp_set_cookies
 from arp.server.tunnel import TunnelOwner, TunnelServerProtocol
 from arp.splice import Throttle, fast_write, half_close, join, tune, unjoin
 from arp.tls import NegotiatesHTTP11
 
-TOKEN_COOKIE = b"arp_token"
-TOKEN_HEADER = b"x-arp-token"
+__all__ = ["GuessLimiter", "PublicConfig", "PublicFactory", "PublicHTTPProtocol", "error_body"]
+
 HSTS = b"strict-transport-security"
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 MAX_RETRIES = 2
 SWEEP_INTERVAL = 1.0  # seconds between timeout checks of all public connections
+#: Seconds a client may leave a full buffer of the relay's own answers unread before it is cut.
+UNREAD_ANSWERS_TIMEOUT = 15.0
 
 #: Connection tokens that name no header to drop: keep-alive signals, framing headers that the
 #: relay frames by (dropping them would let the next hop read the body differently), and Host,
 #: which every HTTP/1.1 request must carry.
 _NOT_LISTED = frozenset({b"close", b"keep-alive", b"upgrade", b"host"}) | http.FRAMING
 #: Request headers replaced on the way to the client: hop-by-hop ones, X-Forwarded-*, the token.
-_REWRITTEN = http.HOP_BY_HOP | {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", TOKEN_HEADER}
+#: ``HTTP2-Settings`` belongs to an ``Upgrade: h2c`` offer, which the relay never passes on (it
+#: speaks HTTP/1.1 to the service): both go, so the service never sees half an offer.
+_REWRITTEN = http.HOP_BY_HOP | {
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
+    b"x-forwarded-host",
+    b"http2-settings",
+    TOKEN_HEADER,
+}
 
 # request-side states
 R_HEAD, R_WAIT, R_BODY, R_DONE = range(4)
 # response-side states
-S_NONE, S_HEAD, S_BODY = range(3)
+S_NONE, S_HEAD, S_BODY, S_DECODE = range(4)  # S_DECODE: a chunked body decoded for HTTP/1.0
 
 
 @dataclass(frozen=True)
@@ -65,39 +77,8 @@ class PublicConfig:
     body_timeout: float = 60.0
     guess_limit: int = 30
     guess_window: float = 60.0
+    secure_cookies: bool = False  # https public URL (also behind a TLS-terminating proxy)
     hsts: int = 0  # over https: Strict-Transport-Security max-age on every response (0: off)
-
-
-class GuessLimiter:
-    """Counts unknown-token requests per source address in a sliding window."""
-
-    def __init__(self, limit: int, window: float, clock: object, max_addresses: int = 10000) -> None:
-        self.limit = limit
-        self.window = window
-        self.clock = clock
-        self.max_addresses = max_addresses
-        self._seen: OrderedDict[str, tuple[float, int]] = OrderedDict()
-
-    def blocked(self, address: str) -> bool:
-        """Whether ``address`` is over its limit (without counting a new miss)."""
-        entry = self._seen.get(address)
-        if entry is None:
-            return False
-        start, count = entry
-        if self.clock.seconds() - start > self.window:
-            del self._seen[address]
-            return False
-        return count >= self.limit
-
-    def miss(self, address: str) -> None:
-        """Count one unknown-token request from ``address``."""
-        now = self.clock.seconds()
-        start, count = self._seen.pop(address, (now, 0))
-        if now - start > self.window:
-            start, count = now, 0
-        self._seen[address] = (start, count + 1)
-        while len(self._seen) > self.max_addresses:
-            self._seen.popitem(last=False)
 
 
 def with_hsts(raw: bytes, value: bytes) -> bytes:
@@ -113,58 +94,39 @@ def with_hsts(raw: bytes, value: bytes) -> bytes:
     return raw[:-2] + b"Strict-Transport-Security: " + value + b"\r\n\r\n"
 
 
-def error_body(status: int, message: str, **extra: object) -> bytes:
-    """The JSON body of an error answer."""
-    return json.dumps({"error": message, "status": status, **extra}).encode()
+def _without_h2c(upgrade: bytes) -> bytes | None:
+    """The ``Upgrade`` offer without ``h2c`` (the relay speaks HTTP/1.1), or None if nothing is left."""
+    offers = (p.strip() for p in upgrade.split(b","))
+    kept = [p for p in offers if p and p.lower().split(b"/")[0] != b"h2c"]
+    return b", ".join(kept) if kept else None
 
 
-def extract_token(head: http.Head, domain: bytes | None) -> tuple[bytes | None, str]:
-    """Find the token in ``head``; return it and where it was found.
+@implementer(IPushProducer)
+class OwnAnswers:
+    """Flow control for the answers the relay writes itself (401, 404, 503, redirects...).
 
-    The token is removed from the query (``token=``) and the ``arp_token``
-    cookie here; the ``X-ARP-Token`` header is left for
-    :meth:`PublicHTTPProtocol._rewrite`, which drops it with the hop-by-hop
-    headers.  Together they make sure the backend never sees the token.
+    Registered as the public connection's producer while no tunnel is joined to it: once the
+    client leaves more than the transport's buffer of our answers unread, reading (and with it
+    the parsing of pipelined requests) stops until the buffer drains, as for spliced data.
     """
-    token: bytes | None = None
-    source = ""
-    target = head.target
-    path, sep, query = target.partition(b"?")
-    if sep and b"token=" in query:
-        kept = []
-        for param in query.split(b"&"):
-            if param.startswith(b"token="):
-                if token is None:
-                    token = unquote_to_bytes(param[6:])
-                    source = "query"
-            else:
-                kept.append(param)
-        head.start = (head.start[0], path + (b"?" + b"&".join(kept) if kept else b""), head.start[2])
-    header = head.get(TOKEN_HEADER)  # dropped with the other rewritten headers (see _rewrite)
-    if header is not None and token is None:
-        token, source = header.strip(), "header"
-    if token is None and domain:
-        host = (
-            (head.get(b"host") or b"").rsplit(b":", 1)[0] if b"]" not in (head.get(b"host") or b"") else b""
-        )
-        suffix = b"." + domain
-        if host.lower().endswith(suffix) and len(host) > len(suffix):
-            token, source = host[: -len(suffix)], "host"
-    cookies = head.get_all(b"cookie")
-    if cookies and TOKEN_COOKIE in b"".join(cookies):
-        kept_cookies = []
-        for value in cookies:
-            for part in value.split(b";"):
-                name, _, val = part.strip().partition(b"=")
-                if name == TOKEN_COOKIE:
-                    if token is None:
-                        token, source = val.strip(), "cookie"
-                elif part.strip():
-                    kept_cookies.append(part.strip())
-        head.remove(b"cookie")
-        if kept_cookies:
-            head.add(b"Cookie", b"; ".join(kept_cookies))
-    return token, source
+
+    __slots__ = ("proto", "paused")
+
+    def __init__(self, proto: PublicHTTPProtocol) -> None:
+        self.proto = proto
+        self.paused = False
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        self.proto.transport.pauseProducing()
+        self.proto.answers_unread()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self.proto.answers_drained()
+
+    def stopProducing(self) -> None:
+        pass
 
 
 @implementer(IHalfCloseableProtocol)
@@ -205,6 +167,8 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         self._peer = ""
         self._reading: Throttle | None = None  # what pauses our reading for the current tunnel
         self._body_progress = 0.0  # when request body bytes last arrived
+        self._own: OwnAnswers | None = None  # registered while the relay's own answers are written
+        self.bound: ClientRecord | None = None  # set on a client's own port: the only client served here
 
     # -- connection life
     def connectionMade(self) -> None:
@@ -241,7 +205,7 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         if self._upgraded and self._tunnel is not None:
             half_close(self._tunnel.transport)
         elif self._req == R_HEAD and not self._buf and self._resp == S_NONE:
-            self.transport.loseConnection()
+            self._close()
         elif self._req == R_BODY:
             self._public_close = True  # this request's body will never be complete
         # otherwise: answer every request already received, then close (see _finished)
@@ -258,7 +222,7 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         """Close now if idle, otherwise once the current exchange is complete."""
         self._public_close = True
         if self._req == R_HEAD and not self._buf and self._tunnel is None and self._waiting is None:
-            self.transport.loseConnection()
+            self._close()
 
     # -- timers: deadlines checked by the factory's sweep, so a request costs no timer objects
     def _set_timer(self, seconds: float, func: callable) -> None:  # type: ignore[valid-type]
@@ -281,7 +245,7 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         if self._buf:
             self._refuse(408, "request head not received in time")
         else:
-            self.transport.loseConnection()
+            self._close()
 
     def _head_timeout(self) -> None:
         self._refuse(408, "request head not received in time")
@@ -321,8 +285,9 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
             self.transport.pauseProducing()  # pipelined data waits for the current exchange
 
     def _parse_head(self) -> None:
-        # a loop, not recursion: requests answered by the relay itself may be pipelined by the hundred
-        while self._req == R_HEAD and self._buf:
+        # a loop, not recursion: requests answered by the relay itself may be pipelined by the hundred;
+        # it stops while the client leaves our answers unread (see OwnAnswers)
+        while self._req == R_HEAD and self._buf and not (self._own is not None and self._own.paused):
             buf = self._buf
             end = http.find_head_end(buf)
             if end < 0:
@@ -340,9 +305,9 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
                 self._refuse(e.status, e.message)
                 return
             self._dispatch(head, framer)
-        if self._eof and self._req == R_HEAD:  # half-closed: every complete request is answered
-            self._req = R_DONE
-            self.transport.loseConnection()
+        if self._eof and self._req == R_HEAD and not (self._own is not None and self._own.paused):
+            self._req = R_DONE  # half-closed: every complete request is answered
+            self._close()
 
     # -- routing
     def _dispatch(self, head: http.Head, framer: http.BodyFramer) -> None:
@@ -357,42 +322,11 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         if 0 < self.config.max_body < framer.remaining:
             self._refuse(413, "request body too large", limit=self.config.max_body)
             return
-        token, source = extract_token(head, self.factory.domain)
-        if not token:
-            self._refuse(401, "missing token: add ?token=<token> to the URL", keep=True)
+        decision = self.factory.router.route(head, self.bound, self._peer)
+        if type(decision) is Answer:
+            self._give(decision)
             return
-        limiter = self.factory.limiter
-        try:
-            client_id = token.decode("ascii")
-        except UnicodeDecodeError:
-            client_id = ""
-        record = self.registry.lookup(client_id)
-        if record is not None and record.mode != "http":
-            record = None  # a raw TCP client's tunnels carry no HTTP
-        if record is None:
-            if limiter.blocked(self._peer):
-                self.log.warn("too many unknown tokens from {peer}", peer=self._peer)
-                self._refuse(429, "too many requests with unknown tokens", retry_after=60)
-                return
-            limiter.miss(self._peer)
-            self._refuse(404, "unknown token: no client is registered with it", keep=True)
-            return
-        if not record.online:
-            self._refuse(
-                503,
-                "client is offline; its registration is kept while it reconnects",
-                retry_after=5,
-                keep=True,
-            )
-            return
-        if (
-            source == "query"
-            and head.method == b"GET"
-            and b"text/html" in (head.get(b"accept") or b"")
-            and head.get(b"upgrade") is None
-        ):
-            self._redirect_with_cookie(head.target, token)
-            return
+        record = decision
         self._record = record
         record.open_connections += 1
         self._rewrite(head)
@@ -406,6 +340,8 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
     def _rewrite(self, head: http.Head) -> None:
         """Hop-by-hop headers and the token header out; our Connection and X-Forwarded-* in."""
         upgrade = head.get(b"upgrade")
+        if upgrade is not None and b"h2c" in upgrade.lower():
+            upgrade = _without_h2c(upgrade)
         listed = head.connection_tokens() - _NOT_LISTED
         # a header the Connection header lists is for the previous hop only: never pass on its value
         forwarded_for = head.get(b"x-forwarded-for") if b"x-forwarded-for" not in listed else None
@@ -422,20 +358,51 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
             extra.append((b"X-Forwarded-Host", host))
         head.replace(_REWRITTEN | listed if listed else _REWRITTEN, extra)
 
-    def _redirect_with_cookie(self, target: bytes, token: bytes) -> None:
-        cookie = TOKEN_COOKIE + b"=" + token + b"; Path=/; HttpOnly; SameSite=Lax"
-        if self.config.scheme == "https":
-            cookie += b"; Secure"
-        body = b""
-        if not target.startswith(b"/"):  # absolute-form: keep the path and query only
-            target = b"/" + target.partition(b"://")[2].partition(b"/")[2]
-        target = b"/" + target.lstrip(b"/\\")  # never //host or /\host: that would leave the relay
-        extra = [(b"Location", target), (b"Set-Cookie", cookie)]
-        self._answer(302, body, extra, keep=True)
+    # -- flow control of the relay's own answers
+    def _own_on(self) -> None:
+        if self._own is None:
+            own = OwnAnswers(self)
+            try:
+                self.transport.registerProducer(own, True)
+            except RuntimeError:  # something else already throttles this connection
+                return
+            self._own = own
+
+    def _own_off(self) -> None:
+        own, self._own = self._own, None
+        if own is not None:
+            self.transport.unregisterProducer()
+            if own.paused:
+                self.transport.resumeProducing()
+
+    def _close(self) -> None:
+        """Close after flushing (a registered, paused producer would keep the close from happening)."""
+        if self._own is not None:
+            self._own_off()
+        self.transport.loseConnection()
+
+    def answers_unread(self) -> None:
+        """A buffer of our answers is unread: the client has UNREAD_ANSWERS_TIMEOUT to read them."""
+        self._set_timer(UNREAD_ANSWERS_TIMEOUT, self._unread_timeout)
+
+    def _unread_timeout(self) -> None:
+        self.log.info("{peer} left the relay's answers unread; closing", peer=self._peer)
+        self.transport.abortConnection()
+
+    def answers_drained(self) -> None:
+        """The client has read our answers: read and answer what it sent meanwhile."""
+        if self._closed or self._own is None:
+            return
+        self._set_timer(self.config.idle_timeout, self._idle_timeout)
+        self.transport.resumeProducing()
+        if self._req == R_HEAD and self._buf:
+            self._parse_head()
 
     # -- the tunnel
     def _acquire(self) -> None:
         self._req = R_WAIT
+        if self._own is not None:
+            self._own_off()
         pool = self._record.pool
         tunnel = pool.take()
         if tunnel is not None:  # a hit: no Deferred, no pause
@@ -525,6 +492,8 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
             self._record.bytes_out += len(data)
         elif self._resp == S_HEAD:
             self._response_head(data)
+        elif self._resp == S_DECODE:
+            self._decoded_body(data)
         else:
             self._reusable = False  # bytes nobody asked for
             self._tunnel.transport.abortConnection()
@@ -538,6 +507,9 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
                 self._fail(502, "response head from the service too large")
             return
         self._resp_buf = b""
+        if buf.find(b"arp", 0, end) >= 0:  # a service may not set (or overwrite) ARP's cookies
+            kept = strip_arp_set_cookies(buf[:end], access_cookie_name(self._record.client_id))
+            buf, end = kept + buf[end:], len(kept)
         try:
             head = http.scan_response_head(buf[:end])
             framer = http.response_framing(head, self._head.method)
@@ -575,8 +547,18 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         else:
             connection = None
         self._sent_response = True
-        self._resp_framer = framer
+        if framer.kind == http.CHUNKED and self._head.version == b"HTTP/1.0":
+            # an HTTP/1.0 client cannot read chunks: decode them, the close ends the body
+            self._public_close = True
+            self._resp = S_DECODE
+            self._resp_framer = http.Dechunker()
+            out = http.dechunked_response_head(head)
+            if self.factory.hsts is not None:
+                out = with_hsts(out, self.factory.hsts)
+            self._decoded_body(rest, out)
+            return
         self._resp = S_BODY
+        self._resp_framer = framer
         out = http.forward_response_head(head, connection)
         if self.factory.hsts is not None:
             out = with_hsts(out, self.factory.hsts)
@@ -593,15 +575,31 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
             fast_write(self.transport, head + (data if n == len(data) else data[:n]))
             self._record.bytes_out += n
         if framer.done:
-            if n < len(data):
-                self._reusable = False
-            self._resp = S_NONE
-            if self._req == R_DONE:
-                self._exchange_done()
-            else:
-                self._reusable = False  # answered before reading the whole request
-                self._public_close = True
-                self._exchange_done()
+            self._response_complete(n < len(data))
+
+    def _decoded_body(self, data: bytes, head: bytes = b"") -> None:
+        framer = self._resp_framer
+        try:
+            n = framer.feed(data)
+        except http.HTTPError as e:
+            self._fail(502, "service sent " + e.message)
+            return
+        out = head + framer.take()
+        if out:
+            fast_write(self.transport, out)
+            self._record.bytes_out += n
+        if framer.done:
+            self._response_complete(n < len(data))
+
+    def _response_complete(self, leftover: bool) -> None:
+        """The response body is complete (``leftover``: the tunnel sent more than it)."""
+        if leftover:
+            self._reusable = False
+        self._resp = S_NONE
+        if self._req != R_DONE:
+            self._reusable = False  # answered before reading the whole request
+            self._public_close = True
+        self._exchange_done()
 
     def _switch_protocols(self, head: http.Head, rest: bytes) -> None:
         self._cancel_timers()
@@ -630,11 +628,11 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         if tunnel.transport.connected:
             tunnel.transport.loseConnection()
         if self._upgraded:
-            self.transport.loseConnection()
+            self._close()
             return
         if self._resp == S_BODY and self._resp_framer.kind == http.UNTIL_CLOSE:
             self._resp = S_NONE
-            self.transport.loseConnection()
+            self._close()
             return
         if self._resp == S_HEAD and not self._sent_response:
             if not self._resp_buf and self._can_retry(tunnel):
@@ -679,7 +677,7 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         self._head = None
         if self._finished():
             self._req = R_DONE  # whatever else arrives is not read
-            self.transport.loseConnection()
+            self._close()
             return
         self._req = R_HEAD
         self._resp = S_NONE
@@ -695,22 +693,35 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         framer = self._req_framer
         unread_body = framer is not None and not framer.done
         close = not keep or not self._keep_alive or self._finished() or unread_body
+        if not close:
+            self._own_on()
+        extra.append((b"Referrer-Policy", b"same-origin"))
         if self.factory.hsts is not None:
-            extra = [*extra, (b"Strict-Transport-Security", self.factory.hsts)]
+            extra.append((b"Strict-Transport-Security", self.factory.hsts))
         self.transport.write(http.json_response(status, body, extra, close=close))
         self._sent_response = True
         if close:
             self._req = R_DONE
-            self.transport.loseConnection()
+            self._close()
         else:
             self._req = R_HEAD
             self._sent_response = False
-            self._set_timer(self.config.idle_timeout, self._idle_timeout)
+            if self._own is None or not self._own.paused:  # else: UNREAD_ANSWERS_TIMEOUT runs
+                self._set_timer(self.config.idle_timeout, self._idle_timeout)
             # pipelined requests in self._buf are parsed by the loop in _parse_head
 
     def _count(self, status: int) -> None:
         statuses = self._record.statuses if self._record is not None else self.registry.unrouted
         statuses[status] = statuses.get(status, 0) + 1
+
+    def _give(self, answer: Answer) -> None:
+        """Give an answer the router decided on."""
+        self._count(answer.status)
+        if answer.status >= 500 or answer.status == 429:
+            self.log.info(
+                "{status} to {peer}: {message}", status=answer.status, peer=self._peer, message=answer.message
+            )
+        self._answer(answer.status, answer.encode(), list(answer.headers), answer.keep)
 
     def _refuse(self, status: int, message: str, keep: bool = False, **extra: object) -> None:
         """Answer a request that never reached a tunnel."""
@@ -752,18 +763,32 @@ class PublicFactory(NegotiatesHTTP11, Factory):
 
     noisy = False
 
-    def __init__(self, registry: Registry, config: PublicConfig, clock: object) -> None:
+    def __init__(
+        self, registry: Registry, config: PublicConfig, clock: object, origins: Origins | None = None
+    ) -> None:
         self.registry = registry
         self.config = config
         self.clock = clock
         self.limiter = GuessLimiter(config.guess_limit, config.guess_window, clock)
-        self.domain = config.domain.encode() if config.domain else None
         self.scheme = config.scheme.encode()
         self.hsts = b"max-age=%d" % config.hsts if config.hsts and config.scheme == "https" else None
+        if origins is None and config.domain:
+            origins = DomainOrigins(config.domain, config.scheme, lambda: "")
+        self.router = Router(registry, None, self.limiter, config.secure_cookies)
+        if origins is not None:
+            self.use_origins(origins)
         self.connections: set[PublicHTTPProtocol] = set()
         self.stopping = False
         self._sweeper = LoopingCall(self._sweep)
         self._sweeper.clock = clock
+
+    def use_origins(self, origins: Origins) -> None:
+        """Give every HTTP client (registered now or later) its own origin from ``origins``."""
+        self.router.origins = origins
+        self.registry.origins = origins
+        for record in list(self.registry.clients.values()):
+            if record.mode == "http":
+                origins.open_for(record)
 
     def _sweep(self) -> None:
         now = self.clock.seconds()
@@ -787,6 +812,8 @@ class PublicFactory(NegotiatesHTTP11, Factory):
     def drain(self) -> None:
         """Shutting down: close idle connections, close the others after their current response."""
         self.stopping = True
+        if self.router.origins is not None:
+            self.router.origins.stop_listening()  # the clients' own ports take no new connections
         for proto in list(self.connections):
             proto.finish_and_close()
 

@@ -59,6 +59,10 @@ class ClientRecord:
     open_connections: int = 0
     last_error: str = ""
     statuses: dict = field(default_factory=dict)
+    # the client's own browser origin (arp/server/origins.py): a host label or a public port
+    label: str = ""
+    origin_port: int = 0
+    origin_listener: object | None = None
 
     @property
     def online(self) -> bool:
@@ -76,6 +80,7 @@ class ClientRecord:
             "connectedSince": self.connected_since,
             "offlineSince": self.offline_since,
             "remotePort": self.remote_port or None,
+            "originPort": self.origin_port or None,
             "pool": self.pool.snapshot(),
             "openConnections": self.open_connections,
             "requests": self.requests,
@@ -102,6 +107,7 @@ class Registry(Service):
         self.clients: dict[str, ClientRecord] = {}
         self.cluster = None  # arp.server.cluster.Cluster with --redis: the other relays
         self.tcp_opener = None  # set by the tap: (record) -> port number, raises BadRegistration
+        self.origins = None  # set by the tap: gives each HTTP client its own origin (arp/server/origins.py)
         self.unrouted: dict[int, int] = {}  # statuses of answers that reached no client
         self.retired: dict = {
             "requests": 0,
@@ -263,6 +269,8 @@ class Registry(Service):
                     raise BadRegistration("this relay does not offer TCP ports (see arps --tcp-ports)")
                 record.remote_port = remote_port
                 self.tcp_opener(record)  # raises BadRegistration / Unavailable if no port can be had
+            elif self.origins is not None:
+                self.origins.open_for(record)  # raises BadRegistration if no origin can be had
             self.clients[client_id] = record
         record.tenant = tenant
         record.tunnel_secret = tunnel_key
@@ -336,6 +344,8 @@ class Registry(Service):
         if record.tcp_listener is not None:
             listener, record.tcp_listener = record.tcp_listener, None
             listener.stopService()
+        if self.origins is not None and record.mode == "http":
+            self.origins.close_for(record)
 
     def _retire(self, record: ClientRecord) -> None:
         """Keep a removed client's counts so that relay-wide counters never go down."""

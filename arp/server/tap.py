@@ -33,9 +33,9 @@ class Options(options.TwistdOptions):
     synopsis = "[options]"
     longdesc = (
         "The ARP relay.  arpc clients register on the control port and keep warm "
-        "tunnels open to the proxy port; requests to the public port carrying a "
-        "client's token (?token=, X-ARP-Token header, arp_token cookie or "
-        "<token>.<domain> host) are routed through those tunnels.  Every "
+        "tunnels open to the proxy port.  Each HTTP client gets an origin of its "
+        "own (a port from --client-ports, or <id>.<domain>); API clients may also "
+        "use the public port with ?token= or an X-ARP-Token header.  Every "
         "--*-endpoint takes a Twisted endpoint string, e.g. "
         "ssl:443:privateKey=key.pem:certKey=cert.pem for TLS."
     )
@@ -142,7 +142,22 @@ class Options(options.TwistdOptions):
             "(0: off). Needs a TLS public endpoint or an https:// --public-url.",
             int,
         ],
-        ["domain", None, None, "Also route by host name: <token>.<domain> (wildcard DNS needed)."],
+        [
+            "domain",
+            None,
+            None,
+            "Give each client the origin <client id>.<domain> (wildcard DNS and, for TLS, a "
+            "wildcard certificate); replaces --client-ports.",
+        ],
+        [
+            "client-ports",
+            None,
+            "17100-17999",
+            "Without --domain: public ports handed out one per HTTP client, so each has a "
+            "browser origin of its own (served like the public port, with its TLS); 'none' to "
+            "serve browsers on no origin of their own.",
+            options.port_range_or_none,
+        ],
         [
             "tcp-ports",
             None,
@@ -233,6 +248,19 @@ class Options(options.TwistdOptions):
             if not loopback:
                 raise usage.UsageError(
                     "--admin-endpoint is reachable from other hosts: set --admin-token (or ARP_ADMIN_TOKEN)"
+                )
+        if isinstance(self["client-ports"], str):  # the default is not coerced by usage.Options
+            self["client-ports"] = options.port_range_or_none(self["client-ports"])
+        own, tcp = self["client-ports"], self["tcp-ports"]
+        if own and tcp and not self["domain"] and own[0] <= tcp[1] and tcp[0] <= own[1]:
+            raise usage.UsageError("--client-ports and --tcp-ports overlap: give them separate ranges")
+        if self["client-ports"] and not self["domain"]:
+            from arp.server.origins import endpoint_with_port
+
+            if endpoint_with_port(self["public-endpoint"], 1) is None:
+                raise usage.UsageError(
+                    "--client-ports needs a tcp: or ssl: --public-endpoint to copy for each client's "
+                    "port; use --domain, or --client-ports none"
                 )
         public_url = self["public-url"]
         if public_url and not public_url.lower().startswith(("http://", "https://")):
@@ -328,6 +356,7 @@ def makeService(config: Options) -> MultiService:
     public_endpoint = config["public-endpoint"]
     public_url = config["public-url"]
     scheme = public_scheme(public_endpoint, public_url)
+    browser_scheme = scheme  # https also behind a TLS-terminating proxy (--public-url https://...)
     relay_config = RelayConfig(
         pool_size=config["pool-size"],
         max_tunnels=config["max-tunnels"],
@@ -348,13 +377,14 @@ def makeService(config: Options) -> MultiService:
         registry.tcp_opener = lambda record: ports.open_for(record, registry)
     public_config = PublicConfig(
         scheme=scheme,
-        domain=config["domain"],
+        domain=None,  # own origins (host names or ports) are chosen below, see _origins
         max_head=config["max-head-size"],
         max_body=config["max-body-size"],
         head_timeout=config["head-timeout"],
         idle_timeout=config["idle-timeout"],
         response_timeout=config["response-timeout"],
         guess_limit=config["guess-limit"],
+        secure_cookies=browser_scheme == "https",
         hsts=config["hsts"],
     )
     public_factory = PublicFactory(registry, public_config, reactor)
@@ -385,11 +415,49 @@ def makeService(config: Options) -> MultiService:
             advertise=config["advertise"],
             proxy_address=lambda: advertised_address(proxy.port),
         ).setServiceParent(top)
-    if not relay_config.public_url:
-        # filled in once the public port is known (it may be tcp:0)
-        def base_url(client_id: str) -> str:
-            port = public.port.getHost().port if public.port is not None else config["public-port"]
-            return f"{scheme}://{{host}}:{port}"
 
-        registry.public_url = base_url  # type: ignore[method-assign]
+    def listening_port() -> int:  # known once listening (it may be tcp:0)
+        return public.port.getHost().port if public.port is not None else config["public-port"]
+
+    origins = _origins(config, public_factory, reactor, browser_scheme, listening_port)
+    if origins is not None:
+        public_factory.use_origins(origins)
+
+    def public_url_of(client_id: str) -> str:
+        record = registry.clients.get(client_id)
+        if origins is not None and record is not None and (record.label or record.origin_port):
+            return origins.url_for(record)  # the client's own origin
+        return relay_config.public_url or f"{scheme}://{{host}}:{listening_port()}"
+
+    registry.public_url = public_url_of  # type: ignore[method-assign]
     return top
+
+
+def _origins(
+    config: Options, front: PublicFactory, reactor: object, browser_scheme: str, listening_port: object
+) -> object | None:
+    """The own origins of HTTP clients: host names under --domain, else ports from --client-ports."""
+    from arp.server.origins import DomainOrigins, PortOrigins, endpoint_with_port, public_url_parts
+
+    public_url = config["public-url"]
+    host, url_port = None, ""
+    if public_url:
+        _, host, url_port = public_url_parts(public_url)
+    if config["domain"]:
+
+        def port_suffix() -> str:
+            if public_url:
+                return url_port
+            port = listening_port()
+            return "" if (browser_scheme, port) in (("http", 80), ("https", 443)) else f":{port}"
+
+        return DomainOrigins(config["domain"], browser_scheme, port_suffix)
+    if not config["client-ports"]:
+        return None
+    first, last = config["client-ports"]
+    endpoint = config["public-endpoint"]
+
+    def endpoint_for(port: int) -> str:
+        return endpoint_with_port(endpoint, port)
+
+    return PortOrigins(first, last, endpoint_for, front, reactor, browser_scheme, host)
