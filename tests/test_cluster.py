@@ -12,6 +12,7 @@ import shutil
 import socket
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from unittest import mock
 
 from twisted.internet import defer, reactor
@@ -702,3 +703,24 @@ class ArpcOnEveryRelay(unittest.TestCase):
             response, _ = await http.request("GET", relay_url(relay, f"/echo?token={token}"))
             self.assertEqual(response.code, 200)
             self.assertIn("client e11ddd... registered", relay.proc.output)
+
+    async def test_command_mode_health_lists_the_relays(self):
+        """Command mode's /api/health names every relay arpc links to and whether it is
+        registered there; the API answers through either relay."""
+        need_redis()
+        from tests.command_helpers import Api, Workspace, start_command_arpc
+
+        redis = await RedisServer(self).start()
+        ports = _ports()
+        relays = [await start_relay(self, h, ports, redis.url) for h in HOSTS[:2]]
+        arpc = await start_command_arpc(self, relays[0], Workspace(self), "--server-addr", HOSTS[1])
+        await registered(arpc, 2)
+        for relay in relays:
+            api = Api(self, relay, arpc.token, arpc.access)
+            api.relay = SimpleNamespace(public=relay_url(relay, "").rstrip("/"))  # this relay's address
+            code, health = await api.get("/api/health")
+            self.assertEqual(code, 200, health)
+            self.assertEqual(
+                health["relays"],
+                [{"relay": "127.0.0.1", "registered": True}, {"relay": "127.0.0.2", "registered": True}],
+            )
