@@ -24,24 +24,28 @@ def need_redis() -> None:
 
 
 def free_port_on(hosts: tuple[str, ...] = HOSTS) -> int:
-    """A port that is free on every address in ``hosts`` (relays share ports on loopback)."""
-    for _ in range(50):
-        first = socket.socket()
-        first.bind((hosts[0], 0))
-        port = first.getsockname()[1]
+    """A port free on every address in ``hosts`` (relays share ports on loopback), picked at
+    random below the kernel's ephemeral range and ARP's default ports, like
+    :func:`tests.helpers.free_port` (an outgoing connection could take an ephemeral one
+    before our process binds it, e.g. while Redis is restarted on its port)."""
+    import random
+
+    for _ in range(200):
+        port = random.randrange(10000, 17000)
         ok = True
-        for host in hosts[1:]:
-            other = socket.socket()
+        for host in hosts:
+            s = socket.socket()
             try:
-                other.bind((host, port))
+                s.bind((host, port))
             except OSError:
                 ok = False
             finally:
-                other.close()
-        first.close()
+                s.close()
+            if not ok:
+                break
         if ok:
             return port
-    raise RuntimeError("no port free on every loopback address")
+    raise RuntimeError("no port free on every loopback address in 10000-16999")
 
 
 class _Watch(protocol.ProcessProtocol):
