@@ -197,6 +197,7 @@ async def start_client(
     *extra: str,
     data_dir: str | None = None,
     wait: int = 1,
+    auth_key: str = AUTH_KEY,
 ) -> TwistdProcess:
     """An arpc linked to every relay in ``hosts``; waits for ``wait`` registrations."""
     args = [
@@ -210,7 +211,7 @@ async def start_client(
         "--data-dir",
         data_dir or test.mktemp(),
         "--auth-key",
-        AUTH_KEY,
+        auth_key,
         "--local-port",
         str(local_port),
         "--max-backoff",

@@ -224,6 +224,10 @@ class RedisOutage(ClusterTestCase):
         await newcomer.wait_for("the relay cannot take us now: the relay cannot reach its shared state")
         self.assertNotIn("Registered. Public URL", newcomer.output)
         self.assertEqual((await self.get(self.relays[1], new))[0], 404)
+        wrong = await start_client(self, [HOSTS[1]], self.ports, self.backend, wait=0, auth_key="not-the-key")
+        await wrong.ended  # a wrong key is still final while Redis is down
+        self.assertEqual(wrong.exit_code, 2)
+        self.assertIn("the relay refused our auth key", wrong.output)
         self.redis = await RedisServer(self, port=self.redis.port).start()
         await registered(newcomer, 1, timeout=30)
 
