@@ -98,17 +98,31 @@ class Compose(unittest.TestCase):
             self.assertIn(f"server {name} {name}:17003", config)
 
     def test_docker_compose_accepts_it(self):
-        """``docker compose config`` accepts the file (where Docker Compose is installed)."""
+        """Docker Compose accepts the file (``docker compose config``, or Debian's
+        ``docker-compose``, which CI installs), and refuses it without the shared auth key."""
         docker = shutil.which("docker")
-        if docker is None or subprocess.run([docker, "compose", "version"], capture_output=True).returncode:
-            raise unittest.SkipTest("docker compose is not installed; the file is checked by the other tests")
-        done = subprocess.run(
-            [docker, "compose", "-f", str(CLUSTER / "compose.yaml"), "config", "--quiet"],
-            capture_output=True,
-            text=True,
-            env={**os.environ, "ARP_AUTH_KEY": "k", "ARP_ADMIN_TOKEN": "t"},
-        )
+        if docker and not subprocess.run([docker, "compose", "version"], capture_output=True).returncode:
+            command = [docker, "compose"]
+        elif shutil.which("docker-compose"):
+            command = [shutil.which("docker-compose")]
+        else:
+            raise unittest.SkipTest("neither docker compose nor docker-compose is installed")
+
+        def config(**env: str) -> subprocess.CompletedProcess:
+            environ = {k: v for k, v in os.environ.items() if not k.startswith("ARP_")}
+            return subprocess.run(
+                [*command, "-f", str(CLUSTER / "compose.yaml"), "config", "--quiet"],
+                capture_output=True,
+                text=True,
+                env={**environ, **env},
+                timeout=120,
+            )
+
+        done = config(ARP_AUTH_KEY="k", ARP_ADMIN_TOKEN="t")
         self.assertEqual(done.returncode, 0, done.stderr)
+        refused = config(ARP_ADMIN_TOKEN="t")
+        self.assertNotEqual(refused.returncode, 0)
+        self.assertIn("ARP_AUTH_KEY", refused.stderr)
 
     def test_haproxy_accepts_its_configuration(self):
         """``haproxy -c`` finds the configuration valid (Debian's haproxy; CI installs it)."""
