@@ -41,7 +41,8 @@ MAX_TUNNEL_HEADER = 256
 #: The byte arps sends on a raw TCP tunnel to tell arpc a connection has come in.
 TCP_START = b"\n"
 
-CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+#: A client id; ``\Z``, not ``$`` (which also matches before a final newline: the id goes into headers).
+CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 _TUNNEL_TOKEN_RE = re.compile(r"[0-9a-f]{64}")
 
 
