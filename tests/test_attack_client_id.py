@@ -52,7 +52,16 @@ class TrailingNewlineIdTests(unittest.TestCase):
         options = Options()
         with self.assertRaises(usage.UsageError) as refused:
             options.parseOptions(
-                ["--server-addr", "127.0.0.1", "--client-id", HOSTILE, "--local-port", "3000", "--auth-key", "k" * 32]
+                [
+                    "--server-addr",
+                    "127.0.0.1",
+                    "--client-id",
+                    HOSTILE,
+                    "--local-port",
+                    "3000",
+                    "--auth-key",
+                    "k" * 32,
+                ]
             )
         self.assertIn("--client-id must be", str(refused.exception))
         line = b"%s %s %s" % (wire.TUNNEL_MAGIC, HOSTILE.encode(), b"0" * 64)
