@@ -236,6 +236,22 @@ def parse_tunnel_header(line: bytes) -> tuple[str, str]:
     return client_id, secret
 
 
+def source_range(host: str) -> str:
+    """Whom an address counts against in per-source limits: an IPv4 address, or an IPv6 /64 (one
+    host's range: rotating addresses within it must not reset a limit); anything else as given."""
+    import ipaddress
+
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host  # a UNIX socket, "relay", or a test's fake address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
 def redact(client_id: str) -> str:
     """A client id as logs show it: the id is the token that reaches a service, so only a prefix."""
     return client_id if len(client_id) <= 8 else client_id[:6] + "..."
