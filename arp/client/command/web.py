@@ -59,6 +59,7 @@ from arp.client.command.history import ClaudeHistory, CodexHistory, GeminiHistor
 from arp.client.command.sessions import ApiError, Session, SessionManager
 from arp.client.command.store import valid_id
 from arp.client.command.tunnel import SiteTunnel
+from arp.logs import access_log_formatter
 
 MAX_BODY = 256 * 1024
 MAX_PAGE = 500
@@ -939,7 +940,7 @@ def build_root(
 
 def make_site(root: Resource) -> server.Site:
     """A quiet Site for the tree."""
-    site = server.Site(root)
+    site = server.Site(root, logFormatter=access_log_formatter)  # no token in the access log
     site.noisy = False
     site.displayTracebacks = False
     return site
