@@ -586,6 +586,11 @@ class Approvals(JsonResource):
         version = _int_arg(request, "version", -1, -1)
 
         def answer(_: object = None) -> tuple[int, Any]:
+            # the wait may outlast the token: a device revoked (or expired) meanwhile learns nothing
+            state = grant.state(self.guard.store.clock.seconds())
+            if state != "active":
+                request.setHeader(b"www-authenticate", b'Bearer realm="arpc", error="invalid_token"')
+                return 401, {"error": f"access token {grant.id} ({grant.name}) is {state}", "reason": state}
             return 200, {"approvals": self.manager.approval_listing(status), "version": self.version}
 
         if not wait or version != self.version:
