@@ -22,12 +22,14 @@ from pathlib import Path
 from twisted.internet import reactor
 from twisted.internet.task import Clock
 from twisted.trial import unittest
+from twisted.web.resource import Resource
 
 from arp.client.command.access import AccessStore, cookie_name
 from arp.client.command.history import ClaudeHistory, CodexHistory, GeminiHistory
 from arp.client.command.sessions import SessionManager
 from arp.client.command.store import SessionStore
 from arp.client.command.web import Guard, build_root, make_site
+from tests import browser
 from tests.command_helpers import Workspace
 from tests.helpers import HTTPClient
 
@@ -73,6 +75,16 @@ class Site:
     def made(self) -> int:
         """How many tokens the foreign page managed to create."""
         return sum(1 for g in self.store.grants.values() if g.name == BODY["name"])
+
+
+class _Page(Resource):
+    """A page on another port: another client's app, as far as the browser can tell."""
+
+    isLeaf = True
+
+    def render_GET(self, request) -> bytes:
+        request.setHeader(b"content-type", b"text/html")
+        return b"<!doctype html><title>another client's app</title>"
 
 
 def chromium_no_cors(origin: str, site: str) -> dict[str, str]:
@@ -128,3 +140,48 @@ class CookieRidingTests(unittest.TestCase):
             code, answer = await site.post_tokens({**headers, "Cookie": site.cookie})
             self.assertEqual(code, 201, (headers, answer))
         self.assertEqual(site.made(), 3)
+
+
+class CookieRidingBrowserTests(unittest.TestCase):
+    """The same attack from a page in a real Chromium."""
+
+    timeout = 120
+
+    def setUp(self):
+        why = browser.available()
+        if why:
+            raise unittest.SkipTest(why)
+
+    async def test_page_on_another_port_cannot_act_with_the_cookie(self):
+        """``--cors-origin '*'``: the owner opened the console's link (the access cookie is set);
+        a page on another port of the same host (same site: the cookie, ``SameSite=Strict``, is
+        sent) POSTs ``no-cors`` with credentials.  No token is made; the console's own page,
+        with the same cookie, still acts."""
+        site = Site(self, ["*"])
+        page_port = reactor.listenTCP(0, make_site(_Page()), interface="127.0.0.1")
+        self.addCleanup(page_port.stopListening)
+        hostile = f"http://127.0.0.1:{page_port.getHost().port}/"
+        target = f"http://{site.host}/api/tokens"
+        body = json.dumps(BODY)
+
+        def attack(page) -> tuple[list[str], int]:
+            page.goto(f"http://{site.host}/?access={site.store.owner_token}")
+            cookies = [c["name"] for c in page.context.cookies()]
+            page.goto(hostile)
+            page.evaluate(
+                """([url, body]) => fetch(url, {method: "POST", mode: "no-cors", credentials: "include",
+                                                body}).then(() => true, () => false)""",
+                [target, body],
+            )
+            page.goto(f"http://{site.host}/api/nothing")  # the console's own origin
+            status = page.evaluate(
+                """([url, body]) => fetch(url, {method: "POST", body,
+                     headers: {"Content-Type": "application/json"}}).then(r => r.status)""",
+                [target, body],
+            )
+            return cookies, status
+
+        cookies, own_status = await browser.in_browser(attack)
+        self.assertIn(cookie_name(CLIENT), cookies)  # the owner's browser holds the cookie
+        self.assertEqual(own_status, 201)
+        self.assertEqual(site.made(), 1)  # only the console's own request
