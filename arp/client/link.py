@@ -349,10 +349,10 @@ class RelayLink(MultiService):
         for _ in range(count):
             self.connecting += 1
             d = self.proxy_endpoint.connect(factory)
-            d.addBoth(self._connected)
+            d.addBoth(self._tunnel_settled)
             d.addErrback(self._tunnel_failed)
 
-    def _connected(self, result: object) -> object:
+    def _tunnel_settled(self, result: object) -> object:
         self.connecting -= 1
         return result
 
