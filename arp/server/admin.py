@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from twisted.web import resource, server
 
 from arp import __version__, wire
+from arp.logs import access_log_formatter
 from arp.server.public import PublicFactory
 from arp.server.registry import Registry
 
@@ -391,7 +392,7 @@ class AdminRoot(resource.Resource):
 
 def admin_site(registry: Registry, public: PublicFactory, token: str | None) -> server.Site:
     """The admin ``Site``."""
-    site = server.Site(AdminRoot(registry, public, token))
+    site = server.Site(AdminRoot(registry, public, token), logFormatter=access_log_formatter)  # no ?token=
     site.noisy = False
     site.displayTracebacks = False
     return site

@@ -19,7 +19,6 @@ Each breach logs one line saying which limit, then aborts the connection.
 
 from __future__ import annotations
 
-import ipaddress
 from hmac import compare_digest as secrets_equal
 
 from twisted.internet.defer import Deferred
@@ -274,16 +273,7 @@ class ControlServerProtocol(BoundedBoxes, amp.AMP, TimeoutMixin):
 
 def source_of(addr: object) -> str:
     """Whom a connection counts against: its IPv4 address, or its IPv6 /64 (one host's range)."""
-    host = str(getattr(addr, "host", addr))
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return host  # a UNIX socket or a test's fake address
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
-    return str(ip)
+    return wire.source_range(str(getattr(addr, "host", addr)))
 
 
 class ControlFactory(Factory):

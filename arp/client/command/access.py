@@ -37,6 +37,8 @@ from typing import Any, Protocol
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from arp.wire import source_range
+
 #: Scopes, in the order the console shows them.
 SCOPES = ("view", "prompt", "approve", "admin")
 SCOPE_HELP = {
@@ -212,12 +214,14 @@ class GuessLimiter:
         return times
 
     def blocked(self, address: str) -> bool:
-        """Whether ``address`` has used up its guesses for now."""
-        times = self._recent(address)
+        """Whether ``address`` has used up its guesses for now (an IPv6 address counts as its /64,
+        so rotating addresses within one host's range does not reset the count)."""
+        times = self._recent(source_range(address))
         return times is not None and len(times) >= self.limit
 
     def miss(self, address: str) -> None:
-        """Count one failed guess from ``address``."""
+        """Count one failed guess from ``address`` (an IPv6 address: its /64)."""
+        address = source_range(address)
         times = self._recent(address)
         if times is None:
             times = self.misses[address] = deque(maxlen=self.limit)
