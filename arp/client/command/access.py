@@ -53,6 +53,7 @@ MAX_EXPIRES_IN = 366 * 24 * 3600  # a year and a day: beyond that, a link is for
 MAX_NAME = 64
 MAX_TOKENS = 200  # live tokens; revoked and expired ones are kept KEEP_ENDED seconds to say why
 KEEP_ENDED = 30 * 24 * 3600
+MAX_ENDED = 1000  # ended tokens kept at most (the newest), so create-and-revoke loops cannot grow the file
 FLUSH_DELAY = 30.0  # last-used times are written at most this often
 GUESS_LIMIT = 20
 GUESS_WINDOW = 60.0
@@ -306,6 +307,11 @@ class AccessStore:
         for grant in list(self.grants.values()):
             ended = grant.revoked if grant.revoked is not None else grant.expires
             if ended is not None and ended <= now - KEEP_ENDED:
+                del self.grants[grant.id]
+        ended_grants = [g for g in self.grants.values() if g.state(now) != "active"]
+        if len(ended_grants) > MAX_ENDED:
+            ended_grants.sort(key=lambda g: g.revoked if g.revoked is not None else (g.expires or 0.0))
+            for grant in ended_grants[: len(ended_grants) - MAX_ENDED]:
                 del self.grants[grant.id]
 
     def _owner(self, rotate: bool) -> str:
