@@ -11,7 +11,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from arp import wire
-from arp.control import AuthFailed, BadRegistration, ClientIdInUse
+from arp.control import AuthFailed, BadRegistration, ClientIdInUse, Unavailable
 from arp.server.pool import TunnelPool
 
 #: Spent tunnel serials remembered per registration; serials older than these are all refused.
@@ -24,6 +24,7 @@ class RelayConfig:
 
     pool_size: int = 5
     max_tunnels: int = 200
+    max_clients_per_tenant: int = 0  # ids one tenant may hold here (online or retained); 0: no limit
     retention: float = 300.0
     tunnel_timeout: float = 10.0
     heartbeat: float = 10.0
@@ -255,6 +256,7 @@ class Registry(Service):
                 self._remove(record)
                 record = None
         if record is None:
+            self._check_tenant_quota(tenant, client_id, remote_address)
             pool = TunnelPool(
                 client_id,
                 self.config.pool_size,
@@ -290,6 +292,30 @@ class Registry(Service):
             tenant="" if len(self.keys) == 1 else f", tenant {tenant}",
         )
         return record
+
+    def _check_tenant_quota(self, tenant: str, client_id: str, remote_address: str) -> None:
+        """Refuse a new id of ``tenant`` once it holds ``max_clients_per_tenant`` here.
+
+        Retained ids count (they keep their ports), so a tenant cannot cycle
+        through the client ports by disconnecting; a returning id is never
+        refused (only new ones reach this check).  The refusal is temporary:
+        arpc retries, and gets in once one of the tenant's ids expires.
+        """
+        limit = self.config.max_clients_per_tenant
+        if not limit:
+            return
+        held = sum(1 for record in self.clients.values() if record.tenant == tenant)
+        if held >= limit:
+            self.log.warn(
+                "refused registration for {client_id} from {address}: tenant {tenant} already "
+                "holds {held} client ids (--max-clients-per-tenant {limit})",
+                client_id=wire.redact(client_id),
+                address=remote_address,
+                tenant=tenant,
+                held=held,
+                limit=limit,
+            )
+            raise Unavailable(f"this auth key already holds {held} client ids on this relay (its limit)")
 
     def start_pool(self, record: ClientRecord) -> None:
         """Fill the pool of a freshly registered client (after it has its tunnel secret)."""

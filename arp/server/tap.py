@@ -63,6 +63,15 @@ class Options(options.TwistdOptions):
         ["pool-size", None, 5, "Warm idle tunnels kept per client.", options.positive_int],
         ["max-tunnels", None, 200, "Most tunnels one client may hold open.", options.positive_int],
         [
+            "max-clients-per-tenant",
+            None,
+            0,
+            "Most client ids one auth key (tenant) may hold registered on this relay, online or "
+            "retained; 0: no limit. Set it on a relay shared with --auth-keys, so one tenant "
+            "cannot take every client port.",
+            options.count_or_zero,
+        ],
+        [
             "retention",
             None,
             300.0,
@@ -360,6 +369,7 @@ def makeService(config: Options) -> MultiService:
     relay_config = RelayConfig(
         pool_size=config["pool-size"],
         max_tunnels=config["max-tunnels"],
+        max_clients_per_tenant=config["max-clients-per-tenant"],
         retention=config["retention"],
         tunnel_timeout=config["tunnel-timeout"],
         heartbeat=config["heartbeat"],
