@@ -608,7 +608,7 @@ class Cluster(Service):
         docs = (yield self._cmd("MGET", *[f"{PREFIX}relay:{i}" for i in ids])) if ids else []
         relays: dict[str, dict] = {}
         dead: list[str] = []
-        for relay_id, doc in zip(ids, docs, strict=False):
+        for relay_id, doc in zip(ids, docs):
             if doc is None:
                 dead.append(relay_id)
                 continue
@@ -1023,7 +1023,7 @@ class Cluster(Service):
                 "tunnels_busy",
             ):
                 value = stats.get(name, 0)
-                row[name] = value if isinstance(value, int | float) else 0
+                row[name] = value if isinstance(value, (int, float)) else 0
             rows.append(row)
         return rows
 
