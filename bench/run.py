@@ -810,6 +810,18 @@ class ArpPyPy(Arp):
         super().__init__(procs, backend, workdir)
         self.python = python
 
+    def describe(self) -> str:
+        """The interpreter's name and version, e.g. ``PyPy 7.3.11 (Python 3.9.16)``."""
+        code = (
+            "import platform, sys; v = sys.pypy_version_info; "
+            "print(f'PyPy {v.major}.{v.minor}.{v.micro} (Python {platform.python_version()})')"
+        )
+        try:
+            out = subprocess.run([self.python, "-c", code], capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            return "PyPy"
+        return out.stdout.strip() or "PyPy"
+
     @staticmethod
     def available(python: str) -> str:
         """Why PyPy with ARP's dependencies cannot run from ``python`` ("" if it can)."""
@@ -1408,6 +1420,13 @@ def markdown(results: dict) -> str:
         f"ARP {m['arp_revision']}.  Loopback only; one target at a time.",
         "",
     ]
+    pypy = results["targets"].get("arp-pypy")
+    if pypy:
+        lines += [
+            f"arp-pypy: arps and arpc on {pypy.get('interpreter', 'PyPy')}, measured after "
+            f"{pypy.get('warmup_s', 0)} s of keep-alive load (the JIT's warm-up).",
+            "",
+        ]
     for n in results.get("notes", []):
         lines += [f"**{n}**", ""]
     header = ["figure"]
@@ -1619,6 +1638,8 @@ def main() -> int:
                 r = measure(target, mode, backend, profile_dir if name == "arp" else None)
             finally:
                 target.stop()
+            if isinstance(target, ArpPyPy):
+                r["interpreter"] = target.describe()
             results["targets"][name] = r
             ka, single, nc, b = r["keepalive"], r["single"], r["newconn"], r["bulk"]
             note(
