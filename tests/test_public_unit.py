@@ -362,7 +362,7 @@ class ControlTimeoutTests(unittest.TestCase):
         """Hello every 5 s does not keep an unregistered peer past the registration timeout."""
         from twisted.protocols import amp
 
-        from arp.server.control import REGISTER_TIMEOUT, ControlServerProtocol
+        from arp.server.control import RELAY_REGISTRATION_WINDOW, ControlServerProtocol
 
         clock = Clock()
         registry = Registry(RelayConfig(), KEY, clock)
@@ -377,7 +377,7 @@ class ControlTimeoutTests(unittest.TestCase):
             if transport.disconnecting or transport.disconnected:
                 break
         self.assertTrue(transport.disconnecting or transport.disconnected)
-        self.assertLessEqual(elapsed, REGISTER_TIMEOUT + 5)
+        self.assertLessEqual(elapsed, RELAY_REGISTRATION_WINDOW + 5)
 
 
 class OwnAnswerBackpressureTests(FrontFixture, unittest.TestCase):

@@ -29,6 +29,7 @@ from zope.interface import implementer
 
 from arp import tls, wire
 from arp.control import (
+    CLIENT_REGISTRATION_TIMEOUT,
     AuthFailed,
     BadRegistration,
     BoundedBoxes,
@@ -41,8 +42,6 @@ from arp.control import (
     Unavailable,
 )
 from arp.splice import tune
-
-REGISTER_TIMEOUT = 30.0
 
 
 class RegistrationRefused(Exception):
@@ -64,7 +63,7 @@ class ControlClientProtocol(BoundedBoxes, amp.AMP, TimeoutMixin):
     def connectionMade(self) -> None:
         super().connectionMade()
         tune(self.transport, keepalive=True)
-        self.setTimeout(REGISTER_TIMEOUT)
+        self.setTimeout(CLIENT_REGISTRATION_TIMEOUT)
 
     def box_completed(self) -> None:
         self.resetTimeout()  # a whole box from the relay, not a trickle, shows it is alive
