@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.error import ConnectionDone
@@ -121,14 +119,9 @@ class ForwardTunnel(SpliceEnd):
         if self.raw_tcp:
             self.transport.abortConnection()
             return
-        body = json.dumps(
-            {
-                "error": f"the service behind this tunnel ({service}) is unreachable",
-                "status": 502,
-                "service": service,
-                "detail": why,
-            }
-        ).encode()
+        body = http.error_body(
+            502, f"the service behind this tunnel ({service}) is unreachable", service=service, detail=why
+        )
         self.transport.write(http.json_response(502, body))
         self.transport.loseConnection()
 

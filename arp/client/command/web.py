@@ -59,6 +59,7 @@ from arp.client.command.history import ClaudeHistory, CodexHistory, GeminiHistor
 from arp.client.command.sessions import ApiError, Session, SessionManager
 from arp.client.command.store import valid_id
 from arp.client.command.tunnel import SiteTunnel
+from arp.http import error_body
 
 MAX_BODY = 256 * 1024
 MAX_PAGE = 500
@@ -75,7 +76,7 @@ def json_response(request: server.Request, status: int, body: Any) -> bytes:
     request.setHeader(b"content-type", b"application/json; charset=utf-8")
     request.setHeader(b"cache-control", b"no-store")
     if isinstance(body, str):
-        body = {"error": body}
+        return error_body(status, body) + b"\n"
     return json.dumps(body, separators=(",", ":"), default=str).encode() + b"\n"
 
 
