@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import socket
 
-from twisted.internet import tcp
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer, ITransport
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
+
+from arp.twisted_private import fast_write
+
+__all__ = ["SpliceEnd", "Throttle", "close", "fast_write", "half_close", "join", "tune", "unjoin"]
 
 
 def tune(transport: ITransport, keepalive: bool = False) -> None:
@@ -63,36 +66,6 @@ class Throttle:
 
     def stopProducing(self) -> None:
         pass
-
-
-_PLAIN_TCP = (tcp.Server, tcp.Client)
-
-
-def fast_write(transport: ITransport, data: bytes) -> None:
-    """``transport.write(data)``, but sent at once when nothing is queued.
-
-    Twisted queues every write until the next poll says the socket is writable,
-    which costs two ``epoll_ctl`` calls and a poll round per write.  On the hot
-    path (one request head, one small response) the socket is almost always
-    writable, so try ``send`` first and queue only what it did not take.  TLS
-    and other non-socket transports take the ordinary path.
-    """
-    if (
-        type(transport) in _PLAIN_TCP  # not a TLS wrapper (it would proxy .socket to the raw one)
-        and not transport._tempDataLen  # noqa: SLF001 - Twisted's write queue
-        and len(transport.dataBuffer) == transport.offset
-        and transport.connected
-        and not transport.disconnecting
-        and not transport.TLS
-    ):
-        try:
-            sent = transport.socket.send(data)
-        except OSError:
-            sent = 0  # EAGAIN, or an error that Twisted's own write path will report
-        if sent == len(data):
-            return
-        data = data[sent:]
-    transport.write(data)
 
 
 def join(a: ITransport, b: ITransport) -> tuple[Throttle, Throttle]:

@@ -60,6 +60,7 @@ from arp.client.command.sessions import ApiError, Session, SessionManager
 from arp.client.command.store import valid_id
 from arp.client.command.tunnel import SiteTunnel
 from arp.http import error_body
+from arp.twisted_private import request_disconnected
 
 MAX_BODY = 256 * 1024
 MAX_PAGE = 500
@@ -267,7 +268,7 @@ class JsonResource(Resource):
         return json_response(request, *result)
 
     def _finish(self, request: server.Request, status: int, body: Any) -> None:
-        if not request.finished and not request._disconnected:
+        if not request.finished and not request_disconnected(request):
             request.write(json_response(request, status, body))
             request.finish()
 
