@@ -69,7 +69,9 @@ class WriteQueueTests(unittest.TestCase):
         sender = Protocol()
         connected = defer.Deferred()
         sender.connectionMade = lambda: connected.callback(None)
-        client = reactor.connectTCP("127.0.0.1", port.getHost().port, ClientFactory.forProtocol(lambda: sender))
+        client = reactor.connectTCP(
+            "127.0.0.1", port.getHost().port, ClientFactory.forProtocol(lambda: sender)
+        )
         self.addCleanup(client.disconnect)
         yield connected
         transport = sender.transport

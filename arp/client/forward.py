@@ -61,7 +61,10 @@ class ForwardTunnel(SpliceEnd):
 
     log = Logger()
 
-    def __init__(self, header: bytes, backend: LocalService, raw_tcp: bool, tunnels: set) -> None:
+    def __init__(
+        self, header: bytes, backend: LocalService, raw_tcp: bool, tunnels: set, clock: object = None
+    ) -> None:
+        self.clock = clock  # for the splice's linger timer (None: the global reactor)
         self.header = header
         self.backend = backend
         self.raw_tcp = raw_tcp
@@ -81,6 +84,7 @@ class ForwardTunnel(SpliceEnd):
     def dataReceived(self, data: bytes) -> None:
         peer = self.peer
         if peer is not None:
+            self.splice.moved = True
             fast_write(peer.transport, data)
         elif self._pending is not None:
             self._pending.append(data)
@@ -105,8 +109,8 @@ class ForwardTunnel(SpliceEnd):
         for chunk in pending:
             if chunk:
                 backend.transport.write(chunk)
-        if self._eof_in:
-            backend.transport.loseWriteConnection()
+        if self._eof_in:  # the relay's side ended while we connected
+            self.splice.read_lost(self.end)
         self.transport.resumeProducing()
 
     def _backend_failed(self, failure: Failure) -> None:

@@ -30,7 +30,7 @@ from arp.server.pool import PoolClosed, PoolTimeout
 from arp.server.registry import ClientRecord, Registry
 from arp.server.routing import TOKEN_HEADER, Answer, GuessLimiter, Router, error_body, strip_arp_set_cookies
 from arp.server.tunnel import TunnelOwner, TunnelServerProtocol
-from arp.splice import Throttle, fast_write, half_close, join, tune, unjoin
+from arp.splice import Splice, Throttle, fast_write, join, tune, unjoin
 from arp.tls import NegotiatesHTTP11
 
 __all__ = ["GuessLimiter", "PublicConfig", "PublicFactory", "PublicHTTPProtocol", "error_body"]
@@ -166,6 +166,7 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         self._body_left = -1
         self._peer = ""
         self._reading: Throttle | None = None  # what pauses our reading for the current tunnel
+        self._splice: Splice | None = None  # after a 101: this connection (end 0) and the tunnel (end 1)
         self._body_progress = 0.0  # when request body bytes last arrived
         self._own: OwnAnswers | None = None  # registered while the relay's own answers are written
         self.bound: ClientRecord | None = None  # set on a client's own port: the only client served here
@@ -189,21 +190,19 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         if tunnel is not None:
             self._tunnel = None
             tunnel.detach()
-            if self._upgraded:
-                if self._eof:
-                    tunnel.transport.loseConnection()
-                else:
-                    tunnel.transport.abortConnection()
-            else:
+            if self._splice is None:
                 tunnel.transport.abortConnection()  # mid-exchange: its stream is not reusable
+        if self._splice is not None:
+            self._splice.connection_lost(0, reason)
         if self._record is not None:
             self._record.open_connections -= 1
             self._record = None
 
     def readConnectionLost(self) -> None:
         self._eof = True
-        if self._upgraded and self._tunnel is not None:
-            half_close(self._tunnel.transport)
+        if self._upgraded:
+            if self._splice is not None:
+                self._splice.read_lost(0)
         elif self._req == R_HEAD and not self._buf and self._resp == S_NONE:
             self._close()
         elif self._req == R_BODY:
@@ -272,6 +271,7 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         if self._upgraded:
             if self._tunnel is None:  # TLS may deliver records after the splice ended
                 return
+            self._splice.moved = True
             fast_write(self._tunnel.transport, data)
             if self._record is not None:
                 self._record.bytes_in += len(data)
@@ -488,6 +488,7 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         if self._resp == S_BODY:
             self._response_body(data)
         elif self._upgraded:
+            self._splice.moved = True
             fast_write(self.transport, data)
             self._record.bytes_out += len(data)
         elif self._resp == S_HEAD:
@@ -609,6 +610,9 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         self._sent_response = True
         self._record.pool.forget(self._tunnel)  # this tunnel never comes back
         self._tunnel.record = None
+        unjoin(self.transport, self._tunnel.transport)  # the splice registers its own producers
+        self._reading = None
+        self._splice = Splice(self.transport, self._tunnel.transport, self.clock)
         fast_write(self.transport, head.raw + rest)
         if self._buf:
             data = bytes(self._buf)
@@ -617,6 +621,9 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         self.transport.resumeProducing()
 
     def tunnel_eof(self) -> None:
+        if self._splice is not None:
+            self._splice.read_lost(1)
+            return
         self.tunnel_lost(Failure(ConnectionDone("tunnel closed")))
 
     def tunnel_lost(self, reason: Failure) -> None:
@@ -624,12 +631,12 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         if tunnel is None or self._closed:
             return
         tunnel.detach()
+        if self._splice is not None:
+            self._splice.connection_lost(1, reason)
+            return
         self.transport.unregisterProducer()  # the tunnel no longer produces anything
         if tunnel.transport.connected:
             tunnel.transport.loseConnection()
-        if self._upgraded:
-            self._close()
-            return
         if self._resp == S_BODY and self._resp_framer.kind == http.UNTIL_CLOSE:
             self._resp = S_NONE
             self._close()
