@@ -25,37 +25,22 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from arp import http, wire
+from arp.server.framing import rewrite_request_head, with_hsts
 from arp.server.origins import DomainOrigins, Origins, access_cookie_name
 from arp.server.pool import PoolClosed, PoolTimeout
 from arp.server.registry import ClientRecord, Registry
-from arp.server.routing import TOKEN_HEADER, Answer, GuessLimiter, Router, error_body, strip_arp_set_cookies
+from arp.server.routing import Answer, GuessLimiter, Router, error_body, strip_arp_set_cookies
 from arp.server.tunnel import TunnelOwner, TunnelServerProtocol
 from arp.splice import Splice, Throttle, fast_write, join, tune, unjoin
 from arp.tls import NegotiatesHTTP11
 
-__all__ = ["GuessLimiter", "PublicConfig", "PublicFactory", "PublicHTTPProtocol", "error_body"]
+__all__ = ["GuessLimiter", "PublicConfig", "PublicFactory", "PublicHTTPProtocol", "error_body", "with_hsts"]
 
-HSTS = b"strict-transport-security"
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 MAX_RETRIES = 2
 SWEEP_INTERVAL = 1.0  # seconds between timeout checks of all public connections
 #: Seconds a client may leave a full buffer of the relay's own answers unread before it is cut.
 UNREAD_ANSWERS_TIMEOUT = 15.0
-
-#: Connection tokens that name no header to drop: keep-alive signals, framing headers that the
-#: relay frames by (dropping them would let the next hop read the body differently), and Host,
-#: which every HTTP/1.1 request must carry.
-_NOT_LISTED = frozenset({b"close", b"keep-alive", b"upgrade", b"host"}) | http.FRAMING
-#: Request headers replaced on the way to the client: hop-by-hop ones, X-Forwarded-*, the token.
-#: ``HTTP2-Settings`` belongs to an ``Upgrade: h2c`` offer, which the relay never passes on (it
-#: speaks HTTP/1.1 to the service): both go, so the service never sees half an offer.
-_REWRITTEN = http.HOP_BY_HOP | {
-    b"x-forwarded-for",
-    b"x-forwarded-proto",
-    b"x-forwarded-host",
-    b"http2-settings",
-    TOKEN_HEADER,
-}
 
 # request-side states
 R_HEAD, R_WAIT, R_BODY, R_DONE = range(4)
@@ -79,26 +64,6 @@ class PublicConfig:
     guess_window: float = 60.0
     secure_cookies: bool = False  # https public URL (also behind a TLS-terminating proxy)
     hsts: int = 0  # over https: Strict-Transport-Security max-age on every response (0: off)
-
-
-def with_hsts(raw: bytes, value: bytes) -> bytes:
-    """A forwarded response head with the relay's Strict-Transport-Security in place of the service's.
-
-    The relay's host name is shared by every client, so its HSTS policy is the operator's: a
-    service cannot shorten it (``max-age=0``) or widen it (``includeSubDomains``).
-    """
-    if HSTS in raw.lower():  # rare: the service sent its own
-        full = http.parse_response_head(raw)
-        full.remove(HSTS)
-        raw = full.serialize()
-    return raw[:-2] + b"Strict-Transport-Security: " + value + b"\r\n\r\n"
-
-
-def _without_h2c(upgrade: bytes) -> bytes | None:
-    """The ``Upgrade`` offer without ``h2c`` (the relay speaks HTTP/1.1), or None if nothing is left."""
-    offers = (p.strip() for p in upgrade.split(b","))
-    kept = [p for p in offers if p and p.lower().split(b"/")[0] != b"h2c"]
-    return b", ".join(kept) if kept else None
 
 
 @implementer(IPushProducer)
@@ -329,34 +294,13 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         record = decision
         self._record = record
         record.open_connections += 1
-        self._rewrite(head)
+        rewrite_request_head(head, self._peer, self.factory.scheme)  # hop-by-hop out, X-Forwarded-* in
         self._head = head
         self._head_bytes = head.serialize()
         self._resp = S_NONE
         self._retries = 0
         record.requests += 1
         self._acquire()
-
-    def _rewrite(self, head: http.Head) -> None:
-        """Hop-by-hop headers and the token header out; our Connection and X-Forwarded-* in."""
-        upgrade = head.get(b"upgrade")
-        if upgrade is not None and b"h2c" in upgrade.lower():
-            upgrade = _without_h2c(upgrade)
-        listed = head.connection_tokens() - _NOT_LISTED
-        # a header the Connection header lists is for the previous hop only: never pass on its value
-        forwarded_for = head.get(b"x-forwarded-for") if b"x-forwarded-for" not in listed else None
-        host = head.get(b"host")
-        extra = []
-        if upgrade is not None:
-            extra += [(b"Connection", b"Upgrade"), (b"Upgrade", upgrade)]
-        elif head.version == b"HTTP/1.0":
-            extra.append((b"Connection", b"keep-alive"))
-        peer = self._peer.encode()
-        extra.append((b"X-Forwarded-For", forwarded_for + b", " + peer if forwarded_for else peer))
-        extra.append((b"X-Forwarded-Proto", self.factory.scheme))
-        if host is not None:
-            extra.append((b"X-Forwarded-Host", host))
-        head.replace(_REWRITTEN | listed if listed else _REWRITTEN, extra)
 
     # -- flow control of the relay's own answers
     def _own_on(self) -> None:
