@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from arp import http, wire
+from arp.server.exchange import R_BODY, R_DONE, R_HEAD, R_WAIT, S_BODY, S_DECODE, S_HEAD, S_NONE
 from arp.server.framing import rewrite_request_head, with_hsts
 from arp.server.origins import DomainOrigins, Origins, access_cookie_name
 from arp.server.pool import PoolClosed, PoolTimeout
@@ -41,11 +42,6 @@ MAX_RETRIES = 2
 SWEEP_INTERVAL = 1.0  # seconds between timeout checks of all public connections
 #: Seconds a client may leave a full buffer of the relay's own answers unread before it is cut.
 UNREAD_ANSWERS_TIMEOUT = 15.0
-
-# request-side states
-R_HEAD, R_WAIT, R_BODY, R_DONE = range(4)
-# response-side states
-S_NONE, S_HEAD, S_BODY, S_DECODE = range(4)  # S_DECODE: a chunked body decoded for HTTP/1.0
 
 
 @dataclass(frozen=True)
