@@ -7,6 +7,8 @@ its request and response state against ``REQUEST_TRANSITIONS`` / ``RESPONSE_TRAN
 
 from __future__ import annotations
 
+import io
+
 from twisted.trial import unittest
 
 from arp.server import exchange, public
@@ -70,6 +72,39 @@ class TableTests(unittest.TestCase):
             proto._resp = exchange.S_BODY
         with self.assertRaises(IllegalTransition):
             proto._req = 3  # the integer states of old are not states any more
+
+
+class TableIsTightTests(unittest.TestCase):
+    """No transition in the tables is dead: the checked tests below take every one of them."""
+
+    def test_every_listed_transition_is_taken(self):
+        """Run the checked test classes of this module and collect the transitions they take."""
+        from twisted.trial import reporter, runner
+
+        taken: set = set()
+        CheckedProtocol.taken = taken
+        self.addCleanup(setattr, CheckedProtocol, "taken", None)
+        loader = runner.TestLoader()
+        suite = runner.TestSuite(
+            [
+                loader.loadClass(cls)
+                for cls in globals().values()
+                if isinstance(cls, type) and issubclass(cls, Checked) and issubclass(cls, unittest.TestCase)
+            ]
+        )
+        result = reporter.Reporter(io.StringIO())
+        suite.run(result)
+        self.assertTrue(result.wasSuccessful(), "the checked tests failed; see the other failures")
+        listed = {
+            (name, old, new)
+            for name, table in (
+                ("_req", exchange.REQUEST_TRANSITIONS),
+                ("_resp", exchange.RESPONSE_TRANSITIONS),
+            )
+            for old, targets in table.items()
+            for new in targets
+        }
+        self.assertEqual(listed - taken, set(), "transitions listed but never taken")
 
 
 class CheckedPublicFrontTests(Checked, unit.PublicFrontTests):
