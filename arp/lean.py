@@ -10,6 +10,7 @@ then runs without TLS support, which nothing in that process needs.
 
 from __future__ import annotations
 
+import os
 import sys
 
 _TLS_MARKERS = ("ssl:", "tls:", "le:", "lets:")
@@ -22,6 +23,8 @@ def skip_tls_if_unused(argv: list[str] | None = None) -> bool:
         return False  # already loaded, or not a twistd run (tests import our modules too)
     if any(marker in arg for arg in argv for marker in _TLS_MARKERS):
         return False
+    if any(arg.startswith("--redis") for arg in argv) or os.environ.get("ARP_REDIS"):
+        return False  # txredisapi imports twisted.internet.ssl whether TLS is used or not
     sys.modules["OpenSSL"] = None  # type: ignore[assignment]
     return True
 

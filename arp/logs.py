@@ -4,10 +4,46 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 from pathlib import Path
 
 from twisted.logger import ILogObserver, formatEventAsClassicLogText
 from zope.interface import implementer
+
+#: Query parameters that carry secrets: a client id (the relay's ``token=``, the admin token) and
+#: arpc's access tokens (``access=``).
+_SECRET_PARAM = re.compile(rb"((?:^|[?&;])(?:access|token)=)[^&;#\s]*")
+
+
+def redact_query(uri: bytes) -> bytes:
+    """``uri`` with the values of its ``token=`` and ``access=`` parameters replaced."""
+    return _SECRET_PARAM.sub(rb"\1[redacted]", uri) if b"=" in uri else uri
+
+
+class _Redacted:
+    """A request as the access log sees it: secrets out of its target and ``Referer``."""
+
+    def __init__(self, request: object) -> None:
+        self._request = request
+        self.uri = redact_query(request.uri)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._request, name)
+
+    def getHeader(self, name: bytes) -> bytes | None:
+        value = self._request.getHeader(name)
+        if value is not None and name.lower() == b"referer":
+            return redact_query(value)
+        return value
+
+
+def access_log_formatter(timestamp: str, request: object) -> str:
+    """Twisted's combined log line (a Site's ``logFormatter``), without the secrets a URL may
+    carry: a Site's access log goes to the process's log (and arpc's log files), where tokens
+    must not be."""
+    from twisted.web.http import combinedLogFormatter  # only where a Site is served
+
+    return combinedLogFormatter(timestamp, _Redacted(request))
 
 
 @implementer(ILogObserver)

@@ -22,6 +22,14 @@ def positive_int(value: str) -> int:
     return number
 
 
+def count_or_zero(value: str) -> int:
+    """Coerce a command-line value to an integer >= 0 (0: no limit)."""
+    number = int(value)
+    if number < 0:
+        raise ValueError("must be 0 (no limit) or a positive integer")
+    return number
+
+
 def port_number(value: str) -> int:
     """Coerce a command-line value to a TCP port (0 lets the system choose)."""
     number = int(value)

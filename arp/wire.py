@@ -41,7 +41,8 @@ MAX_TUNNEL_HEADER = 256
 #: The byte arps sends on a raw TCP tunnel to tell arpc a connection has come in.
 TCP_START = b"\n"
 
-CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+#: A client id; ``\Z``, not ``$`` (which also matches before a final newline: the id goes into headers).
+CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 _TUNNEL_TOKEN_RE = re.compile(r"[0-9a-f]{64}")
 
 
@@ -233,6 +234,22 @@ def parse_tunnel_header(line: bytes) -> tuple[str, str]:
     if not CLIENT_ID_RE.match(client_id) or not re.fullmatch(r"[0-9a-f]{32,128}", secret):
         raise BadTunnelHeader("malformed client id or secret")
     return client_id, secret
+
+
+def source_range(host: str) -> str:
+    """Whom an address counts against in per-source limits: an IPv4 address, or an IPv6 /64 (one
+    host's range: rotating addresses within it must not reset a limit); anything else as given."""
+    import ipaddress
+
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host  # a UNIX socket, "relay", or a test's fake address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 def redact(client_id: str) -> str:

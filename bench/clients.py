@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--pool-size", type=int, default=5)
     parser.add_argument("--batch", type=int, default=50, help="clients started per 50 ms")
     parser.add_argument("--prefix", default="scale")
+    parser.add_argument("--hosts", default="127.0.0.1", help="relays, comma-separated (spread)")
     args = parser.parse_args()
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -50,8 +51,9 @@ def main() -> None:
     )
 
     backend = backend_endpoint(reactor, "127.0.0.1", args.backend_port)
-    control = TCP4ClientEndpoint(reactor, "127.0.0.1", args.control_port, timeout=10)
-    proxy = TCP4ClientEndpoint(reactor, "127.0.0.1", args.proxy_port, timeout=10)
+    hosts = args.hosts.split(",")
+    controls = [TCP4ClientEndpoint(reactor, h, args.control_port, timeout=10) for h in hosts]
+    proxies = [TCP4ClientEndpoint(reactor, h, args.proxy_port, timeout=10) for h in hosts]
 
     def tunnel_protocol(header: bytes, tunnels: set) -> ForwardTunnel:
         return ForwardTunnel(header, backend, False, tunnels)
@@ -61,8 +63,8 @@ def main() -> None:
         links.append(
             RelayLink(
                 clock=reactor,
-                control_endpoint=control,
-                proxy_endpoint=proxy,
+                control_endpoint=controls[i % len(hosts)],
+                proxy_endpoint=proxies[i % len(hosts)],
                 tunnel_protocol=tunnel_protocol,
                 client_id=f"{args.prefix}-{i:05d}-{os.urandom(12).hex()}",
                 identity=wire.new_identity(),

@@ -21,6 +21,7 @@ from arp.client.command.access import (
     CLOSE_REVOKED,
     FLUSH_DELAY,
     GUESS_WINDOW,
+    MAX_ENDED,
     MAX_EXPIRES_IN,
     OWNER_FILE,
     TOKEN_RE,
@@ -198,6 +199,31 @@ class StoreTests(unittest.TestCase):
         self.assertEqual(len(store.grants), 1)  # the owner's only
         grant, token = store.create({"name": " Phone ", "scopes": ["prompt", "view"], "expiresIn": 3600})
         self.assertEqual((grant.name, grant.scopes, grant.expires), ("Phone", ("view", "prompt"), T0 + 3600))
+
+    def test_create_and_revoke_loops_keep_the_file_bounded(self):
+        """An admin creating and revoking tokens in a loop cannot grow the records without bound:
+        only the newest MAX_ENDED ended tokens are kept (and still say why they fail)."""
+        from arp.client.command import access
+
+        self.assertLessEqual(MAX_ENDED, 10 * 1000)
+        self.patch(access, "MAX_ENDED", 20)  # the same rule, with a small number
+        store = _store(self)
+        tokens = []
+        for i in range(20 + 50):
+            grant, token = store.create({"name": f"t{i}", "scopes": ["view"]})
+            store.clock.advance(1)
+            store.revoke(grant.id)
+            tokens.append(token)
+        store.create({"name": "prune", "scopes": ["view"]})
+        ended = [g for g in store.grants.values() if g.revoked is not None]
+        self.assertEqual(len(ended), 20)
+        with self.assertRaises(AccessError) as e:
+            store.check(tokens[-1], "1.2.3.4")
+        self.assertEqual(e.exception.reason, "revoked")
+        with self.assertRaises(AccessError) as e:
+            store.check(tokens[0], "1.2.3.5")
+        self.assertEqual(e.exception.reason, "unknown")
+        self.assertTrue(store.check(store.owner_token, "1.2.3.4").owner)
 
     def test_revoking_an_unknown_id_is_404(self):
         """Revoking an id that was never issued (or is not an id at all) is a 404."""

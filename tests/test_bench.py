@@ -92,3 +92,24 @@ class ABTests(unittest.TestCase):
         self.assertRegex(proc.stdout, r"round 1 +worktree: +[\d,]+ req/s", log)
         self.assertIn("new/old: req/s", proc.stdout, log)
         self.assertNotIn("FAILED", proc.stdout, log)
+
+
+class ClusterSmokeTests(unittest.TestCase):
+    """``bench/cluster.py --smoke``: three relays on one Redis, 30 clients."""
+
+    def test_cluster_smoke_run(self) -> None:
+        """It runs end to end; registrations take one Redis round trip each and requests none."""
+        from tests.cluster_helpers import need_redis
+
+        need_redis()
+        out = Path(self.mktemp())
+        out.mkdir(parents=True)
+        proc, log = run_script(RUN.parent / "cluster.py", "--smoke", "--out", str(out))
+        self.assertEqual(proc.returncode, 0, log)
+        results = json.loads((out / "cluster-smoke.json").read_text())
+        self.assertEqual(results["registration"]["redis_round_trips_per_registration"], 1.0, log)
+        for path in ("local", "relayed"):
+            figures = results["request_path"][path]
+            self.assertGreater(figures["requests"], 0, log)
+            self.assertEqual(figures["redis_ops_per_request"], 0, log)
+        self.assertTrue(results["keep_alive"]["ok"], log)

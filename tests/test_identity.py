@@ -207,6 +207,27 @@ class TenantKeyTests(unittest.TestCase):
         self.assertNotEqual(bad.exit_code, 0)
         self.assertIn("line 2: expected 'name key'", bad.output)
 
+    async def test_tenant_quota(self):
+        """With --max-clients-per-tenant 1 a tenant that holds an id cannot take another port
+        (its second arpc is told and keeps retrying), its first id still comes back, and another
+        tenant still registers."""
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("alpha alpha-key-0123456789\nbeta beta-key-0123456789\n")
+        relay = await start_arps(self, "--auth-keys", path, "--max-clients-per-tenant", "1", auth_key="")
+        alpha_key = "alpha-key-0123456789"
+        first = await start_arpc(self, relay, local_port=listen_backend(self), auth_key=alpha_key)
+        second = await start_arpc(self, relay, local_port=free_port(), auth_key=alpha_key, wait=False)
+        await relay.proc.wait_for(r"tenant alpha already holds 1 client ids \(--max-clients-per-tenant 1\)")
+        await second.wait_for(r"already holds 1 client ids on this relay")
+        self.assertIsNone(second.exit_code)  # temporary: it retries
+        other = await start_arpc(self, relay, local_port=listen_backend(self), auth_key="beta-key-0123456789")
+        record = await admin_json(relay, f"/admin/api/clients/{other.token}")
+        self.assertEqual(record["tenant"], "beta")
+        clients = await admin_json(relay, "/admin/api/clients")
+        alpha = [c for c in clients["clients"] if c["tenant"] == "alpha"]
+        self.assertEqual([c["clientId"] for c in alpha], [first.token])
+
 
 class MiddleSplice(Protocol):
     """One connection through a man in the middle: it ends the client's TLS and opens its own."""

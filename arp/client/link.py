@@ -43,6 +43,11 @@ from arp.control import (
 )
 from arp.splice import tune
 
+#: Most tunnels arpc holds open or is opening at once, whatever the relay asks for (its own
+#: ``--max-tunnels`` is 200 by default): a relay (or whoever speaks for it on a plaintext control
+#: channel) that asks for 2**31 tunnels gets at most this many connection attempts.
+MAX_TUNNELS = 10_000
+
 
 class RegistrationRefused(Exception):
     """The relay refused this client for a reason that retrying cannot fix."""
@@ -175,6 +180,7 @@ class RelayLink(MultiService):
         self.access_token = access_token  # command mode: the owner's, printed in the Public URL
         self.on_public_url = on_public_url
         self.tunnels: set[Protocol] = set()
+        self.connecting = 0  # tunnel connections asked for, not yet made or failed
         self.control: ControlClientProtocol | None = None
         self.connection: ControlClientProtocol | None = None  # registered or not
         self.registrations = 0
@@ -327,11 +333,28 @@ class RelayLink(MultiService):
         def build() -> Protocol:
             return self.tunnel_protocol(wire.tunnel_header(client_id, key), self.tunnels)
 
+        room = MAX_TUNNELS - len(self.tunnels) - self.connecting
+        if count > room:
+            self.log.warn(
+                "the relay asked for {count} tunnels; opening {room} (at most {limit} at once)",
+                count=count,
+                room=max(room, 0),
+                limit=MAX_TUNNELS,
+            )
+            count = room
+        if count <= 0:
+            return
         factory = Factory.forProtocol(build)
         factory.noisy = False
         for _ in range(count):
+            self.connecting += 1
             d = self.proxy_endpoint.connect(factory)
+            d.addBoth(self._tunnel_settled)
             d.addErrback(self._tunnel_failed)
+
+    def _tunnel_settled(self, result: object) -> object:
+        self.connecting -= 1
+        return result
 
     def _tunnel_failed(self, failure: Failure) -> None:
         self.log.warn("could not open a tunnel: {why}", why=failure.getErrorMessage())

@@ -68,7 +68,6 @@ class Options(options.TwistdOptions):
         ["no-qr", None, "Command mode: do not show the Public URL as a QR code at start."],
     ]
     optParameters = [
-        ["server-addr", "s", None, "Host name or address of the relay (arps)."],
         ["control-port", None, 17001, "The relay's control port.", options.port_number],
         ["proxy-port", None, 17002, "The relay's proxy (tunnel) port.", options.port_number],
         [
@@ -162,6 +161,19 @@ class Options(options.TwistdOptions):
         self["acp-agent"] = []
         self["oneshot-agent"] = []
         self["notify"] = []
+        self["server-addrs"] = []
+        self["server-addr"] = None
+
+    def opt_server_addr(self, host: str) -> None:
+        """Host name or address of the relay (arps). Several relays: repeat it or separate them
+        with commas; a name that resolves to several addresses means one relay per address."""
+        hosts = [h.strip() for h in host.split(",") if h.strip()]
+        if not hosts:
+            raise usage.UsageError("--server-addr needs a host name or address")
+        self["server-addrs"].extend(hosts)
+        self["server-addr"] = self["server-addrs"][0]
+
+    opt_s = opt_server_addr
 
     def opt_project_root(self, path: str) -> None:
         """Command mode: a directory agents may work in (repeatable; default: your home)."""
@@ -301,6 +313,7 @@ def makeService(config: Options) -> MultiService:
         )
     identity = _identity(data_dir / "identity-key")
     server = config["server-addr"]
+    relays = relay_addresses(config["server-addrs"]) if not config["control-endpoint"] else [server]
     control = config["control-endpoint"] or f"tcp:host={server}:port={config['control-port']}:timeout=10"
     proxy = config["proxy-endpoint"] or f"tcp:host={server}:port={config['proxy-port']}:timeout=10"
     public_host = server or _host_of(control)
@@ -328,27 +341,68 @@ def makeService(config: Options) -> MultiService:
             port=local_port,
             tcp=" (raw TCP)" if raw_tcp else "",
         )
-    link = RelayLink(
-        clock=reactor,
-        control_endpoint=clientFromString(reactor, control),
-        control_description=control,
-        proxy_endpoint=clientFromString(reactor, proxy),
-        tunnel_protocol=tunnel_protocol,
-        client_id=client_id,
-        identity=identity,
-        on_fatal=exit_with_status(reactor, 2),
-        auth_key=config["auth-key"],
-        mode="tcp" if raw_tcp else "http",
-        remote_port=config["remote-port"] or 0,
-        public_host=public_host,
-        max_backoff=config["max-backoff"],
-        access_token=command.owner_token if command is not None else None,
-        on_public_url=command.announce if command is not None else None,
-    )
+    fatal = exit_with_status(reactor, 2)
+    links: list[RelayLink] = []
+    for relay in relays:
+        if len(relays) > 1:  # one link per relay, each reconnecting on its own
+            host = relay.replace(":", "\\:")  # an IPv6 address in an endpoint string
+            control = f"tcp:host={host}:port={config['control-port']}:timeout=10"
+            proxy = f"tcp:host={host}:port={config['proxy-port']}:timeout=10"
+        link = RelayLink(
+            clock=reactor,
+            control_endpoint=clientFromString(reactor, control),
+            control_description=control,
+            proxy_endpoint=clientFromString(reactor, proxy),
+            tunnel_protocol=tunnel_protocol,
+            client_id=client_id,
+            identity=identity,
+            on_fatal=fatal,
+            auth_key=config["auth-key"],
+            mode="tcp" if raw_tcp else "http",
+            remote_port=config["remote-port"] or 0,
+            public_host=public_host,
+            max_backoff=config["max-backoff"],
+            access_token=command.owner_token if command is not None else None,
+            on_public_url=command.announce if command is not None and not links else None,
+        )
+        link.relay = relay
+        link.setServiceParent(top)
+        links.append(link)
+    if len(links) > 1:
+        log.info("arpc keeps a link to {n} relays: {relays}", n=len(links), relays=", ".join(relays))
     if command is not None:
-        command.guard.route_url = lambda: link.route_url
-    link.setServiceParent(top)
+        command.guard.route_url = lambda: next((k.route_url for k in links if k.route_url), "")
+        command.guard.relays = lambda: [
+            {"relay": k.relay, "registered": k.control is not None} for k in links
+        ]
     return top
+
+
+def relay_addresses(hosts: list[str]) -> list[str]:
+    """One relay per address: each name in ``hosts`` resolved (at start) to its addresses.
+
+    A single name with a single address stays a name (so TLS checks it and DNS is
+    asked again on every reconnect); a name that cannot be resolved now stays too.
+    """
+    import socket
+
+    from twisted.internet.abstract import isIPAddress, isIPv6Address
+
+    found: list[str] = []
+    for host in hosts:
+        addresses = [host]
+        if not (isIPAddress(host) or isIPv6Address(host)):
+            try:
+                infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+            except OSError:
+                infos = []
+            resolved = list(dict.fromkeys(info[4][0] for info in infos))
+            if len(resolved) > 1:
+                addresses = resolved
+        for address in addresses:
+            if address not in found:
+                found.append(address)
+    return found
 
 
 def _command_mode(

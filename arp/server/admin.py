@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from twisted.web import resource, server
 
 from arp import __version__, http, wire
+from arp.logs import access_log_formatter
 from arp.server.public import PublicFactory
 from arp.server.registry import Registry
 
@@ -138,7 +139,35 @@ def relay_metrics(registry: Registry, public: PublicFactory) -> bytes:
             "gauge", "arp_public_connections", "Open public connections.", [({}, public.open_connections)]
         ),
     ]
+    if registry.cluster is not None:
+        families += _relay_families(registry.cluster.relay_rows())
     return "".join(families).encode()
+
+
+def _relay_families(rows: list[dict]) -> list[str]:
+    """Per-relay metrics (``relay`` label) as each relay last published them in Redis."""
+    return [
+        _family(
+            "gauge",
+            "arp_relay_clients",
+            "Clients with a control link to each relay of the group.",
+            [({"relay": r["relay"], "advertise": r["advertise"]}, r["clients_online"]) for r in rows],
+        ),
+        _family(
+            "counter",
+            "arp_relay_requests",
+            "Requests each relay of the group has relayed.",
+            [({"relay": r["relay"]}, r["requests"]) for r in rows],
+        ),
+        _family(
+            "gauge",
+            "arp_relay_tunnels",
+            "Tunnels held by each relay of the group.",
+            [({"relay": r["relay"], "state": "idle"}, r["tunnels_idle"]) for r in rows]
+            + [({"relay": r["relay"], "state": "busy"}, r["tunnels_busy"]) for r in rows],
+        ),
+        _family("gauge", "arp_relays", "Relays in the group (this one included).", [({}, len(rows))]),
+    ]
 
 
 class Metrics(RelayView):
@@ -277,6 +306,20 @@ def _totals(registry: Registry, public: PublicFactory) -> dict:
     totals["statuses"] = {str(k): v for k, v in sorted(totals["statuses"].items())}
     totals["public_connections"] = public.open_connections
     totals["version"] = __version__
+    if registry.cluster is not None:  # several relays: a row per relay, and the sums
+        rows = registry.cluster.relay_rows()
+        totals["relays"] = rows
+        totals["all_relays"] = {
+            name: sum(row[name] for row in rows)
+            for name in (
+                "clients_online",
+                "requests",
+                "bytes_in",
+                "bytes_out",
+                "tunnels_idle",
+                "tunnels_busy",
+            )
+        }
     return totals
 
 
@@ -287,6 +330,21 @@ class Stats(RelayView):
 
     def render_GET(self, request: server.Request) -> bytes:
         return send_json(request, 200, _totals(self.registry, self.public))
+
+
+class Health(RelayView):
+    """``/healthz``: 200 while the relay serves; 503 once it has given up its clients for
+    lack of Redis.  Needs no admin token and says nothing about clients."""
+
+    isLeaf = True
+
+    def render_GET(self, request: server.Request) -> bytes:
+        cluster = self.registry.cluster
+        body: dict = {"ok": True}
+        if cluster is not None:
+            body["redis"] = cluster.available
+            body["ok"] = cluster.serving
+        return send_json(request, 200 if body["ok"] else 503, body)
 
 
 class AdminRoot(resource.Resource):
@@ -304,6 +362,7 @@ class AdminRoot(resource.Resource):
         admin.putChild(b"api", api)
         self.putChild(b"admin", admin)
         self.putChild(b"metrics", Metrics(registry, public))
+        self.health = Health(registry, public)
 
     def _authorized(self, request: server.Request) -> bool:
         if not self.token:
@@ -317,6 +376,8 @@ class AdminRoot(resource.Resource):
         return hmac.compare_digest(given, self.token.encode())
 
     def getChildWithDefault(self, path: bytes, request: server.Request) -> resource.Resource:
+        if path == b"healthz" and not request.postpath:
+            return self.health  # for load balancers and readiness probes: no token, no data
         if not self.token and not loopback_host(request):
             # a loopback admin without a token: refuse names that DNS rebinding could point here
             return JSONError(
@@ -339,7 +400,7 @@ class AdminRoot(resource.Resource):
 
 def admin_site(registry: Registry, public: PublicFactory, token: str | None) -> server.Site:
     """The admin ``Site``."""
-    site = server.Site(AdminRoot(registry, public, token))
+    site = server.Site(AdminRoot(registry, public, token), logFormatter=access_log_formatter)  # no ?token=
     site.noisy = False
     site.displayTracebacks = False
     return site

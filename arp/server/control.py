@@ -19,9 +19,9 @@ Each breach logs one line saying which limit, then aborts the connection.
 
 from __future__ import annotations
 
-import ipaddress
 from hmac import compare_digest as secrets_equal
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
@@ -182,20 +182,40 @@ class ControlServerProtocol(BoundedBoxes, amp.AMP, TimeoutMixin):
                 address=self.peer_address(),
             )
             raise AuthFailed("the TLS session arpc signed is not the relay's (something in between ends TLS)")
-        record = self.registry.register(
-            self,
-            nonce,
-            client_id,
-            identity,
-            exchange,
-            signature,
-            proof,
-            mode,
-            remote_port,
-            self.peer_address(),
-            binding=binding,
-        )
+        address = self.peer_address()
+        args = (nonce, client_id, identity, exchange, signature, proof, mode, remote_port, address)
+        cluster = self.registry.cluster
+        if cluster is not None:  # several relays: pin the id in Redis first (refused if it is down)
+            tenant = self.registry.admit(*args, binding=binding)
+            done = cluster.claim(client_id, identity, tenant, mode)
+            done.addCallback(self._claimed, args, binding, tenant)
+            return done
+        return self._registered(self.registry.register(self, *args, binding=binding), client_id)
+
+    def _claimed(self, port: int, args: tuple, binding: bytes, tenant: str) -> dict | Deferred:
+        if port:  # raw TCP: the port this client has on every relay
+            args = (*args[:7], port, *args[8:])
+        record = self.registry.register(self, *args, binding=binding, tenant=tenant)
+        if self.transport.disconnecting or not self.transport.connected:
+            self.registry.control_lost(record, self)  # gone while Redis answered
+            raise BadRegistration("the control connection closed during registration")
+        if record.mode != "tcp":
+            return self._registered(record, args[1])
+
+        def refused(failure: Failure) -> Failure:
+            if record.control is self:
+                self.registry.control_lost(record, self)
+            self.registry.disconnect(record.client_id)
+            return failure
+
+        reserved = self.registry.cluster.reserve_port(record.client_id, record.remote_port)
+        reserved.addCallbacks(lambda _: self._registered(record, args[1]), refused)
+        return reserved
+
+    def _registered(self, record: ClientRecord, client_id: str) -> dict:
         self.record = record
+        if self.registry.cluster is not None:
+            self.registry.cluster.route_changed(client_id)
         if self.factory is not None:
             self.factory.registered(self)
         interval = self.registry.config.heartbeat
@@ -252,16 +272,7 @@ class ControlServerProtocol(BoundedBoxes, amp.AMP, TimeoutMixin):
 
 def source_of(addr: object) -> str:
     """Whom a connection counts against: its IPv4 address, or its IPv6 /64 (one host's range)."""
-    host = str(getattr(addr, "host", addr))
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return host  # a UNIX socket or a test's fake address
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
-    return str(ip)
+    return wire.source_range(str(getattr(addr, "host", addr)))
 
 
 class ControlFactory(Factory):

@@ -11,7 +11,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from arp import wire
-from arp.control import AuthFailed, BadRegistration, ClientIdInUse
+from arp.control import AuthFailed, BadRegistration, ClientIdInUse, Unavailable
 from arp.server.pool import TunnelPool
 
 #: Spent tunnel serials remembered per registration; serials older than these are all refused.
@@ -24,6 +24,7 @@ class RelayConfig:
 
     pool_size: int = 5
     max_tunnels: int = 200
+    max_clients_per_tenant: int = 0  # ids one tenant may hold here (online or retained); 0: no limit
     retention: float = 300.0
     tunnel_timeout: float = 10.0
     heartbeat: float = 10.0
@@ -105,6 +106,7 @@ class Registry(Service):
         self.keys = {name: wire.key_bytes(key) for name, key in auth_keys.items()}
         self.clock = clock
         self.clients: dict[str, ClientRecord] = {}
+        self.cluster = None  # arp.server.cluster.Cluster with --redis: the other relays
         self.tcp_opener = None  # set by the tap: (record) -> port number, raises BadRegistration
         self.origins = None  # set by the tap: gives each HTTP client its own origin (arp/server/origins.py)
         self.unrouted: dict[int, int] = {}  # statuses of answers that reached no client
@@ -142,9 +144,8 @@ class Registry(Service):
         """A fresh challenge for one registration."""
         return os.urandom(wire.NONCE_SIZE)
 
-    def register(
+    def admit(
         self,
-        control: object,
         nonce: bytes,
         client_id: str,
         identity: bytes,
@@ -156,14 +157,8 @@ class Registry(Service):
         remote_address: str,
         *,
         binding: bytes = b"",
-    ) -> ClientRecord:
-        """Check a registration and bring the client online; raise an AMP error to refuse it.
-
-        The proof must be the transcript's MAC under one of the auth keys (which
-        names the tenant), the signature the transcript's signature by
-        ``identity``, and ``identity`` the key pinned to ``client_id`` if the id
-        is held (online or in retention).
-        """
+    ) -> str:
+        """Check a registration's proofs and this relay's pin of the id; return the tenant."""
         if not wire.CLIENT_ID_RE.match(client_id):
             raise BadRegistration("client id must be 1-64 of A-Z a-z 0-9 _ . - (starting alnum)")
         if mode not in ("http", "tcp"):
@@ -189,6 +184,49 @@ class Registry(Service):
                 address=remote_address,
             )
             raise AuthFailed("the identity signature does not verify")
+        record = self.clients.get(client_id)
+        if record is not None and record.identity != identity:
+            self.log.warn(
+                "refused registration for {client_id} from {address}: the id is pinned to "
+                "identity {pinned} ({state}), not {offered}",
+                client_id=wire.redact(client_id),
+                address=remote_address,
+                pinned=wire.fingerprint(record.identity),
+                state="online" if record.online else "retained",
+                offered=wire.fingerprint(identity),
+            )
+            raise ClientIdInUse("this client id is registered by another arpc instance")
+        return tenant
+
+    def register(
+        self,
+        control: object,
+        nonce: bytes,
+        client_id: str,
+        identity: bytes,
+        exchange: bytes,
+        signature: bytes,
+        proof: bytes,
+        mode: str,
+        remote_port: int,
+        remote_address: str,
+        *,
+        binding: bytes = b"",
+        tenant: str | None = None,
+    ) -> ClientRecord:
+        """Check a registration and bring the client online; raise an AMP error to refuse it.
+
+        The proof must be the transcript's MAC under one of the auth keys (which
+        names the tenant), the signature the transcript's signature by
+        ``identity``, and ``identity`` the key pinned to ``client_id`` if the id
+        is held (online or in retention).  ``tenant``: :meth:`admit` has already
+        checked all that (and said which tenant).
+        """
+        if tenant is None:
+            tenant = self.admit(
+                nonce, client_id, identity, exchange, signature, proof, mode, remote_port, remote_address,
+                binding=binding,
+            )
         relay_exchange = wire.new_exchange()
         try:
             tunnel_key = wire.tunnel_key(relay_exchange, exchange, nonce, client_id)
@@ -218,6 +256,7 @@ class Registry(Service):
                 self._remove(record)
                 record = None
         if record is None:
+            self._check_tenant_quota(tenant, client_id, remote_address)
             pool = TunnelPool(
                 client_id,
                 self.config.pool_size,
@@ -254,6 +293,30 @@ class Registry(Service):
         )
         return record
 
+    def _check_tenant_quota(self, tenant: str, client_id: str, remote_address: str) -> None:
+        """Refuse a new id of ``tenant`` once it holds ``max_clients_per_tenant`` here.
+
+        Retained ids count (they keep their ports), so a tenant cannot cycle
+        through the client ports by disconnecting; a returning id is never
+        refused (only new ones reach this check).  The refusal is temporary:
+        arpc retries, and gets in once one of the tenant's ids expires.
+        """
+        limit = self.config.max_clients_per_tenant
+        if not limit:
+            return
+        held = sum(1 for record in self.clients.values() if record.tenant == tenant)
+        if held >= limit:
+            self.log.warn(
+                "refused registration for {client_id} from {address}: tenant {tenant} already "
+                "holds {held} client ids (--max-clients-per-tenant {limit})",
+                client_id=wire.redact(client_id),
+                address=remote_address,
+                tenant=tenant,
+                held=held,
+                limit=limit,
+            )
+            raise Unavailable(f"this auth key already holds {held} client ids on this relay (its limit)")
+
     def start_pool(self, record: ClientRecord) -> None:
         """Fill the pool of a freshly registered client (after it has its tunnel secret)."""
         if record.online:
@@ -280,6 +343,16 @@ class Registry(Service):
         record.control = None
         record.offline_since = time.time()
         record.pool.set_online(False)
+        if self.cluster is not None:
+            self.cluster.released(record.client_id)
+
+    def lookup(self, client_id: str) -> ClientRecord | None:
+        """The record a public request for ``client_id`` goes to (memory only: the hot path).
+        With other relays, a client online elsewhere gets a stand-in that reaches it there."""
+        record = self.clients.get(client_id)
+        if self.cluster is None:
+            return record
+        return self.cluster.lookup(client_id, record)
 
     def _expire(self, record: ClientRecord) -> None:
         record.expiry = None
@@ -328,7 +401,10 @@ class Registry(Service):
     def totals(self) -> dict:
         """Relay-wide counters (monotonic) and gauges, for the admin API and metrics."""
         totals = {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.retired.items()}
-        for record in self.clients.values():
+        counted = list(self.clients.values())
+        if self.cluster is not None:  # requests carried to other relays count here too
+            counted += self.cluster.remote.values()
+        for record in counted:
             for name, value in self._counts(record).items():
                 if name == "statuses":
                     for status, count in value.items():

@@ -28,7 +28,7 @@ from urllib.parse import unquote_to_bytes
 
 from twisted.logger import Logger
 
-from arp import http
+from arp import http, wire
 from arp.http import error_body
 from arp.server.origins import (
     ACCESS_COOKIE_PREFIX,
@@ -56,7 +56,9 @@ class GuessLimiter:
         self._seen: OrderedDict[str, tuple[float, int]] = OrderedDict()
 
     def blocked(self, address: str) -> bool:
-        """Whether ``address`` is over its limit (without counting a new miss)."""
+        """Whether ``address`` is over its limit (without counting a new miss).  An IPv6 address
+        counts as its /64, so rotating addresses within one host's range does not reset it."""
+        address = wire.source_range(address)
         entry = self._seen.get(address)
         if entry is None:
             return False
@@ -67,7 +69,8 @@ class GuessLimiter:
         return count >= self.limit
 
     def miss(self, address: str) -> None:
-        """Count one unknown-token request from ``address``."""
+        """Count one unknown-token request from ``address`` (an IPv6 address: its /64)."""
+        address = wire.source_range(address)
         now = self.clock.seconds()
         start, count = self._seen.pop(address, (now, 0))
         if now - start > self.window:
@@ -249,7 +252,7 @@ class Router:
                 return self._legacy_cookie(head, legacy[0])
             return Answer(401, "missing token: add ?token=<token> to the URL")
         try:
-            record = self.registry.clients.get(token.decode("ascii"))
+            record = self.registry.lookup(token.decode("ascii"))  # with --redis: other relays' too
         except UnicodeDecodeError:
             record = None
         if record is None or record.mode != "http":  # a raw TCP client's tunnels carry no HTTP

@@ -63,6 +63,15 @@ class Options(options.TwistdOptions):
         ["pool-size", None, 5, "Warm idle tunnels kept per client.", options.positive_int],
         ["max-tunnels", None, 200, "Most tunnels one client may hold open.", options.positive_int],
         [
+            "max-clients-per-tenant",
+            None,
+            0,
+            "Most client ids one auth key (tenant) may hold registered on this relay, online or "
+            "retained; 0: no limit. Set it on a relay shared with --auth-keys, so one tenant "
+            "cannot take every client port.",
+            options.count_or_zero,
+        ],
+        [
             "retention",
             None,
             300.0,
@@ -194,6 +203,28 @@ class Options(options.TwistdOptions):
         ],
         ["data-dir", None, None, "Where arps keeps its generated auth key (default: ~/.local/share/arps)."],
         [
+            "redis",
+            None,
+            None,
+            "Share state with other relays in Redis: redis://[:password@]host:port/db (rediss:// for "
+            "TLS; env ARP_REDIS). See README 'Running several relays'.",
+        ],
+        [
+            "advertise",
+            None,
+            None,
+            "With --redis: HOST:PORT other relays reach this relay's proxy port at (default: the "
+            "proxy port's own address, or this host's address if it listens on all interfaces).",
+        ],
+        [
+            "redis-timeout",
+            None,
+            30.0,
+            "With --redis: seconds a relay may go without Redis before it drops its clients; also how "
+            "long a dead relay counts as holding its clients.",
+            options.seconds,
+        ],
+        [
             "log-level",
             None,
             None,
@@ -251,6 +282,23 @@ class Options(options.TwistdOptions):
             )
         if self["log-level"] is None:
             self["log-level"] = options.env_log_level()
+        if self["redis"] is None:
+            self["redis"] = options.env_default("ARP_REDIS")
+        if self["redis"]:
+            from arp.server.cluster import BadRedisURL, RedisURL
+
+            try:
+                self["redis-url"] = RedisURL.parse(self["redis"])
+            except BadRedisURL as e:
+                raise usage.UsageError(f"--redis {e}") from e
+        elif self["advertise"]:
+            raise usage.UsageError("--advertise is for relays sharing state: it needs --redis")
+        if self["advertise"]:
+            host, _, port = self["advertise"].rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise usage.UsageError("--advertise must be HOST:PORT, e.g. 10.0.0.5:17002")
+        if self["redis-timeout"] < 3:
+            raise usage.UsageError("--redis-timeout must be at least 3 seconds")
 
 
 def read_auth_keys(path: str) -> dict[str, str]:
@@ -321,6 +369,7 @@ def makeService(config: Options) -> MultiService:
     relay_config = RelayConfig(
         pool_size=config["pool-size"],
         max_tunnels=config["max-tunnels"],
+        max_clients_per_tenant=config["max-clients-per-tenant"],
         retention=config["retention"],
         tunnel_timeout=config["tunnel-timeout"],
         heartbeat=config["heartbeat"],
@@ -352,9 +401,8 @@ def makeService(config: Options) -> MultiService:
     Listener(
         "control", config["control-endpoint"], ControlFactory(registry, reactor), reactor
     ).setServiceParent(top)
-    Listener("proxy", config["proxy-endpoint"], TunnelFactory(registry, reactor), reactor).setServiceParent(
-        top
-    )
+    proxy = Listener("proxy", config["proxy-endpoint"], TunnelFactory(registry, reactor), reactor)
+    proxy.setServiceParent(top)
     public = DrainingListener("public", public_endpoint, public_factory, reactor, config["grace"])
     public.setServiceParent(top)
     if config["admin-endpoint"]:
@@ -366,6 +414,17 @@ def makeService(config: Options) -> MultiService:
 
         admin_factory = LazyFactory(admin, (HTTP_1_1,))  # the admin site speaks HTTP/1.1 (TLS ALPN)
         Listener("admin", config["admin-endpoint"], admin_factory, reactor).setServiceParent(top)
+    if config["redis"]:
+        from arp.server.cluster import Cluster, advertised_address
+
+        Cluster(
+            registry,
+            config["redis-url"],
+            reactor,
+            timeout=config["redis-timeout"],
+            advertise=config["advertise"],
+            proxy_address=lambda: advertised_address(proxy.port),
+        ).setServiceParent(top)
 
     def listening_port() -> int:  # known once listening (it may be tcp:0)
         return public.port.getHost().port if public.port is not None else config["public-port"]

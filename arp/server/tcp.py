@@ -135,6 +135,8 @@ class TCPPorts:
     def open_for(self, record: ClientRecord, registry: Registry) -> None:
         """Listen on the record's wanted port (or any free one in range); raise if none can be had."""
         used = {r.remote_port for r in registry.clients.values() if r.tcp_listener is not None}
+        if registry.cluster is not None:  # ports other relays have given to other clients
+            used |= registry.cluster.ports_of_others(record.client_id)
         if record.remote_port:
             if not self.first <= record.remote_port <= self.last:
                 raise BadRegistration(

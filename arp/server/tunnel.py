@@ -75,6 +75,12 @@ class TunnelServerProtocol(Protocol):
             return
         line, rest = self._buf[:end].rstrip(b"\r"), self._buf[end + 1 :]
         self._buf = b""
+        if line.startswith(b"ARP-RELAY ") and self.registry.cluster is not None:  # another relay
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self.registry.cluster.accept_relay(self, line, rest)
+            return
         try:
             client_id, secret = wire.parse_tunnel_header(line)
         except wire.BadTunnelHeader as e:

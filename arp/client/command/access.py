@@ -37,6 +37,8 @@ from typing import Any, Protocol
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from arp.wire import source_range
+
 #: Scopes, in the order the console shows them.
 SCOPES = ("view", "prompt", "approve", "admin")
 SCOPE_HELP = {
@@ -51,6 +53,7 @@ MAX_EXPIRES_IN = 366 * 24 * 3600  # a year and a day: beyond that, a link is for
 MAX_NAME = 64
 MAX_TOKENS = 200  # live tokens; revoked and expired ones are kept KEEP_ENDED seconds to say why
 KEEP_ENDED = 30 * 24 * 3600
+MAX_ENDED = 1000  # ended tokens kept at most (the newest), so create-and-revoke loops cannot grow the file
 FLUSH_DELAY = 30.0  # last-used times are written at most this often
 GUESS_LIMIT = 20
 GUESS_WINDOW = 60.0
@@ -212,12 +215,14 @@ class GuessLimiter:
         return times
 
     def blocked(self, address: str) -> bool:
-        """Whether ``address`` has used up its guesses for now."""
-        times = self._recent(address)
+        """Whether ``address`` has used up its guesses for now (an IPv6 address counts as its /64,
+        so rotating addresses within one host's range does not reset the count)."""
+        times = self._recent(source_range(address))
         return times is not None and len(times) >= self.limit
 
     def miss(self, address: str) -> None:
-        """Count one failed guess from ``address``."""
+        """Count one failed guess from ``address`` (an IPv6 address: its /64)."""
+        address = source_range(address)
         times = self._recent(address)
         if times is None:
             times = self.misses[address] = deque(maxlen=self.limit)
@@ -302,6 +307,11 @@ class AccessStore:
         for grant in list(self.grants.values()):
             ended = grant.revoked if grant.revoked is not None else grant.expires
             if ended is not None and ended <= now - KEEP_ENDED:
+                del self.grants[grant.id]
+        ended_grants = [g for g in self.grants.values() if g.state(now) != "active"]
+        if len(ended_grants) > MAX_ENDED:
+            ended_grants.sort(key=lambda g: g.revoked if g.revoked is not None else (g.expires or 0.0))
+            for grant in ended_grants[: len(ended_grants) - MAX_ENDED]:
                 del self.grants[grant.id]
 
     def _owner(self, rotate: bool) -> str:

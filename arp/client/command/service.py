@@ -50,6 +50,10 @@ class ConsoleFiles(File):
     def render(self, request: Request) -> bytes | int:
         request.setHeader(b"cache-control", b"no-cache")
         request.setHeader(b"x-content-type-options", b"nosniff")
+        # no other origin may frame the console (clickjacking of Allow / Cancel / Revoke),
+        # e.g. a page on another localhost port framing --api-endpoint
+        request.setHeader(b"content-security-policy", b"frame-ancestors 'self'")
+        request.setHeader(b"x-frame-options", b"SAMEORIGIN")
         return super().render(request)
 
 

@@ -60,6 +60,7 @@ from arp.client.command.sessions import ApiError, Session, SessionManager
 from arp.client.command.store import valid_id
 from arp.client.command.tunnel import SiteTunnel
 from arp.http import error_body
+from arp.logs import access_log_formatter
 from arp.twisted_private import request_disconnected
 
 MAX_BODY = 256 * 1024
@@ -148,11 +149,33 @@ def _is_https(request: server.Request) -> bool:
     return request.isSecure() or proto.split(b",")[0].strip().lower() == b"https"
 
 
+def _first_party(request: server.Request) -> bool:
+    """Whether a request comes from the console's own origin (or from no web page at all), so that
+    the browser's access cookie may count: ``Sec-Fetch-Site`` says so, or, for browsers without
+    fetch metadata, ``Origin`` is absent or names this host.
+
+    Not for origins that ``--cors-origin`` lists: CORS lets them read answers to requests they make
+    with a Bearer token, but a "simple" request (a ``no-cors`` POST, a text/plain form) needs no
+    preflight and would carry the cookie, so a listed page (any page, with ``*``) could act as
+    whoever is signed in.
+    """
+    site = request.getHeader(b"sec-fetch-site")
+    if site is not None:
+        return site in (b"same-origin", b"none")
+    origin = request.getHeader(b"origin")
+    if origin is None:
+        return True
+    return _same_origin(
+        origin.decode("latin-1"), _header(request, b"host"), _header(request, b"x-forwarded-host")
+    )
+
+
 class Guard:
     """Finds the access token in a request and asks the :class:`AccessStore` about it.
 
     The token is taken from ``Authorization: Bearer``, else ``?access=``, else this client's
-    access cookie. The source address is the relay's last ``X-Forwarded-For`` entry for requests
+    access cookie, which counts only for the console's own origin (:func:`_first_party`). The
+    source address is the relay's last ``X-Forwarded-For`` entry for requests
     that came through a tunnel (the relay appends the browser's address), the peer otherwise.
     """
 
@@ -160,6 +183,7 @@ class Guard:
         self.store = store
         self.cookie = cookie_name(client_id)
         self.route_url: Callable[[], str] = lambda: ""  # the relay's URL for us, once registered
+        self.relays: Callable[[], list] = lambda: []  # the relays arpc is linked to (several: see tap)
 
     def credential(self, request: server.Request) -> str | None:
         """The token the request presents, if any."""
@@ -171,6 +195,8 @@ class Guard:
         query = request.args.get(b"access")
         if query:
             return query[0].decode("latin-1")
+        if not _first_party(request):  # a foreign page's request: the browser's cookie is no credential
+            return None
         cookie = request.getCookie(self.cookie.encode())
         return cookie.decode("latin-1") if cookie else None
 
@@ -401,6 +427,7 @@ class Health(JsonResource):
             "version": __version__,
             "executors": executors,
             "sessions": {"running": self.manager.running_count(), "max": self.manager.max_sessions},
+            "relays": self.guard.relays(),
             "approvals": {
                 "pending": len(self.manager.approvals.listing("pending")),
                 "timeout": self.manager.approval_timeout,
@@ -563,6 +590,11 @@ class Approvals(JsonResource):
         version = _int_arg(request, "version", -1, -1)
 
         def answer(_: object = None) -> tuple[int, Any]:
+            # the wait may outlast the token: a device revoked (or expired) meanwhile learns nothing
+            state = grant.state(self.guard.store.clock.seconds())
+            if state != "active":
+                request.setHeader(b"www-authenticate", b'Bearer realm="arpc", error="invalid_token"')
+                return 401, {"error": f"access token {grant.id} ({grant.name}) is {state}", "reason": state}
             return 200, {"approvals": self.manager.approval_listing(status), "version": self.version}
 
         if not wait or version != self.version:
@@ -917,7 +949,7 @@ def build_root(
 
 def make_site(root: Resource) -> server.Site:
     """A quiet Site for the tree."""
-    site = server.Site(root)
+    site = server.Site(root, logFormatter=access_log_formatter)  # no token in the access log
     site.noisy = False
     site.displayTracebacks = False
     return site
