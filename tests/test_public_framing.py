@@ -91,3 +91,32 @@ class HopByHopTests(FrontFixture, unittest.TestCase):
             b"Keep-Alive: timeout=5, max=100\r\nContent-Length: 2\r\n\r\nok"
         )
         self.assertEqual(transport.value(), b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+
+class InformationalFloodTests(FrontFixture, unittest.TestCase):
+    """A hostile service answers with thousands of 1xx responses in one read."""
+
+    def test_thousands_of_1xx_in_one_read(self):
+        """5000 ``103 Early Hints`` then ``200`` in one read: every one is passed on and the final
+        answer arrives (before: one recursion per 1xx head, RecursionError in arps, exchange cut)."""
+        t = self.tunnel()
+        public, transport = self.public()
+        public.dataReceived(b"GET / HTTP/1.1\r\nHost: relay\r\nX-ARP-Token: client1\r\n\r\n")
+        hints = b"HTTP/1.1 103 Early Hints\r\n\r\n"
+        t.dataReceived(hints * 5000 + b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        out = transport.value()
+        self.assertEqual(out.count(hints), 5000)
+        self.assertTrue(out.endswith(b"\r\n\r\nok"), out[-200:])
+
+    def test_1xx_heads_split_across_reads(self):
+        """1xx heads cut anywhere across reads are still passed on whole, then the final answer."""
+        t = self.tunnel()
+        public, transport = self.public()
+        public.dataReceived(b"GET / HTTP/1.1\r\nHost: relay\r\nX-ARP-Token: client1\r\n\r\n")
+        stream = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n"
+        stream += b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        for i in range(0, len(stream), 7):
+            t.dataReceived(stream[i : i + 7])
+        out = transport.value()
+        self.assertTrue(out.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\n"), out)
+        self.assertTrue(out.endswith(b"\r\n\r\nok"), out[-200:])

@@ -441,35 +441,38 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
 
     def _response_head(self, data: bytes) -> None:
         buf = self._resp_buf + data
-        end = http.find_head_end(buf)
-        if end < 0:
-            self._resp_buf = buf
-            if len(buf) > self.config.max_head:
-                self._fail(502, "response head from the service too large")
-            return
-        self._resp_buf = b""
-        if buf.find(b"arp", 0, end) >= 0:  # a service may not set (or overwrite) ARP's cookies
-            kept = strip_arp_set_cookies(buf[:end], access_cookie_name(self._record.client_id))
-            buf, end = kept + buf[end:], len(kept)
-        try:
-            head = http.scan_response_head(buf[:end])
-            framer = http.response_framing(head, self._head.method)
-        except http.HTTPError as e:
-            self._fail(502, e.message)
-            return
-        rest = buf[end:]
-        status = head.status
-        if status >= 200 or status == 101:
-            self._count(status)
-        if status == 101 and self._head.get(b"upgrade") is not None:
-            self._switch_protocols(head, rest)
-            return
-        if 100 <= status < 200:  # 100 Continue and friends: pass on, wait for the final one
+        while True:  # a loop, not recursion: a service may send any number of 1xx heads at once
+            end = http.find_head_end(buf)
+            if end < 0:
+                self._resp_buf = buf
+                if len(buf) > self.config.max_head:
+                    self._fail(502, "response head from the service too large")
+                return
+            self._resp_buf = b""
+            if buf.find(b"arp", 0, end) >= 0:  # a service may not set (or overwrite) ARP's cookies
+                kept = strip_arp_set_cookies(buf[:end], access_cookie_name(self._record.client_id))
+                buf, end = kept + buf[end:], len(kept)
+            try:
+                head = http.scan_response_head(buf[:end])
+                framer = http.response_framing(head, self._head.method)
+            except http.HTTPError as e:
+                self._fail(502, e.message)
+                return
+            rest = buf[end:]
+            status = head.status
+            if status >= 200 or status == 101:
+                self._count(status)
+            if status == 101 and self._head.get(b"upgrade") is not None:
+                self._switch_protocols(head, rest)
+                return
+            if not 100 <= status < 200:
+                break
+            # 100 Continue and friends: pass on, wait for the final one
             self.transport.write(buf[:end])
             self._sent_response = True
-            if rest:
-                self._response_head(rest)
-            return
+            if not rest:
+                return
+            buf = rest
         self._resp_deadline = 0.0
         if not http.wants_keep_alive(head) or framer.kind == http.UNTIL_CLOSE:
             self._reusable = False
