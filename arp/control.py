@@ -16,6 +16,14 @@ MAX_BOX_KEYS = 32
 #: Most bytes (keys, values and their length prefixes) one box may have.  ARP's are under 1 KiB.
 MAX_BOX_BYTES = 16 * 1024
 
+# The two ends wait for different things, so each wait has its own name:
+#: arps: seconds a new control connection has to register (Hello + Register); nothing extends it.
+RELAY_REGISTRATION_WINDOW = 15.0
+#: arpc: seconds it waits, from connecting until the relay registers it, for a whole box from the
+#: relay (any whole box resets it) before it calls the relay silent and reconnects.  Longer than the
+#: relay's window, so the relay's own refusal (with its reason) arrives first.
+CLIENT_REGISTRATION_TIMEOUT = 30.0
+
 
 class AuthFailed(Exception):
     """The registration did not prove the relay's auth key (or the identity's signature failed)."""

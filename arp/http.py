@@ -8,6 +8,7 @@ body bytes themselves are passed on untouched.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import field
@@ -458,6 +459,15 @@ def dechunked_response_head(head: Head) -> bytes:
     full.remove(*HOP_BY_HOP, *FRAMING, b"trailer", *(head.connection_tokens() - FRAMING))
     full.add(b"Connection", b"close")
     return full.serialize()
+
+
+def error_body(status: int, message: str, **extra: object) -> bytes:
+    """The JSON body of every error ARP answers itself: ``{"error": message, "status": status, ...}``.
+
+    The one error helper of the relay, of arpc's forward mode, of the relay's admin page and of the
+    command-mode API: ``extra`` adds fields (``limit``, ``retry_after``, ``service``...).
+    """
+    return json.dumps({"error": message, "status": status, **extra}).encode()
 
 
 def json_response(

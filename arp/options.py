@@ -116,8 +116,10 @@ def install_log_level(level: str) -> None:
     """Drop log events below ``level`` from the global log publisher."""
     from twisted.logger import FilteringLogObserver, globalLogPublisher
 
+    from arp.twisted_private import log_observers
+
     predicate = log_predicate(level)
-    observers = list(globalLogPublisher._observers)  # noqa: SLF001
+    observers = log_observers(globalLogPublisher)
     for observer in observers:
         globalLogPublisher.removeObserver(observer)
         globalLogPublisher.addObserver(FilteringLogObserver(observer, [predicate]))

@@ -20,45 +20,14 @@ ask for it with ``twistd --reactor arp-epoll``.
 
 from __future__ import annotations
 
-import errno
 import sys
 
-from twisted.python import log
+from arp.twisted_private import DirectDispatchEPollReactor, EPollReactor
 
-try:
-    from twisted.internet.epollreactor import EPollReactor
-except ImportError:  # no epoll on this platform: keep Twisted's default
-    EPollReactor = None  # type: ignore[assignment,misc]
+if DirectDispatchEPollReactor is not None:
 
-
-if EPollReactor is not None:
-
-    class RelayReactor(EPollReactor):  # type: ignore[valid-type,misc]
+    class RelayReactor(DirectDispatchEPollReactor):  # type: ignore[valid-type,misc]
         """:class:`EPollReactor` that dispatches events without ``log.callWithLogger``."""
-
-        def doPoll(self, timeout: float | None) -> None:
-            try:
-                events = self._poller.poll(-1 if timeout is None else timeout, len(self._selectables))
-            except OSError as err:
-                if err.errno == errno.EINTR:
-                    return
-                raise
-            handle = self._doReadOrWrite
-            selectables = self._selectables
-            for fd, event in events:
-                selectable = selectables.get(fd)
-                if selectable is None:  # removed by an earlier event of this round
-                    continue
-                try:  # free unless something raises (Python 3.11)
-                    handle(selectable, fd, event)
-                except KeyboardInterrupt:
-                    raise
-                except BaseException:
-                    # what callWithLogger did: a connectionLost that raises (handle catches the
-                    # rest itself) is logged, and the other events of this round still run
-                    log.err(None, f"error handling an event of {selectable!r}")
-
-        doIteration = doPoll
 
 
 def install() -> None:

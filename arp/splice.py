@@ -3,19 +3,35 @@
 Each side is registered as the other's streaming producer: when one side's
 write buffer fills, Twisted pauses reading on the other, so a slow reader never
 makes memory grow without bound.  End of stream travels as a half-close where
-the transports support it.
+the transports support it.  :class:`Splice` is the one implementation of that,
+used by every splice ARP makes (upgraded public connections, raw TCP ports and
+arpc's forward connections).
 """
 
 from __future__ import annotations
 
 import socket
 
-from twisted.internet import tcp
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer, ITransport
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
+
+from arp.twisted_private import fast_write
+
+__all__ = [
+    "SPLICE_LINGER_TIMEOUT",
+    "Splice",
+    "SpliceEnd",
+    "Throttle",
+    "close",
+    "fast_write",
+    "half_close",
+    "join",
+    "tune",
+    "unjoin",
+]
 
 
 def tune(transport: ITransport, keepalive: bool = False) -> None:
@@ -65,36 +81,6 @@ class Throttle:
         pass
 
 
-_PLAIN_TCP = (tcp.Server, tcp.Client)
-
-
-def fast_write(transport: ITransport, data: bytes) -> None:
-    """``transport.write(data)``, but sent at once when nothing is queued.
-
-    Twisted queues every write until the next poll says the socket is writable,
-    which costs two ``epoll_ctl`` calls and a poll round per write.  On the hot
-    path (one request head, one small response) the socket is almost always
-    writable, so try ``send`` first and queue only what it did not take.  TLS
-    and other non-socket transports take the ordinary path.
-    """
-    if (
-        type(transport) in _PLAIN_TCP  # not a TLS wrapper (it would proxy .socket to the raw one)
-        and not transport._tempDataLen  # noqa: SLF001 - Twisted's write queue
-        and len(transport.dataBuffer) == transport.offset
-        and transport.connected
-        and not transport.disconnecting
-        and not transport.TLS
-    ):
-        try:
-            sent = transport.socket.send(data)
-        except OSError:
-            sent = 0  # EAGAIN, or an error that Twisted's own write path will report
-        if sent == len(data):
-            return
-        data = data[sent:]
-    transport.write(data)
-
-
 def join(a: ITransport, b: ITransport) -> tuple[Throttle, Throttle]:
     """Make each transport throttle the other: a full write buffer pauses reading on the other side.
 
@@ -114,13 +100,17 @@ def unjoin(a: ITransport, b: ITransport) -> None:
     b.resumeProducing()
 
 
-def half_close(transport: ITransport) -> None:
-    """Send EOF on ``transport`` if it can half-close, else close it after flushing."""
+def half_close(transport: ITransport) -> bool:
+    """Send EOF on ``transport`` if it can half-close (True); else close it after flushing (False).
+
+    A TLS transport cannot half-close: it is flushed and closed in both directions.
+    """
     lose_write = getattr(transport, "loseWriteConnection", None)
     if lose_write is not None:
         lose_write()
-    else:
-        transport.loseConnection()
+        return True
+    transport.loseConnection()
+    return False
 
 
 def close(transport: ITransport, reason: Failure | None) -> None:
@@ -131,40 +121,142 @@ def close(transport: ITransport, reason: Failure | None) -> None:
         transport.abortConnection()
 
 
+#: Seconds a splice stays open once one direction has ended while no byte moves the other way.
+SPLICE_LINGER_TIMEOUT = 60.0
+
+
+class Splice:
+    """Two connections joined (ends 0 and 1): the one end-of-stream logic of every splice.
+
+    Used by upgraded (WebSocket) public connections (:mod:`arp.server.public`), raw TCP ports
+    (:mod:`arp.server.tcp`) and arpc's forward connections (:class:`SpliceEnd`).  The protocols
+    move the bytes themselves (the hot path stays a plain write) and set :attr:`moved`; they tell
+    the splice when an end's reading ends (:meth:`read_lost`) and when an end is gone
+    (:meth:`connection_lost`).
+
+    - Each end is registered as the other's streaming producer (a full write buffer on one side
+      pauses reading on the other), through a :class:`Throttle` so a dying side never closes the
+      other one by way of ``stopProducing``.
+    - EOF on one end becomes a half-close of the other end's writing, and the splice *lingers*:
+      the other direction goes on (a client that shut its write side still reads the answer).
+      A TLS end cannot half-close: it is flushed and both ends are closed.
+    - When both directions have ended, both ends are closed.  While only one has, a linger timer
+      closes both once ``linger`` seconds pass without a byte moving.
+    - When an end is lost, the other is closed: flushed if the lost end had ended cleanly (EOF, or
+      a clean close), aborted after an error.
+    """
+
+    __slots__ = ("transports", "eof", "gone", "throttled", "clock", "linger", "timer", "moved", "throttles")
+
+    def __init__(
+        self, a: ITransport, b: ITransport, clock: object = None, linger: float = SPLICE_LINGER_TIMEOUT
+    ) -> None:
+        self.transports = (a, b)
+        self.eof = [False, False]  # end i's reading has ended (its peer sent EOF)
+        self.gone = [False, False]  # end i's connection is lost
+        self.throttled = [True, True]  # end i's transport has the other's throttle registered
+        self.clock = clock  # None: the global reactor, looked up when a timer is needed
+        self.linger = linger
+        self.timer = None
+        self.moved = False  # set by the protocols whenever they relay bytes
+        self.throttles = join(a, b)
+
+    def read_lost(self, end: int) -> None:
+        """End ``end`` will send no more: pass the EOF on as a half-close of the other end."""
+        if self.eof[end]:
+            return
+        self.eof[end] = True
+        other = 1 - end
+        if self.gone[other]:
+            return
+        if self.eof[other]:  # both directions done
+            self.close()
+        elif half_close(self.transports[other]):
+            self._arm()
+        else:  # TLS: the other end was flushed and closed whole; nothing can come back through it
+            self.close()
+
+    def connection_lost(self, end: int, reason: Failure | None) -> None:
+        """End ``end`` is gone: close the other (flushed if ``end`` ended cleanly, else aborted)."""
+        if self.gone[end]:
+            return
+        self.gone[end] = True
+        self._disarm()
+        other = 1 - end
+        if self.gone[other]:
+            return
+        self._unthrottle(other)  # the lost end produces nothing more
+        close(self.transports[other], None if self.eof[end] else reason)
+
+    def close(self) -> None:
+        """Close both ends after flushing what they have to write."""
+        self._disarm()
+        for end, transport in enumerate(self.transports):
+            if not self.gone[end]:
+                self._unthrottle(end)
+                transport.loseConnection()
+
+    def _unthrottle(self, end: int) -> None:
+        if self.throttled[end]:
+            self.throttled[end] = False
+            self.transports[end].unregisterProducer()
+
+    def _arm(self) -> None:
+        if self.timer is None and self.linger > 0:
+            clock = self.clock
+            if clock is None:
+                from twisted.internet import reactor as clock
+            self.moved = False
+            self.timer = clock.callLater(self.linger, self._lingered)
+
+    def _disarm(self) -> None:
+        timer, self.timer = self.timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _lingered(self) -> None:
+        self.timer = None
+        if self.moved:  # the remaining direction is still busy: look again later
+            self._arm()
+        else:
+            self.close()
+
+
 @implementer(IHalfCloseableProtocol)
 class SpliceEnd(Protocol):
-    """One end of a splice: what arrives here is written to ``peer``."""
+    """One end of a splice of two protocols: what arrives here is written to ``peer``.
+
+    Before :meth:`splice_to`, an EOF or a loss is only remembered (``_eof_in``, ``_lost``).
+    """
 
     peer: SpliceEnd | None = None
+    splice: Splice | None = None
+    end = 0
+    clock: object = None
     _eof_in = False
-    _eof_out = False
     _lost = False
 
     def splice_to(self, other: SpliceEnd) -> None:
         """Join this connection with ``other`` (both already connected)."""
         self.peer = other
         other.peer = self
-        join(self.transport, other.transport)
+        splice = Splice(self.transport, other.transport, self.clock)
+        self.splice = other.splice = splice
+        self.end, other.end = 0, 1
 
     def dataReceived(self, data: bytes) -> None:
+        self.splice.moved = True
         fast_write(self.peer.transport, data)
 
     def readConnectionLost(self) -> None:
         self._eof_in = True
-        if self.peer is not None and not self.peer._lost:
-            half_close(self.peer.transport)
-            self.peer._eof_out = True
-            if self.peer._eof_in:
-                self.peer.transport.loseConnection()
-        if self._eof_out:
-            self.transport.loseConnection()
+        if self.splice is not None:
+            self.splice.read_lost(self.end)
 
     def writeConnectionLost(self) -> None:
-        self._eof_out = True
+        pass
 
     def connectionLost(self, reason: Failure = ConnectionDone()) -> None:  # noqa: B008
         self._lost = True
-        peer = self.peer
-        if peer is not None and not peer._lost:
-            peer.transport.unregisterProducer()  # this side is gone; it produces nothing more
-            close(peer.transport, None if self._eof_in else reason)
+        if self.splice is not None:
+            self.splice.connection_lost(self.end, reason)

@@ -30,6 +30,8 @@ from twisted.internet.interfaces import ILoggingContext, IProtocolFactory, IProt
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from arp.twisted_private import ssl_context_factory
+
 HTTP_1_1 = b"http/1.1"
 
 log = Logger()
@@ -63,7 +65,7 @@ def negotiate(endpoint: object, protocols: Sequence[bytes]) -> bool:
     ``acceptableProtocols()`` still makes right for every client that offers
     one of them.
     """
-    creator = getattr(endpoint, "_sslContextFactory", None)  # SSL4ServerEndpoint's context factory
+    creator = ssl_context_factory(endpoint)
     get_context = getattr(creator, "getContext", None)
     if get_context is None:
         return False

@@ -192,7 +192,7 @@ class ProgressTests(ControlFixture, unittest.TestCase):
         """Whole boxes do not extend the time an unregistered connection has to register."""
         proto, transport = self.connect()
         proto.dataReceived(box(_command=b"Hello", _ask=b"1", version=b"%d" % wire.PROTOCOL_VERSION))
-        self.clock.advance(control.REGISTER_TIMEOUT - 1)
+        self.clock.advance(control.RELAY_REGISTRATION_WINDOW - 1)
         self.assertFalse(transport.disconnecting)
         self.clock.advance(1)
         self.assertTrue(transport.disconnecting)

@@ -109,7 +109,8 @@ class Compose(unittest.TestCase):
             raise unittest.SkipTest("neither docker compose nor docker-compose is installed")
 
         def config(**env: str) -> subprocess.CompletedProcess:
-            environ = {k: v for k, v in os.environ.items() if not k.startswith("ARP_")}
+            # Debian's docker-compose is a Python program: no PYTHONPATH of ours (trial -j sets one)
+            environ = {k: v for k, v in os.environ.items() if not k.startswith(("ARP_", "PYTHON"))}
             return subprocess.run(
                 [*command, "-f", str(CLUSTER / "compose.yaml"), "config", "--quiet"],
                 capture_output=True,

@@ -280,8 +280,8 @@ class BodyLimitTests(unittest.TestCase):
         self.assertTrue(self.tunnel.transport.disconnecting or self.tunnel.transport.disconnected)
 
 
-class MoreRoutingTests(unittest.TestCase):
-    """Host-based routing, a stalled body, and a tunnel claiming another client."""
+class TwoClientsFixture:
+    """Two registered HTTP clients (pool size 1), their tunnels and public connections."""
 
     def setUp(self):
         self.clock = Clock()
@@ -302,6 +302,14 @@ class MoreRoutingTests(unittest.TestCase):
         proto.makeConnection(transport)
         return proto, transport
 
+    def pass_seconds(self, seconds: int) -> None:
+        for _ in range(seconds):  # second by second, as the deadline sweep sees real time
+            self.clock.advance(1)
+
+
+class TwoClientRoutingTests(TwoClientsFixture, unittest.TestCase):
+    """Host-based routing, and a tunnel that claims another client's id."""
+
     def test_host_routing(self):
         """With --domain, <token>.<domain> routes to that client."""
         t = self.tunnel("client1", self.record.tunnel_secret)
@@ -311,6 +319,17 @@ class MoreRoutingTests(unittest.TestCase):
         public2, transport2 = self.public(domain="relay.test")
         public2.dataReceived(b"GET /x HTTP/1.1\r\nHost: nobody.relay.test\r\n\r\n")
         self.assertTrue(transport2.value().startswith(b"HTTP/1.1 404 "))
+
+    def test_tunnel_for_someone_elses_client(self):
+        """A tunnel naming client2 with client1's secret is refused and never pooled."""
+        t = self.tunnel("client2", self.record.tunnel_secret)
+        self.assertTrue(t.transport.disconnecting or t.transport.disconnected)
+        self.assertNotIn(t, self.other.pool.idle)
+        self.assertNotIn(t, self.record.pool.idle)
+
+
+class StalledBodyTests(TwoClientsFixture, unittest.TestCase):
+    """A request body that stops: the client's fault (408) or the service's (504)."""
 
     def test_body_that_never_comes(self):
         """A request body that stops arriving gets 408 after the body timeout, and the tunnel is dropped."""
@@ -343,17 +362,6 @@ class MoreRoutingTests(unittest.TestCase):
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 504 "), transport.value())
         self.assertIn(b"stopped reading the request body", transport.value())
 
-    def pass_seconds(self, seconds: int) -> None:
-        for _ in range(seconds):  # second by second, as the deadline sweep sees real time
-            self.clock.advance(1)
-
-    def test_tunnel_for_someone_elses_client(self):
-        """A tunnel naming client2 with client1's secret is refused and never pooled."""
-        t = self.tunnel("client2", self.record.tunnel_secret)
-        self.assertTrue(t.transport.disconnecting or t.transport.disconnected)
-        self.assertNotIn(t, self.other.pool.idle)
-        self.assertNotIn(t, self.record.pool.idle)
-
 
 class ControlTimeoutTests(unittest.TestCase):
     """An unregistered control connection cannot stay open by chattering."""
@@ -362,7 +370,7 @@ class ControlTimeoutTests(unittest.TestCase):
         """Hello every 5 s does not keep an unregistered peer past the registration timeout."""
         from twisted.protocols import amp
 
-        from arp.server.control import REGISTER_TIMEOUT, ControlServerProtocol
+        from arp.server.control import RELAY_REGISTRATION_WINDOW, ControlServerProtocol
 
         clock = Clock()
         registry = Registry(RelayConfig(), KEY, clock)
@@ -377,7 +385,7 @@ class ControlTimeoutTests(unittest.TestCase):
             if transport.disconnecting or transport.disconnected:
                 break
         self.assertTrue(transport.disconnecting or transport.disconnected)
-        self.assertLessEqual(elapsed, REGISTER_TIMEOUT + 5)
+        self.assertLessEqual(elapsed, RELAY_REGISTRATION_WINDOW + 5)
 
 
 class OwnAnswerBackpressureTests(FrontFixture, unittest.TestCase):
@@ -468,8 +476,8 @@ class OwnAnswerBackpressureTests(FrontFixture, unittest.TestCase):
         self.assertIsNone(transport.producer)
 
 
-class ProtocolPointTests(FrontFixture, unittest.TestCase):
-    """Small HTTP points seen with real applications behind the relay (issue 11)."""
+class HttpInteropTests(FrontFixture, unittest.TestCase):
+    """HTTP details real applications behind the relay rely on: trailers, h2c offers, HTTP/1.0 clients."""
 
     def _exchange(self, request: bytes, response: bytes) -> tuple[bytes, bytes, StringTransport]:
         t = self.tunnel()

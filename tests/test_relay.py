@@ -378,6 +378,43 @@ class RelayBehaviourTests(unittest.TestCase):
         timer.cancel()
         self.assertEqual(data, b"220 hello\r\nQUIET PLEASE")
 
+    async def test_half_closed_tcp_client_reads_the_answer(self):
+        """A TCP client that shuts its write side down still reads the service's answer, through
+        ``arps --tcp`` and arpc's forward mode: the service answers only after the EOF reached it,
+        and the answer (larger than a socket buffer) flows back over the half-closed splice."""
+        answer_size = 512 * 1024
+
+        @implementer(IHalfCloseableProtocol)
+        class CountThenAnswer(protocol.Protocol):
+            """Reads until EOF, then answers with the byte count and a large body, then closes."""
+
+            def connectionMade(self):
+                self.count = 0
+
+            def dataReceived(self, data):
+                self.count += len(data)
+
+            def readConnectionLost(self):
+                self.transport.write(b"got %d\n" % self.count + b"z" * answer_size)
+                self.transport.loseConnection()
+
+            def writeConnectionLost(self):
+                pass
+
+        backend = reactor.listenTCP(0, protocol.Factory.forProtocol(CountThenAnswer), interface="127.0.0.1")
+        self.addCleanup(backend.stopListening)
+        tcp_port = free_port()
+        relay = await start_arps(
+            self, "--tcp-ports", f"{tcp_port}-{tcp_port}", "--tcp-interface", "127.0.0.1"
+        )
+        arpc = await start_arpc(self, relay, "--tcp", local_port=backend.getHost().port, wait=False)
+        await arpc.wait_for(r"Public address: tcp://127\.0\.0\.1:(\d+)")
+        await wait_until(lambda: f"listening on 127.0.0.1:{tcp_port}" in relay.proc.output)
+        payload = b"q" * 100_000
+        data = await raw_exchange(tcp_port, payload, timeout=20, half_close=True)
+        self.assertTrue(data.startswith(b"got 100000\n"), data[:40])
+        self.assertEqual(len(data), len(b"got 100000\n") + answer_size)
+
     async def test_unknown_token_guessing_is_rate_limited(self):
         """Past --guess-limit unknown tokens from one address, the relay answers 429."""
         relay = await start_arps(self, "--guess-limit", "3")

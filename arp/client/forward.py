@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.error import ConnectionDone
@@ -63,7 +61,10 @@ class ForwardTunnel(SpliceEnd):
 
     log = Logger()
 
-    def __init__(self, header: bytes, backend: LocalService, raw_tcp: bool, tunnels: set) -> None:
+    def __init__(
+        self, header: bytes, backend: LocalService, raw_tcp: bool, tunnels: set, clock: object = None
+    ) -> None:
+        self.clock = clock  # for the splice's linger timer (None: the global reactor)
         self.header = header
         self.backend = backend
         self.raw_tcp = raw_tcp
@@ -83,6 +84,7 @@ class ForwardTunnel(SpliceEnd):
     def dataReceived(self, data: bytes) -> None:
         peer = self.peer
         if peer is not None:
+            self.splice.moved = True
             fast_write(peer.transport, data)
         elif self._pending is not None:
             self._pending.append(data)
@@ -107,8 +109,8 @@ class ForwardTunnel(SpliceEnd):
         for chunk in pending:
             if chunk:
                 backend.transport.write(chunk)
-        if self._eof_in:
-            backend.transport.loseWriteConnection()
+        if self._eof_in:  # the relay's side ended while we connected
+            self.splice.read_lost(self.end)
         self.transport.resumeProducing()
 
     def _backend_failed(self, failure: Failure) -> None:
@@ -121,14 +123,9 @@ class ForwardTunnel(SpliceEnd):
         if self.raw_tcp:
             self.transport.abortConnection()
             return
-        body = json.dumps(
-            {
-                "error": f"the service behind this tunnel ({service}) is unreachable",
-                "status": 502,
-                "service": service,
-                "detail": why,
-            }
-        ).encode()
+        body = http.error_body(
+            502, f"the service behind this tunnel ({service}) is unreachable", service=service, detail=why
+        )
         self.transport.write(http.json_response(502, body))
         self.transport.loseConnection()
 

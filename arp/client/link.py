@@ -29,6 +29,7 @@ from zope.interface import implementer
 
 from arp import tls, wire
 from arp.control import (
+    CLIENT_REGISTRATION_TIMEOUT,
     AuthFailed,
     BadRegistration,
     BoundedBoxes,
@@ -42,7 +43,6 @@ from arp.control import (
 )
 from arp.splice import tune
 
-REGISTER_TIMEOUT = 30.0
 #: Most tunnels arpc holds open or is opening at once, whatever the relay asks for (its own
 #: ``--max-tunnels`` is 200 by default): a relay (or whoever speaks for it on a plaintext control
 #: channel) that asks for 2**31 tunnels gets at most this many connection attempts.
@@ -68,7 +68,7 @@ class ControlClientProtocol(BoundedBoxes, amp.AMP, TimeoutMixin):
     def connectionMade(self) -> None:
         super().connectionMade()
         tune(self.transport, keepalive=True)
-        self.setTimeout(REGISTER_TIMEOUT)
+        self.setTimeout(CLIENT_REGISTRATION_TIMEOUT)
 
     def box_completed(self) -> None:
         self.resetTimeout()  # a whole box from the relay, not a trickle, shows it is alive

@@ -331,7 +331,7 @@ def makeService(config: Options) -> MultiService:
         backend = backend_endpoint(reactor, local_addr, local_port)
 
         def tunnel_protocol(header: bytes, tunnels: set) -> ForwardTunnel:
-            return ForwardTunnel(header, backend, raw_tcp, tunnels)
+            return ForwardTunnel(header, backend, raw_tcp, tunnels, reactor)
 
         log.info(
             "arpc {version} starting: client id {client_id}, forwarding to {addr}:{port}{tcp}",

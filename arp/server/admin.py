@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 from twisted.logger import Logger
 from twisted.web import resource, server
 
-from arp import __version__, wire
+from arp import __version__, http, wire
 from arp.logs import access_log_formatter
 from arp.server.public import PublicFactory
 from arp.server.registry import Registry
@@ -37,6 +37,14 @@ def send_json(request: server.Request, status: int, payload: object) -> bytes:
     return json.dumps(payload).encode()
 
 
+def send_error(request: server.Request, status: int, message: str) -> bytes:
+    """Set status and headers for a JSON error (:func:`arp.http.error_body`) and return its body."""
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"cache-control", b"no-store")
+    return http.error_body(status, message)
+
+
 class JSONError(resource.Resource):
     """An error answered as ``{"error": ...}`` whatever the method or path."""
 
@@ -48,7 +56,7 @@ class JSONError(resource.Resource):
         self.message = message
 
     def render(self, request: server.Request) -> bytes:
-        return send_json(request, self.status, {"error": self.message, "status": self.status})
+        return send_error(request, self.status, self.message)
 
 
 class RelayView(resource.Resource):
@@ -206,7 +214,7 @@ class Client(resource.Resource):
     def render_GET(self, request: server.Request) -> bytes:
         record = self.registry.clients.get(self.client_id)
         if record is None:
-            return send_json(request, 404, {"error": "no such client", "status": 404})
+            return send_error(request, 404, "no such client")
         return send_json(request, 200, record.snapshot())
 
     def render_DELETE(self, request: server.Request) -> bytes:
@@ -218,9 +226,9 @@ class Client(resource.Resource):
                 origin=(request.getHeader(b"origin") or b"-").decode("ascii", "replace"),
                 why=refused,
             )
-            return send_json(request, 403, {"error": refused, "status": 403})
+            return send_error(request, 403, refused)
         if not self.registry.disconnect(self.client_id):
-            return send_json(request, 404, {"error": "no such client", "status": 404})
+            return send_error(request, 404, "no such client")
         self.log.info("admin disconnected client {client_id}", client_id=wire.redact(self.client_id))
         return send_json(request, 200, {"disconnected": self.client_id})
 

@@ -55,7 +55,7 @@ from arp.control import ClientIdInUse, Unavailable
 from arp.server.pool import TunnelPool
 from arp.server.registry import ClientRecord, Registry
 from arp.server.tunnel import TunnelOwner, TunnelServerProtocol
-from arp.splice import half_close, join, tune
+from arp.splice import Splice, tune
 
 PREFIX = "arp:"
 EVENTS = "arp:events"
@@ -272,44 +272,36 @@ class RelayTunnel(TunnelServerProtocol):
 
 
 class _Pipe(TunnelOwner):
-    """Carries what one end of a relayed splice reads to the other end."""
+    """Carries what one end of a relayed splice reads to the other end (see :class:`Splice`)."""
 
-    def __init__(self, splice: RelaySplice, target: TunnelServerProtocol) -> None:
+    def __init__(self, splice: Splice, end: int, target: TunnelServerProtocol) -> None:
         self.splice = splice
+        self.end = end
         self.target = target
 
     def tunnel_data(self, data: bytes) -> None:
+        self.splice.moved = True
         self.target.transport.write(data)
 
     def tunnel_eof(self) -> None:
-        self.splice.eof(self.target)
+        self.splice.read_lost(self.end)
 
     def tunnel_lost(self, reason: Failure) -> None:
-        self.splice.lost(self.target)
+        self.splice.connection_lost(self.end, reason)
 
 
 class RelaySplice:
-    """A connection from another relay joined to one of a local client's tunnels."""
+    """A connection from another relay (end 0) joined to one of a local client's tunnels (end 1),
+    with the one splice logic of :class:`arp.splice.Splice` (half-close, linger, close)."""
 
-    def __init__(self, incoming: TunnelServerProtocol, tunnel: TunnelServerProtocol) -> None:
+    def __init__(
+        self, incoming: TunnelServerProtocol, tunnel: TunnelServerProtocol, clock: object = None
+    ) -> None:
         self.ends = (incoming, tunnel)
-        self.eofs: set[int] = set()
-        incoming.attach(_Pipe(self, tunnel))
-        tunnel.attach(_Pipe(self, incoming))
-        join(incoming.transport, tunnel.transport)
+        self.splice = Splice(incoming.transport, tunnel.transport, clock)
+        incoming.attach(_Pipe(self.splice, 0, tunnel))
+        tunnel.attach(_Pipe(self.splice, 1, incoming))
         incoming.transport.resumeProducing()
-
-    def eof(self, target: TunnelServerProtocol) -> None:
-        self.eofs.add(id(target))
-        half_close(target.transport)
-        if len(self.eofs) == 2:
-            for end in self.ends:
-                end.transport.loseConnection()
-
-    def lost(self, target: TunnelServerProtocol) -> None:
-        for end in self.ends:
-            end.detach()
-            end.transport.loseConnection()
 
 
 class Cluster(Service):
@@ -957,7 +949,7 @@ class Cluster(Service):
             for chunk in pending:
                 tunnel.transport.write(chunk)
             record.requests += 1
-            RelaySplice(proto, tunnel)
+            RelaySplice(proto, tunnel, self.clock)
 
         def failed(failure: Failure) -> None:
             proto.transport.loseConnection()

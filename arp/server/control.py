@@ -5,7 +5,7 @@ Limits on what an arpc (or anyone who connects) may make the relay hold or do:
 - a box is capped in keys and bytes while it is read (:class:`arp.control.BoundedBoxes`);
 - a box that has started must end within ``BOX_TIMEOUT`` (or the heartbeat
   interval if shorter): a trickle of bytes is not progress;
-- before registration: ``REGISTER_TIMEOUT`` in all, not extended by anything,
+- before registration: ``RELAY_REGISTRATION_WINDOW`` in all, not extended by anything,
   and at most ``MAX_BOXES_BEFORE_REGISTRATION`` boxes; at most
   ``MAX_PENDING_PER_ADDRESS`` unregistered connections per source address;
 - after registration: only a complete box resets the idle timeout (3 heartbeat
@@ -33,6 +33,7 @@ from zope.interface import implementer
 
 from arp import wire
 from arp.control import (
+    RELAY_REGISTRATION_WINDOW,
     AuthFailed,
     BadRegistration,
     BoundedBoxes,
@@ -45,8 +46,6 @@ from arp.control import (
 from arp.server.registry import ClientRecord, Registry
 from arp.splice import tune
 
-#: Seconds a new control connection has to register; nothing extends it.
-REGISTER_TIMEOUT = 15.0
 #: Seconds a box may take from its first byte to its end (at most the heartbeat interval).
 BOX_TIMEOUT = 10.0
 #: Boxes a connection may send before it is registered (Hello and Register).
@@ -54,7 +53,7 @@ MAX_BOXES_BEFORE_REGISTRATION = 4
 #: Boxes a registered client may send per heartbeat interval.
 MAX_BOXES_PER_BEAT = 16
 #: Unregistered control connections allowed at once from one source address (an IPv6 /64
-#: counts as one; each holds at most one box, MAX_BOX_BYTES, for at most REGISTER_TIMEOUT).
+#: counts as one; each holds at most one box, MAX_BOX_BYTES, for at most RELAY_REGISTRATION_WINDOW).
 MAX_PENDING_PER_ADDRESS = 128
 #: Bytes of the relay's answers a peer may leave unread (the transport's buffer size, which
 #: calls ``pauseProducing``); if that lasts ``BOX_TIMEOUT``, the peer is closed.
@@ -90,7 +89,7 @@ class ControlServerProtocol(BoundedBoxes, amp.AMP, TimeoutMixin):
             return
         tune(self.transport, keepalive=True)
         self.transport.registerProducer(self, True)  # told when our answers go unread
-        self.setTimeout(REGISTER_TIMEOUT)
+        self.setTimeout(RELAY_REGISTRATION_WINDOW)
 
     def dataReceived(self, data: bytes) -> None:
         if self._box_timer is None:  # the first bytes of a box: it must end in time

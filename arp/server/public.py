@@ -25,42 +25,23 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from arp import http, wire
+from arp.server.exchange import R_BODY, R_DONE, R_HEAD, R_WAIT, S_BODY, S_DECODE, S_HEAD, S_NONE
+from arp.server.framing import rewrite_request_head, with_hsts
 from arp.server.origins import DomainOrigins, Origins, access_cookie_name
 from arp.server.pool import PoolClosed, PoolTimeout
 from arp.server.registry import ClientRecord, Registry
-from arp.server.routing import TOKEN_HEADER, Answer, GuessLimiter, Router, error_body, strip_arp_set_cookies
+from arp.server.routing import Answer, GuessLimiter, Router, error_body, strip_arp_set_cookies
 from arp.server.tunnel import TunnelOwner, TunnelServerProtocol
-from arp.splice import Throttle, fast_write, half_close, join, tune, unjoin
+from arp.splice import Splice, Throttle, fast_write, join, tune, unjoin
 from arp.tls import NegotiatesHTTP11
 
-__all__ = ["GuessLimiter", "PublicConfig", "PublicFactory", "PublicHTTPProtocol", "error_body"]
+__all__ = ["GuessLimiter", "PublicConfig", "PublicFactory", "PublicHTTPProtocol", "error_body", "with_hsts"]
 
-HSTS = b"strict-transport-security"
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 MAX_RETRIES = 2
 SWEEP_INTERVAL = 1.0  # seconds between timeout checks of all public connections
 #: Seconds a client may leave a full buffer of the relay's own answers unread before it is cut.
 UNREAD_ANSWERS_TIMEOUT = 15.0
-
-#: Connection tokens that name no header to drop: keep-alive signals, framing headers that the
-#: relay frames by (dropping them would let the next hop read the body differently), and Host,
-#: which every HTTP/1.1 request must carry.
-_NOT_LISTED = frozenset({b"close", b"keep-alive", b"upgrade", b"host"}) | http.FRAMING
-#: Request headers replaced on the way to the client: hop-by-hop ones, X-Forwarded-*, the token.
-#: ``HTTP2-Settings`` belongs to an ``Upgrade: h2c`` offer, which the relay never passes on (it
-#: speaks HTTP/1.1 to the service): both go, so the service never sees half an offer.
-_REWRITTEN = http.HOP_BY_HOP | {
-    b"x-forwarded-for",
-    b"x-forwarded-proto",
-    b"x-forwarded-host",
-    b"http2-settings",
-    TOKEN_HEADER,
-}
-
-# request-side states
-R_HEAD, R_WAIT, R_BODY, R_DONE = range(4)
-# response-side states
-S_NONE, S_HEAD, S_BODY, S_DECODE = range(4)  # S_DECODE: a chunked body decoded for HTTP/1.0
 
 
 @dataclass(frozen=True)
@@ -79,26 +60,6 @@ class PublicConfig:
     guess_window: float = 60.0
     secure_cookies: bool = False  # https public URL (also behind a TLS-terminating proxy)
     hsts: int = 0  # over https: Strict-Transport-Security max-age on every response (0: off)
-
-
-def with_hsts(raw: bytes, value: bytes) -> bytes:
-    """A forwarded response head with the relay's Strict-Transport-Security in place of the service's.
-
-    The relay's host name is shared by every client, so its HSTS policy is the operator's: a
-    service cannot shorten it (``max-age=0``) or widen it (``includeSubDomains``).
-    """
-    if HSTS in raw.lower():  # rare: the service sent its own
-        full = http.parse_response_head(raw)
-        full.remove(HSTS)
-        raw = full.serialize()
-    return raw[:-2] + b"Strict-Transport-Security: " + value + b"\r\n\r\n"
-
-
-def _without_h2c(upgrade: bytes) -> bytes | None:
-    """The ``Upgrade`` offer without ``h2c`` (the relay speaks HTTP/1.1), or None if nothing is left."""
-    offers = (p.strip() for p in upgrade.split(b","))
-    kept = [p for p in offers if p and p.lower().split(b"/")[0] != b"h2c"]
-    return b", ".join(kept) if kept else None
 
 
 @implementer(IPushProducer)
@@ -166,6 +127,7 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         self._body_left = -1
         self._peer = ""
         self._reading: Throttle | None = None  # what pauses our reading for the current tunnel
+        self._splice: Splice | None = None  # after a 101: this connection (end 0) and the tunnel (end 1)
         self._body_progress = 0.0  # when request body bytes last arrived
         self._own: OwnAnswers | None = None  # registered while the relay's own answers are written
         self.bound: ClientRecord | None = None  # set on a client's own port: the only client served here
@@ -189,21 +151,19 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         if tunnel is not None:
             self._tunnel = None
             tunnel.detach()
-            if self._upgraded:
-                if self._eof:
-                    tunnel.transport.loseConnection()
-                else:
-                    tunnel.transport.abortConnection()
-            else:
+            if self._splice is None:
                 tunnel.transport.abortConnection()  # mid-exchange: its stream is not reusable
+        if self._splice is not None:
+            self._splice.connection_lost(0, reason)
         if self._record is not None:
             self._record.open_connections -= 1
             self._record = None
 
     def readConnectionLost(self) -> None:
         self._eof = True
-        if self._upgraded and self._tunnel is not None:
-            half_close(self._tunnel.transport)
+        if self._upgraded:
+            if self._splice is not None:
+                self._splice.read_lost(0)
         elif self._req == R_HEAD and not self._buf and self._resp == S_NONE:
             self._close()
         elif self._req == R_BODY:
@@ -272,6 +232,7 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         if self._upgraded:
             if self._tunnel is None:  # TLS may deliver records after the splice ended
                 return
+            self._splice.moved = True
             fast_write(self._tunnel.transport, data)
             if self._record is not None:
                 self._record.bytes_in += len(data)
@@ -329,34 +290,13 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         record = decision
         self._record = record
         record.open_connections += 1
-        self._rewrite(head)
+        rewrite_request_head(head, self._peer, self.factory.scheme)  # hop-by-hop out, X-Forwarded-* in
         self._head = head
         self._head_bytes = head.serialize()
         self._resp = S_NONE
         self._retries = 0
         record.requests += 1
         self._acquire()
-
-    def _rewrite(self, head: http.Head) -> None:
-        """Hop-by-hop headers and the token header out; our Connection and X-Forwarded-* in."""
-        upgrade = head.get(b"upgrade")
-        if upgrade is not None and b"h2c" in upgrade.lower():
-            upgrade = _without_h2c(upgrade)
-        listed = head.connection_tokens() - _NOT_LISTED
-        # a header the Connection header lists is for the previous hop only: never pass on its value
-        forwarded_for = head.get(b"x-forwarded-for") if b"x-forwarded-for" not in listed else None
-        host = head.get(b"host")
-        extra = []
-        if upgrade is not None:
-            extra += [(b"Connection", b"Upgrade"), (b"Upgrade", upgrade)]
-        elif head.version == b"HTTP/1.0":
-            extra.append((b"Connection", b"keep-alive"))
-        peer = self._peer.encode()
-        extra.append((b"X-Forwarded-For", forwarded_for + b", " + peer if forwarded_for else peer))
-        extra.append((b"X-Forwarded-Proto", self.factory.scheme))
-        if host is not None:
-            extra.append((b"X-Forwarded-Host", host))
-        head.replace(_REWRITTEN | listed if listed else _REWRITTEN, extra)
 
     # -- flow control of the relay's own answers
     def _own_on(self) -> None:
@@ -488,6 +428,7 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         if self._resp == S_BODY:
             self._response_body(data)
         elif self._upgraded:
+            self._splice.moved = True
             fast_write(self.transport, data)
             self._record.bytes_out += len(data)
         elif self._resp == S_HEAD:
@@ -500,35 +441,38 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
 
     def _response_head(self, data: bytes) -> None:
         buf = self._resp_buf + data
-        end = http.find_head_end(buf)
-        if end < 0:
-            self._resp_buf = buf
-            if len(buf) > self.config.max_head:
-                self._fail(502, "response head from the service too large")
-            return
-        self._resp_buf = b""
-        if buf.find(b"arp", 0, end) >= 0:  # a service may not set (or overwrite) ARP's cookies
-            kept = strip_arp_set_cookies(buf[:end], access_cookie_name(self._record.client_id))
-            buf, end = kept + buf[end:], len(kept)
-        try:
-            head = http.scan_response_head(buf[:end])
-            framer = http.response_framing(head, self._head.method)
-        except http.HTTPError as e:
-            self._fail(502, e.message)
-            return
-        rest = buf[end:]
-        status = head.status
-        if status >= 200 or status == 101:
-            self._count(status)
-        if status == 101 and self._head.get(b"upgrade") is not None:
-            self._switch_protocols(head, rest)
-            return
-        if 100 <= status < 200:  # 100 Continue and friends: pass on, wait for the final one
+        while True:  # a loop, not recursion: a service may send any number of 1xx heads at once
+            end = http.find_head_end(buf)
+            if end < 0:
+                self._resp_buf = buf
+                if len(buf) > self.config.max_head:
+                    self._fail(502, "response head from the service too large")
+                return
+            self._resp_buf = b""
+            if buf.find(b"arp", 0, end) >= 0:  # a service may not set (or overwrite) ARP's cookies
+                kept = strip_arp_set_cookies(buf[:end], access_cookie_name(self._record.client_id))
+                buf, end = kept + buf[end:], len(kept)
+            try:
+                head = http.scan_response_head(buf[:end])
+                framer = http.response_framing(head, self._head.method)
+            except http.HTTPError as e:
+                self._fail(502, e.message)
+                return
+            rest = buf[end:]
+            status = head.status
+            if status >= 200 or status == 101:
+                self._count(status)
+            if status == 101 and self._head.get(b"upgrade") is not None:
+                self._switch_protocols(head, rest)
+                return
+            if not 100 <= status < 200:
+                break
+            # 100 Continue and friends: pass on, wait for the final one
             self.transport.write(buf[:end])
             self._sent_response = True
-            if rest:
-                self._response_head(rest)
-            return
+            if not rest:
+                return
+            buf = rest
         self._resp_deadline = 0.0
         if not http.wants_keep_alive(head) or framer.kind == http.UNTIL_CLOSE:
             self._reusable = False
@@ -609,6 +553,9 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         self._sent_response = True
         self._record.pool.forget(self._tunnel)  # this tunnel never comes back
         self._tunnel.record = None
+        unjoin(self.transport, self._tunnel.transport)  # the splice registers its own producers
+        self._reading = None
+        self._splice = Splice(self.transport, self._tunnel.transport, self.clock)
         fast_write(self.transport, head.raw + rest)
         if self._buf:
             data = bytes(self._buf)
@@ -617,6 +564,9 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         self.transport.resumeProducing()
 
     def tunnel_eof(self) -> None:
+        if self._splice is not None:
+            self._splice.read_lost(1)
+            return
         self.tunnel_lost(Failure(ConnectionDone("tunnel closed")))
 
     def tunnel_lost(self, reason: Failure) -> None:
@@ -624,12 +574,12 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         if tunnel is None or self._closed:
             return
         tunnel.detach()
+        if self._splice is not None:
+            self._splice.connection_lost(1, reason)
+            return
         self.transport.unregisterProducer()  # the tunnel no longer produces anything
         if tunnel.transport.connected:
             tunnel.transport.loseConnection()
-        if self._upgraded:
-            self._close()
-            return
         if self._resp == S_BODY and self._resp_framer.kind == http.UNTIL_CLOSE:
             self._resp = S_NONE
             self._close()

@@ -29,6 +29,7 @@ from urllib.parse import unquote_to_bytes
 from twisted.logger import Logger
 
 from arp import http, wire
+from arp.http import error_body
 from arp.server.origins import (
     ACCESS_COOKIE_PREFIX,
     LEGACY_COOKIE,
@@ -77,11 +78,6 @@ class GuessLimiter:
         self._seen[address] = (start, count + 1)
         while len(self._seen) > self.max_addresses:
             self._seen.popitem(last=False)
-
-
-def error_body(status: int, message: str, **extra: object) -> bytes:
-    """The JSON body of an error answer."""
-    return json.dumps({"error": message, "status": status, **extra}).encode()
 
 
 def redirect_body(location: bytes, message: str) -> bytes:

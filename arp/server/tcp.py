@@ -14,21 +14,23 @@ from arp.control import BadRegistration, Unavailable
 from arp.listen import Listener
 from arp.server.registry import ClientRecord, Registry
 from arp.server.tunnel import TunnelOwner, TunnelServerProtocol
-from arp.splice import close, half_close, join, tune
+from arp.splice import Splice, tune
 
 
 @implementer(IHalfCloseableProtocol)
 class PublicTCPProtocol(Protocol, TunnelOwner):
-    """One connection to a client's TCP port, spliced raw onto a tunnel."""
+    """One connection to a client's TCP port, spliced raw onto a tunnel (end 0: this connection,
+    end 1: the tunnel; see :class:`arp.splice.Splice`)."""
 
     log = Logger()
 
-    def __init__(self, record: ClientRecord) -> None:
+    def __init__(self, record: ClientRecord, clock: object = None) -> None:
         self.record = record
+        self.clock = clock
         self.tunnel: TunnelServerProtocol | None = None
+        self.splice: Splice | None = None
         self._waiting = None
         self._eof_in = False
-        self._eof_out = False
         self._lost = False
 
     def connectionMade(self) -> None:
@@ -62,42 +64,37 @@ class PublicTCPProtocol(Protocol, TunnelOwner):
         tunnel.attach(self)
         self.record.requests += 1
         tunnel.transport.write(wire.TCP_START)
-        join(self.transport, tunnel.transport)
+        self.splice = Splice(self.transport, tunnel.transport, self.clock)
+        if self._eof_in:  # the public side ended while the tunnel was on its way
+            self.splice.read_lost(0)
         self.transport.resumeProducing()
 
     def dataReceived(self, data: bytes) -> None:
         if self.tunnel is None:  # TLS may deliver records after the splice ended
             return
+        self.splice.moved = True
         self.tunnel.transport.write(data)
         self.record.bytes_in += len(data)
 
     def tunnel_data(self, data: bytes) -> None:
+        self.splice.moved = True
         self.transport.write(data)
         self.record.bytes_out += len(data)
 
     def readConnectionLost(self) -> None:
         self._eof_in = True
-        if self.tunnel is not None:
-            half_close(self.tunnel.transport)
-        if self._eof_out:
-            self.transport.loseConnection()
+        if self.splice is not None:
+            self.splice.read_lost(0)
 
     def writeConnectionLost(self) -> None:
         pass
 
     def tunnel_eof(self) -> None:
-        self._eof_out = True
-        half_close(self.transport)
-        if self._eof_in:
-            self.transport.loseConnection()
-            if self.tunnel is not None:
-                self.tunnel.transport.loseConnection()
+        self.splice.read_lost(1)
 
     def tunnel_lost(self, reason: Failure) -> None:
         self.tunnel = None
-        if not self._lost:
-            self.transport.unregisterProducer()
-            close(self.transport, None if self._eof_out else reason)
+        self.splice.connection_lost(1, reason)
 
     def connectionLost(self, reason: Failure = ConnectionDone()) -> None:  # noqa: B008
         self._lost = True
@@ -107,7 +104,8 @@ class PublicTCPProtocol(Protocol, TunnelOwner):
         tunnel, self.tunnel = self.tunnel, None
         if tunnel is not None:
             tunnel.detach()
-            close(tunnel.transport, None if self._eof_in else reason)
+        if self.splice is not None:
+            self.splice.connection_lost(0, reason)
 
 
 class PublicTCPFactory(Factory):
@@ -115,11 +113,12 @@ class PublicTCPFactory(Factory):
 
     noisy = False
 
-    def __init__(self, record: ClientRecord) -> None:
+    def __init__(self, record: ClientRecord, clock: object = None) -> None:
         self.record = record
+        self.clock = clock
 
     def buildProtocol(self, addr: object) -> PublicTCPProtocol:
-        return PublicTCPProtocol(self.record)
+        return PublicTCPProtocol(self.record, self.clock)
 
 
 class TCPPorts:
@@ -151,7 +150,10 @@ class TCPPorts:
                 continue
             description = f"tcp:{port}:interface={self.interface}" if self.interface else f"tcp:{port}"
             listener = Listener(
-                f"tcp port of {record.client_id}", description, PublicTCPFactory(record), self.reactor
+                f"tcp port of {record.client_id}",
+                description,
+                PublicTCPFactory(record, self.reactor),
+                self.reactor,
             )
             try:
                 listener.startService()

@@ -15,13 +15,12 @@ Nothing is stored past the limit.
 
 from __future__ import annotations
 
-import json
-
 from twisted.logger import Logger
 from twisted.web.http import HTTPChannel
 from twisted.web.server import Request, Site
 
 from arp.client.command.web import MAX_BODY  # the largest body the API takes (JSON bodies are far smaller)
+from arp.http import error_body
 
 #: How long a refused client may keep sending (its bytes are dropped) before it is cut off.
 BODY_LINGER = 2.0
@@ -29,7 +28,7 @@ BODY_LINGER = 2.0
 
 def refusal(status: int, reason: str, message: str) -> bytes:
     """A complete ``Connection: close`` HTTP response with a JSON ``{"error": ...}`` body."""
-    body = json.dumps({"error": message}, separators=(",", ":")).encode() + b"\n"
+    body = error_body(status, message) + b"\n"
     head = (
         f"HTTP/1.1 {status} {reason}\r\n"
         "Content-Type: application/json; charset=utf-8\r\n"

@@ -14,12 +14,13 @@ the relay and are not checked here (the relay routes by token).
 from __future__ import annotations
 
 import ipaddress
-import json
 import re
 from collections.abc import Iterable
 
 from twisted.logger import Logger
 from twisted.web.server import Request, Site
+
+from arp.http import error_body
 
 _HOST_RE = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<name>[^:\[\]\s]+))(?::(?P<port>[0-9]{1,5}))?$")
 
@@ -86,11 +87,11 @@ class HostCheckedRequest(Request):
     def _misdirected(self, hosts: list[bytes]) -> None:
         shown = b", ".join(hosts).decode("latin-1")[:200] or "(none)"
         log.info("refusing a local API request for Host {host!r}", host=shown)
-        body = {
-            "error": f"Host {shown} is not this API's address: use localhost or the listening "
+        message = (
+            f"Host {shown} is not this API's address: use localhost or the listening "
             "address, or name the host with arpc --api-host"
-        }
-        data = json.dumps(body, separators=(",", ":")).encode() + b"\n"
+        )
+        data = error_body(421, message) + b"\n"
         self.setResponseCode(421, b"Misdirected Request")
         self.setHeader(b"content-type", b"application/json; charset=utf-8")
         self.setHeader(b"cache-control", b"no-store")

@@ -19,8 +19,10 @@ from urllib.parse import urlsplit
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
-from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, _HTTP11ClientFactory, readBody
+from twisted.web.client import Agent, FileBodyProducer, readBody
 from twisted.web.http_headers import Headers
+
+from arp.twisted_private import quiet_connection_pool
 
 QUEUE = 200  # events kept per webhook while it is down; the oldest are dropped beyond
 ATTEMPTS = 6  # tries per event
@@ -107,14 +109,9 @@ def ntfy_message(body: dict[str, Any]) -> tuple[dict[str, str], str]:
     return headers, message[:MAX_SUMMARY]
 
 
-class _QuietFactory(_HTTP11ClientFactory):
-    noisy = False  # no "Starting factory" lines per delivery
-
-
 def quiet_agent(reactor: Any) -> Agent:
     """An HTTP client that does not log every connection."""
-    pool = HTTPConnectionPool(reactor, persistent=False)
-    pool._factory = _QuietFactory  # type: ignore[attr-defined]
+    pool = quiet_connection_pool(reactor, persistent=False)
     return Agent(reactor, connectTimeout=REQUEST_TIMEOUT, pool=pool)
 
 

@@ -59,7 +59,9 @@ from arp.client.command.history import ClaudeHistory, CodexHistory, GeminiHistor
 from arp.client.command.sessions import ApiError, Session, SessionManager
 from arp.client.command.store import valid_id
 from arp.client.command.tunnel import SiteTunnel
+from arp.http import error_body
 from arp.logs import access_log_formatter
+from arp.twisted_private import request_disconnected
 
 MAX_BODY = 256 * 1024
 MAX_PAGE = 500
@@ -76,7 +78,7 @@ def json_response(request: server.Request, status: int, body: Any) -> bytes:
     request.setHeader(b"content-type", b"application/json; charset=utf-8")
     request.setHeader(b"cache-control", b"no-store")
     if isinstance(body, str):
-        body = {"error": body}
+        return error_body(status, body) + b"\n"
     return json.dumps(body, separators=(",", ":"), default=str).encode() + b"\n"
 
 
@@ -292,7 +294,7 @@ class JsonResource(Resource):
         return json_response(request, *result)
 
     def _finish(self, request: server.Request, status: int, body: Any) -> None:
-        if not request.finished and not request._disconnected:
+        if not request.finished and not request_disconnected(request):
             request.write(json_response(request, status, body))
             request.finish()
 

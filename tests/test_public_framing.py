@@ -1,0 +1,122 @@
+"""Relay and service agree on where each message ends, and hop-by-hop headers stay on their hop."""
+
+from __future__ import annotations
+
+from twisted.trial import unittest
+
+from arp import http
+from tests.test_public_unit import FrontFixture
+
+
+class FramingAgreementTests(FrontFixture, unittest.TestCase):
+    """No header can make the relay and the service frame a body differently (request smuggling)."""
+
+    def test_connection_cannot_strip_request_framing(self):
+        """``Connection: Content-Length`` must not remove the header that frames the forwarded body
+        (the service would read the body as a second, smuggled request)."""
+        t = self.tunnel()
+        public, _ = self.public()
+        smuggled = b"GET /admin HTTP/1.1\r\nHost: x\r\n\r\n"
+        public.dataReceived(
+            b"POST / HTTP/1.1\r\nX-ARP-Token: client1\r\nConnection: Content-Length\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(smuggled) + smuggled
+        )
+        head, _, body = t.transport.value().partition(b"\r\n\r\n")
+        self.assertIn(b"\r\nContent-Length: %d" % len(smuggled), head)
+
+    def test_connection_cannot_strip_chunked(self):
+        """``Connection: Transfer-Encoding`` must not remove the chunked framing of the forwarded body."""
+        t = self.tunnel()
+        public, _ = self.public()
+        public.dataReceived(
+            b"POST / HTTP/1.1\r\nX-ARP-Token: client1\r\nConnection: transfer-encoding\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        )
+        head = t.transport.value().partition(b"\r\n\r\n")[0]
+        self.assertIn(b"\r\nTransfer-Encoding: chunked", head)
+
+    def test_connection_cannot_strip_response_framing(self):
+        """A backend's ``Connection: Content-Length`` does not strip the length the relay frames by."""
+        head = http.scan_response_head(
+            b"HTTP/1.1 200 OK\r\nConnection: Content-Length, X-Foo\r\nX-Foo: 1\r\nContent-Length: 5\r\n\r\n"
+        )
+        out = http.forward_response_head(head, None)
+        self.assertIn(b"Content-Length: 5", out)
+        self.assertNotIn(b"X-Foo", out)
+
+    def test_chunked_response_loses_its_content_length(self):
+        """A response with both Transfer-Encoding and Content-Length is framed as chunked by the relay;
+        the Content-Length is not passed on (RFC 9112 6.3), or the browser could frame it otherwise."""
+        head = http.scan_response_head(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        self.assertEqual(http.response_framing(head, b"GET").kind, http.CHUNKED)
+        out = http.forward_response_head(head, None)
+        self.assertNotIn(b"Content-Length", out)
+        self.assertIn(b"Transfer-Encoding: chunked", out)
+
+
+class HopByHopTests(FrontFixture, unittest.TestCase):
+    """Headers named by a Connection header, and the relay's own token header, are for one hop only."""
+
+    def _sent(self, request: bytes) -> bytes:
+        t = self.tunnel()
+        public, _ = self.public()
+        public.dataReceived(request)
+        return t.transport.value()
+
+    def test_listed_forwarded_for_not_passed_on(self):
+        """A Connection-listed X-Forwarded-For is dropped before its value is read (as before the
+        change): the service sees only the peer, not the hop-by-hop value."""
+        sent = self._sent(
+            b"GET / HTTP/1.1\r\nX-ARP-Token: client1\r\nConnection: x-forwarded-for\r\n"
+            b"X-Forwarded-For: 6.6.6.6\r\n\r\n"
+        )
+        self.assertNotIn(b"6.6.6.6", sent)
+        self.assertIn(b"X-Forwarded-For: 192.168.1.1\r\n", sent)
+
+    def test_token_header_dropped_whatever_its_case(self):
+        """X-ARP-Token never reaches the service, also when the token came from the query."""
+        sent = self._sent(b"GET /?token=client1 HTTP/1.1\r\nx-Arp-TOKEN: client1\r\n\r\n")
+        self.assertNotIn(b"client1", sent.lower())
+
+    def test_apache_h2c_upgrade_offer(self):
+        """``Connection: Upgrade, Keep-Alive`` with Upgrade and Keep-Alive headers (Apache with h2c)
+        is passed on without them; Head.remove got each name twice and raised KeyError."""
+        t = self.tunnel()
+        public, transport = self.public()
+        public.dataReceived(b"GET / HTTP/1.1\r\nX-ARP-Token: client1\r\n\r\n")
+        t.dataReceived(
+            b"HTTP/1.1 200 OK\r\nUpgrade: h2,h2c\r\nConnection: Upgrade, Keep-Alive\r\n"
+            b"Keep-Alive: timeout=5, max=100\r\nContent-Length: 2\r\n\r\nok"
+        )
+        self.assertEqual(transport.value(), b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+
+class InformationalFloodTests(FrontFixture, unittest.TestCase):
+    """A hostile service answers with thousands of 1xx responses in one read."""
+
+    def test_thousands_of_1xx_in_one_read(self):
+        """5000 ``103 Early Hints`` then ``200`` in one read: every one is passed on and the final
+        answer arrives (before: one recursion per 1xx head, RecursionError in arps, exchange cut)."""
+        t = self.tunnel()
+        public, transport = self.public()
+        public.dataReceived(b"GET / HTTP/1.1\r\nHost: relay\r\nX-ARP-Token: client1\r\n\r\n")
+        hints = b"HTTP/1.1 103 Early Hints\r\n\r\n"
+        t.dataReceived(hints * 5000 + b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        out = transport.value()
+        self.assertEqual(out.count(hints), 5000)
+        self.assertTrue(out.endswith(b"\r\n\r\nok"), out[-200:])
+
+    def test_1xx_heads_split_across_reads(self):
+        """1xx heads cut anywhere across reads are still passed on whole, then the final answer."""
+        t = self.tunnel()
+        public, transport = self.public()
+        public.dataReceived(b"GET / HTTP/1.1\r\nHost: relay\r\nX-ARP-Token: client1\r\n\r\n")
+        stream = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n"
+        stream += b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        for i in range(0, len(stream), 7):
+            t.dataReceived(stream[i : i + 7])
+        out = transport.value()
+        self.assertTrue(out.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\n"), out)
+        self.assertTrue(out.endswith(b"\r\n\r\nok"), out[-200:])
