@@ -67,6 +67,7 @@ MAX_BODY = 256 * 1024
 MAX_PAGE = 500
 WS_MAX_MESSAGE = 64 * 1024
 WS_PING_INTERVAL = 20.0
+WS_CLOSE_TIMEOUT = 15.0  # seconds a viewer has to answer our Close before the connection is cut
 VIEWER_BUFFER = 1024 * 1024  # bytes queued for a paused viewer before it is dropped
 
 log = Logger()
@@ -905,6 +906,10 @@ def stream_resource(manager: SessionManager, cors: Cors, guard: Guard) -> Stream
         autoPingInterval=WS_PING_INTERVAL,
         autoPingTimeout=WS_PING_INTERVAL * 1.5,
         allowedOrigins=["*"],  # checked in onConnect against --cors-origin and our own host
+        # autobahn aborts the TCP connection when the viewer has not answered our Close within
+        # this (default 1 s); a phone on a slow link, or a loaded machine, then lost the final
+        # events still in flight through the relay (the RST discards them)
+        closeHandshakeTimeout=WS_CLOSE_TIMEOUT,
     )
     factory.pending_grant = None
 
