@@ -85,15 +85,10 @@ class _ShortTemp:
         return os.path.join(base, "w")
 
 
-class ConsoleBrowserTests(unittest.TestCase):
+class ConsoleBrowserTests(browser.BrowserTestCase):
     """A user opens the Public URL on a phone or a desktop and drives agents from the console."""
 
     timeout = 90
-
-    def setUp(self):
-        why = browser.available()
-        if why:
-            raise unittest.SkipTest(why)
 
     async def _setup(self, *extra: str) -> str:
         self.ws = Workspace(_ShortTemp(self))

@@ -446,15 +446,10 @@ def spki_hash(cert_path: str) -> str:
     return base64.b64encode(hashlib.sha256(spki).digest()).decode()
 
 
-class ConsoleOverHTTPSTests(unittest.TestCase):
+class ConsoleOverHTTPSTests(browser.BrowserTestCase):
     """The command-mode console opened over https in Chromium, its live stream over wss://."""
 
     timeout = 120
-
-    def setUp(self):
-        why = browser.available()
-        if why:
-            raise unittest.SkipTest(why)
 
     async def test_console_and_wss_stream_in_chromium(self):
         """Chromium (ALPN h2 + http/1.1) loads the console from the https Public URL, gets a Secure
