@@ -367,6 +367,7 @@ class BodyFramer:
         while pos < end and self._state != _DONE:
             if self._state == _DATA:
                 take = min(self.remaining, end - pos)
+                self._body(data, pos, take)
                 pos += take
                 self.remaining -= take
                 if not self.remaining:
@@ -387,6 +388,9 @@ class BodyFramer:
                 raise HTTPError(400, "chunked encoding line without CRLF")
             self._line_complete(line)
         return pos
+
+    def _body(self, data: bytes, pos: int, take: int) -> None:
+        """``take`` body bytes stand at ``data[pos:]`` (a subclass may keep them)."""
 
     def _line_complete(self, line: bytes) -> None:
         if self._state == _SIZE:
@@ -423,28 +427,8 @@ class Dechunker(BodyFramer):
         super().__init__(CHUNKED)
         self._out: list[bytes] = []
 
-    def feed(self, data: bytes) -> int:
-        pos, end = 0, len(data)
-        while pos < end and self._state != _DONE:
-            if self._state == _DATA:
-                take = min(self.remaining, end - pos)
-                self._out.append(data[pos : pos + take])
-                pos += take
-                self.remaining -= take
-                if not self.remaining:
-                    self._state = _DATA_END
-                continue
-            nl = data.find(b"\n", pos)
-            if nl < 0:
-                self._line += data[pos:]
-                if len(self._line) > MAX_CHUNK_LINE:
-                    raise HTTPError(400, "chunk header line too long")
-                return end
-            line = self._line + data[pos:nl]
-            self._line = b""
-            pos = nl + 1
-            self._line_complete(line[:-1] if line.endswith(b"\r") else line)
-        return pos
+    def _body(self, data: bytes, pos: int, take: int) -> None:
+        self._out.append(data[pos : pos + take])
 
     def take(self) -> bytes:
         """The decoded body bytes fed since the last call."""

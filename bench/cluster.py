@@ -162,22 +162,7 @@ def main() -> None:
         t0 = time.monotonic()
         loader = procs.start(
             "clients",
-            [
-                sys.executable,
-                str(HERE / "clients.py"),
-                "--control-port",
-                str(ports["control"]),
-                "--proxy-port",
-                str(ports["proxy"]),
-                "--backend-port",
-                str(backend.port),
-                "--auth-key",
-                key,
-                "--count",
-                str(args.clients),
-                "--hosts",
-                ",".join(HOSTS),
-            ],
+            [*run.clients_argv(ports, backend.port, key, args.clients), "--hosts", ",".join(HOSTS)],
             nofile=nofile,
         )
         ids = loader.wait_for(r"IDS (.*)", 30, also=tuple(relays)).group(1).split()

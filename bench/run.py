@@ -702,6 +702,24 @@ def _arps_has_option(name: str) -> bool:
     return any(p[0] == name for p in Options.optParameters)
 
 
+def clients_argv(ports: dict, backend_port: int, key: str, count: int) -> list[str]:
+    """argv of bench/clients.py: ``count`` clients of relay ``ports`` serving ``backend_port``."""
+    return [
+        sys.executable,
+        str(HERE / "clients.py"),
+        "--control-port",
+        str(ports["control"]),
+        "--proxy-port",
+        str(ports["proxy"]),
+        "--backend-port",
+        str(backend_port),
+        "--auth-key",
+        key,
+        "--count",
+        str(count),
+    ]
+
+
 def start_arps(
     procs: Processes,
     workdir: Path,
@@ -1128,20 +1146,7 @@ def scale_clients(procs: Processes, workdir: Path, backend: Backend, n: int, idl
         t0 = time.monotonic()
         loader = procs.start(
             f"clients{n}",
-            [
-                sys.executable,
-                str(HERE / "clients.py"),
-                "--control-port",
-                str(ports["control"]),
-                "--proxy-port",
-                str(ports["proxy"]),
-                "--backend-port",
-                str(backend.port),
-                "--auth-key",
-                key,
-                "--count",
-                str(n),
-            ],
+            clients_argv(ports, backend.port, key, n),
             nofile=nofile,
         )
         ids = loader.wait_for(r"IDS (.*)", 30, also=(arps,)).group(1).split()

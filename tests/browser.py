@@ -6,6 +6,7 @@ import os
 import shutil
 
 from twisted.internet import threads
+from twisted.trial import unittest
 
 CHROMIUM = os.environ.get("ARP_CHROMIUM", "/usr/bin/chromium")
 ARGS = [
@@ -29,6 +30,15 @@ def available() -> str | None:
     except ImportError:
         return "playwright not installed (pip install playwright)"
     return None
+
+
+class BrowserTestCase(unittest.TestCase):
+    """A trial test case skipped where :func:`available` says Chromium cannot run."""
+
+    def setUp(self) -> None:
+        why = available()
+        if why:
+            raise unittest.SkipTest(why)
 
 
 def screenshot_dir() -> str:

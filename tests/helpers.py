@@ -159,21 +159,44 @@ class Relay:
         return f"http://127.0.0.1:{self.ports['admin']}"
 
 
+LOOPBACK_ANY_PORT = "tcp:0:interface=127.0.0.1"
+
+
+def spawn_arps(
+    test,
+    *extra: str,
+    data_dir: str | None = None,
+    auth_key: str = AUTH_KEY,
+    control: str | None = LOOPBACK_ANY_PORT,
+    proxy: str | None = LOOPBACK_ANY_PORT,
+    public: str | None = LOOPBACK_ANY_PORT,
+    admin: str | None = "none",
+) -> TwistdProcess:
+    """Start ``twistd arps`` with these endpoints (None: arps's default) and stop it at cleanup.
+
+    Unlike :func:`start_arps` it does not wait for anything: for runs that are
+    meant to fail, or that listen somewhere else than loopback.
+    """
+    args = ["arps"]
+    if auth_key:
+        args += ["--auth-key", auth_key]
+    args += ["--data-dir", data_dir or test.mktemp()]
+    for name, endpoint in (("control", control), ("proxy", proxy), ("public", public), ("admin", admin)):
+        if endpoint is not None:
+            args += [f"--{name}-endpoint", endpoint]
+    proc = TwistdProcess("arps", args + list(extra)).start()
+    test.addCleanup(proc.stop)
+    return proc
+
+
 async def start_arps(
     test, *extra: str, data_dir: str | None = None, ports: dict | None = None, auth_key: str = AUTH_KEY
 ) -> Relay:
     """Start arps on loopback (free ports unless ``ports`` given) and wait until it listens."""
     ports = ports or {"control": 0, "proxy": 0, "public": 0}
-    args = ["arps"]
-    for name in ("control", "proxy", "public"):
-        args += [f"--{name}-endpoint", f"tcp:{ports[name]}:interface=127.0.0.1"]
-    args += ["--admin-endpoint", f"tcp:{ports.get('admin', 0)}:interface=127.0.0.1"]
-    if auth_key:
-        args += ["--auth-key", auth_key]
-    args += ["--data-dir", data_dir or test.mktemp()]
-    args += list(extra)
-    proc = TwistdProcess("arps", args).start()
-    test.addCleanup(proc.stop)
+    names = ("control", "proxy", "public", "admin")
+    endpoints = {name: f"tcp:{ports.get(name, 0)}:interface=127.0.0.1" for name in names}
+    proc = spawn_arps(test, *extra, data_dir=data_dir, auth_key=auth_key, **endpoints)
     found = {}
     for name in ("control", "proxy", "public", "admin"):
         match = await proc.wait_for(rf"{name} listening on \S+:(\d+)")

@@ -6,7 +6,6 @@ import json
 import os
 
 from twisted.internet import reactor
-from twisted.trial import unittest
 from twisted.web.server import Site
 from twisted.web.static import Data
 
@@ -14,15 +13,10 @@ from tests import browser
 from tests.helpers import HTTPClient, listen_backend, start_arpc, start_arps
 
 
-class AdminPanelBrowserTests(unittest.TestCase):
+class AdminPanelBrowserTests(browser.BrowserTestCase):
     """An operator opens the panel, sees the client and its counts, and disconnects it."""
 
     timeout = 120
-
-    def setUp(self):
-        why = browser.available()
-        if why:
-            raise unittest.SkipTest(why)
 
     async def test_panel_shows_client_and_disconnects_it(self):
         """The panel lists the client with its request count; Disconnect drops it."""
@@ -85,15 +79,10 @@ async function simpleFetch() {{
 """
 
 
-class AdminCrossSiteBrowserTests(unittest.TestCase):
+class AdminCrossSiteBrowserTests(browser.BrowserTestCase):
     """A page on another site cannot make the operator's browser disconnect a client."""
 
     timeout = 120
-
-    def setUp(self):
-        why = browser.available()
-        if why:
-            raise unittest.SkipTest(why)
 
     async def test_cross_site_form_post_is_refused(self):
         """Two form POSTs and a no-cors fetch from http://localhost:Q to the loopback admin (no

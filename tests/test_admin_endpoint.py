@@ -14,7 +14,14 @@ from twisted.trial import unittest
 
 from arp import options
 from tests.certs import make_ca_and_cert
-from tests.helpers import AUTH_KEY, HTTPClient, TwistdProcess, listen_backend, start_arpc, start_arps
+from tests.helpers import (
+    AUTH_KEY,
+    HTTPClient,
+    listen_backend,
+    spawn_arps,
+    start_arpc,
+    start_arps,
+)
 
 # (endpoint string, whether only this host can reach it once Twisted has bound it)
 HOSTILE = [
@@ -135,19 +142,9 @@ class HostileAdminEndpointTests(unittest.TestCase):
 
     async def test_duplicate_interface_is_refused(self):
         """``tcp:P:interface=127.0.0.1:interface=0.0.0.0`` without a token: arps does not start."""
-        proc = TwistdProcess(
-            "arps",
-            [
-                "arps",
-                "--auth-key",
-                AUTH_KEY,
-                "--data-dir",
-                self.mktemp(),
-                "--admin-endpoint",
-                "tcp:0:interface=127.0.0.1:interface=0.0.0.0",
-            ],
-        ).start()
-        self.addCleanup(proc.stop)
+        proc = spawn_arps(
+            self, control=None, proxy=None, public=None, admin="tcp:0:interface=127.0.0.1:interface=0.0.0.0"
+        )
         await proc.ended
         self.assertEqual(proc.exit_code, 1)
         self.assertIn("--admin-token", proc.output)

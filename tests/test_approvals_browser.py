@@ -13,8 +13,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-from twisted.trial import unittest
-
 from tests import browser
 from tests.command_helpers import Workspace, start_command_arpc
 from tests.helpers import start_arps
@@ -67,15 +65,10 @@ class Client:
         raise AssertionError(f"session {session_id} never asked")
 
 
-class ApprovalBrowserTests(unittest.TestCase):
+class ApprovalBrowserTests(browser.BrowserTestCase):
     """A phone answers the agent: cards appear, a tap lets the agent go on, answers elsewhere show."""
 
     timeout = 120
-
-    def setUp(self):
-        why = browser.available()
-        if why:
-            raise unittest.SkipTest(why)
 
     async def _setup(self) -> tuple[str, Client, Workspace]:
         ws = Workspace(_ShortTemp(self))

@@ -142,15 +142,10 @@ class CookieRidingTests(unittest.TestCase):
         self.assertEqual(site.made(), 3)
 
 
-class CookieRidingBrowserTests(unittest.TestCase):
+class CookieRidingBrowserTests(browser.BrowserTestCase):
     """The same attack from a page in a real Chromium."""
 
     timeout = 120
-
-    def setUp(self):
-        why = browser.available()
-        if why:
-            raise unittest.SkipTest(why)
 
     async def test_page_on_another_port_cannot_act_with_the_cookie(self):
         """``--cors-origin '*'``: the owner opened the console's link (the access cookie is set);

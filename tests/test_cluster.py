@@ -38,6 +38,7 @@ from tests.helpers import (
     TwistdProcess,
     listen_backend,
     raw_exchange,
+    spawn_arps,
     status_of,
 )
 
@@ -376,26 +377,7 @@ class BadInput(ClusterTestCase):
     """Wrong Redis URLs, garbage in Redis, relay-to-relay connections without the credential."""
 
     async def run_arps(self, *args: str) -> TwistdProcess:
-        proc = TwistdProcess(
-            "arps",
-            [
-                "arps",
-                "--auth-key",
-                AUTH_KEY,
-                "--data-dir",
-                self.mktemp(),
-                "--control-endpoint",
-                "tcp:0:interface=127.0.0.1",
-                "--proxy-endpoint",
-                "tcp:0:interface=127.0.0.1",
-                "--public-endpoint",
-                "tcp:0:interface=127.0.0.1",
-                "--admin-endpoint",
-                "none",
-                *args,
-            ],
-        ).start()
-        self.addCleanup(proc.stop)
+        proc = spawn_arps(self, *args)
         timer = reactor.callLater(30, proc.signal, "KILL")
         await proc.ended
         if timer.active():
@@ -516,27 +498,7 @@ class RedisOverTLS(ClusterTestCase):
 
         await eventually(through_a)
         other = make_ca_and_cert(self.mktemp())
-        proc = TwistdProcess(
-            "arps",
-            [
-                "arps",
-                "--auth-key",
-                AUTH_KEY,
-                "--data-dir",
-                self.mktemp(),
-                "--control-endpoint",
-                "tcp:0:interface=127.0.0.1",
-                "--proxy-endpoint",
-                "tcp:0:interface=127.0.0.1",
-                "--public-endpoint",
-                "tcp:0:interface=127.0.0.1",
-                "--admin-endpoint",
-                "none",
-                "--redis",
-                f"rediss://127.0.0.1:{self.redis.port}/0?ca={os.path.abspath(other['ca'])}",
-            ],
-        ).start()
-        self.addCleanup(proc.stop)
+        proc = spawn_arps(self, "--redis", f"rediss://127.0.0.1:{self.redis.port}/0?ca={os.path.abspath(other['ca'])}")
         await proc.ended
         self.assertEqual(proc.exit_code, 1)
         self.assertRegex(

@@ -66,6 +66,18 @@ def run_in_browser(drive, *args, **kw):
     return browser.in_browser(wrapped, *args, **kw)
 
 
+def start_live_session(page, project: str, prompt: str, answers: int) -> None:
+    """From the open console's project list, start ``prompt`` in ``project``; wait until its
+    stream is live and shows ``answers`` assistant messages."""
+    page.locator("#projects .row").first.wait_for()
+    page.locator("a[data-nav=new]").click()
+    page.locator("#project").fill(project)
+    page.locator("#prompt").fill(prompt)
+    page.locator("#start").click()
+    page.locator("#conn[data-state=live]").wait_for()
+    page.wait_for_function(f"() => document.querySelectorAll('#events .msg.assistant').length >= {answers}")
+
+
 def ticks_in(page) -> list[int]:
     """The numbers of the ``tick N`` bubbles the page shows, in order."""
     texts = page.locator("#events .msg.assistant .md").all_inner_texts()
@@ -85,15 +97,10 @@ class _ShortTemp:
         return os.path.join(base, "w")
 
 
-class ConsoleBrowserTests(unittest.TestCase):
+class ConsoleBrowserTests(browser.BrowserTestCase):
     """A user opens the Public URL on a phone or a desktop and drives agents from the console."""
 
     timeout = 90
-
-    def setUp(self):
-        why = browser.available()
-        if why:
-            raise unittest.SkipTest(why)
 
     async def _setup(self, *extra: str) -> str:
         self.ws = Workspace(_ShortTemp(self))
@@ -285,13 +292,7 @@ class ConsoleBrowserTests(unittest.TestCase):
             page.route_web_socket(re.compile(r".*/stream\?.*"), route)
             page.on("dialog", lambda dialog: dialog.accept())
             page.goto(url)
-            page.locator("#projects .row").first.wait_for()
-            page.locator("a[data-nav=new]").click()
-            page.locator("#project").fill(project)
-            page.locator("#prompt").fill("LONG run from a phone")
-            page.locator("#start").click()
-            page.locator("#conn[data-state=live]").wait_for()
-            page.wait_for_function("() => document.querySelectorAll('#events .msg.assistant').length >= 15")
+            start_live_session(page, project, "LONG run from a phone", 15)
             # the phone's network comes back (or it wakes up): the console starts over from since=
             page.evaluate("window.dispatchEvent(new Event('online'))")
             page.wait_for_function("() => document.querySelectorAll('#events .msg.assistant').length >= 25")

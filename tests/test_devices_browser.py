@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-from twisted.trial import unittest
-
 from tests import browser
 from tests.command_helpers import Api, Workspace, start_command_arpc
 from tests.helpers import start_arps
 from tests.test_console_browser import PHONE, _ShortTemp, run_in_browser, shot
 
 
-class DevicesBrowserTests(unittest.TestCase):
+class DevicesBrowserTests(browser.BrowserTestCase):
     """The owner shares a view-only link with a phone, sees it used, and revokes it."""
 
     timeout = 120
-
-    def setUp(self):
-        why = browser.available()
-        if why:
-            raise unittest.SkipTest(why)
 
     async def test_share_link_qr_scope_and_revoke(self):
         """Create a link (QR code shown), open it on a second device that may only view, watch a

@@ -14,7 +14,6 @@ import json
 import urllib.request
 from hashlib import sha256
 
-from twisted.trial import unittest
 from twisted.web import resource, server
 
 from tests import browser
@@ -110,15 +109,10 @@ def sessions_of(shared: str, token: str, access: str) -> list:
     return data["sessions"] if isinstance(data, dict) else data
 
 
-class IsolationBrowserTests(unittest.TestCase):
+class IsolationBrowserTests(browser.BrowserTestCase):
     """No client's page can act on another client, in a real browser."""
 
     timeout = 180
-
-    def setUp(self):
-        why = browser.available()
-        if why:
-            raise unittest.SkipTest(why)
 
     async def test_hostile_app_reaches_no_console_and_both_consoles_work(self):
         """A forward-mode app's page attacks the victim's two consoles (each open in the same

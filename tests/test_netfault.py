@@ -18,7 +18,7 @@ import sys
 from twisted.internet import protocol, reactor
 from twisted.trial import unittest
 
-from tests.helpers import AUTH_KEY, HTTPClient, TwistdProcess, free_port, sleep
+from tests.helpers import AUTH_KEY, HTTPClient, TwistdProcess, free_port, sleep, spawn_arps
 
 
 def ip(*args: str) -> None:
@@ -90,27 +90,14 @@ class BlackholeTests(unittest.TestCase):
         """Both sides drop the dead link within ~3 heartbeats; arpc reconnects after it returns."""
         ns = self.ns
         control, proxy, public, backend_port = free_port(), free_port(), free_port(), 18999
-        relay = TwistdProcess(
-            "arps",
-            [
-                "arps",
-                "--auth-key",
-                AUTH_KEY,
-                "--data-dir",
-                self.mktemp(),
-                "--heartbeat",
-                "1",
-                "--control-endpoint",
-                f"tcp:{control}:interface={ns.host_ip}",
-                "--proxy-endpoint",
-                f"tcp:{proxy}:interface={ns.host_ip}",
-                "--public-endpoint",
-                f"tcp:{public}:interface=127.0.0.1",
-                "--admin-endpoint",
-                "none",
-            ],
-        ).start()
-        self.addCleanup(relay.stop)
+        relay = spawn_arps(
+            self,
+            "--heartbeat",
+            "1",
+            control=f"tcp:{control}:interface={ns.host_ip}",
+            proxy=f"tcp:{proxy}:interface={ns.host_ip}",
+            public=f"tcp:{public}:interface=127.0.0.1",
+        )
         await relay.wait_for("public listening")
         backend = Backend()
         argv = ns.exec_prefix + [

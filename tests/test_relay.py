@@ -28,6 +28,7 @@ from tests.helpers import (
     free_port,
     listen_backend,
     raw_exchange,
+    spawn_arps,
     start_arpc,
     start_arps,
     status_of,
@@ -221,25 +222,7 @@ class RelayBehaviourTests(unittest.TestCase):
         blocker = reactor.listenTCP(0, protocol.Factory(), interface="127.0.0.1")
         self.addCleanup(blocker.stopListening)
         taken = blocker.getHost().port
-        proc = TwistdProcess(
-            "arps",
-            [
-                "arps",
-                "--auth-key",
-                AUTH_KEY,
-                "--data-dir",
-                self.mktemp(),
-                "--control-endpoint",
-                "tcp:0:interface=127.0.0.1",
-                "--proxy-endpoint",
-                "tcp:0:interface=127.0.0.1",
-                "--public-endpoint",
-                f"tcp:{taken}:interface=127.0.0.1",
-                "--admin-endpoint",
-                "none",
-            ],
-        ).start()
-        self.addCleanup(proc.stop)
+        proc = spawn_arps(self, public=f"tcp:{taken}:interface=127.0.0.1")
         await proc.ended
         self.assertNotEqual(proc.exit_code, 0)
         self.assertIn("public: cannot listen on", proc.output)

@@ -446,21 +446,16 @@ def spki_hash(cert_path: str) -> str:
     return base64.b64encode(hashlib.sha256(spki).digest()).decode()
 
 
-class ConsoleOverHTTPSTests(unittest.TestCase):
+class ConsoleOverHTTPSTests(browser.BrowserTestCase):
     """The command-mode console opened over https in Chromium, its live stream over wss://."""
 
     timeout = 120
-
-    def setUp(self):
-        why = browser.available()
-        if why:
-            raise unittest.SkipTest(why)
 
     async def test_console_and_wss_stream_in_chromium(self):
         """Chromium (ALPN h2 + http/1.1) loads the console from the https Public URL, gets a Secure
         cookie, starts a session and follows its output over a wss:// WebSocket through the relay."""
         from tests.command_helpers import Workspace, start_command_arpc, write_claude_history
-        from tests.test_console_browser import _ShortTemp, run_in_browser, ticks_in
+        from tests.test_console_browser import _ShortTemp, run_in_browser, start_live_session, ticks_in
 
         paths = make_ca_and_cert(self.mktemp())
         relay = await start_arps(self, "--public-endpoint", f"ssl:0:{tls_args(paths)}", "--hsts", "60")
@@ -479,13 +474,7 @@ class ConsoleOverHTTPSTests(unittest.TestCase):
             response = page.goto(arpc.url)
             seen = {"url": page.url, "hsts": response.headers.get("strict-transport-security")}
             seen["cookies"] = page.context.cookies()
-            page.locator("#projects .row").first.wait_for()
-            page.locator("a[data-nav=new]").click()
-            page.locator("#project").fill(project)
-            page.locator("#prompt").fill("LONG run over https")
-            page.locator("#start").click()
-            page.locator("#conn[data-state=live]").wait_for()
-            page.wait_for_function("() => document.querySelectorAll('#events .msg.assistant').length >= 5")
+            start_live_session(page, project, "LONG run over https", 5)
             seen["ticks"] = ticks_in(page)
             page.on("dialog", lambda dialog: dialog.accept())
             page.locator("#cancel").click()

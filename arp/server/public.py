@@ -508,12 +508,18 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
             out = with_hsts(out, self.factory.hsts)
         self._response_body(rest, out)
 
-    def _response_body(self, data: bytes, head: bytes = b"") -> None:
-        framer = self._resp_framer
+    def _feed_response(self, framer: http.BodyFramer, data: bytes) -> int | None:
+        """How much of ``data`` is response body; None (the exchange failed) if it is malformed."""
         try:
-            n = framer.feed(data)
+            return framer.feed(data)
         except http.HTTPError as e:
             self._fail(502, "service sent " + e.message)
+            return None
+
+    def _response_body(self, data: bytes, head: bytes = b"") -> None:
+        framer = self._resp_framer
+        n = self._feed_response(framer, data)
+        if n is None:
             return
         if n or head:
             fast_write(self.transport, head + (data if n == len(data) else data[:n]))
@@ -523,10 +529,8 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
 
     def _decoded_body(self, data: bytes, head: bytes = b"") -> None:
         framer = self._resp_framer
-        try:
-            n = framer.feed(data)
-        except http.HTTPError as e:
-            self._fail(502, "service sent " + e.message)
+        n = self._feed_response(framer, data)
+        if n is None:
             return
         out = head + framer.take()
         if out:

@@ -184,7 +184,13 @@ class Registry(Service):
                 address=remote_address,
             )
             raise AuthFailed("the identity signature does not verify")
-        record = self.clients.get(client_id)
+        self._check_pin(self.clients.get(client_id), client_id, identity, remote_address)
+        return tenant
+
+    def _check_pin(
+        self, record: ClientRecord | None, client_id: str, identity: bytes, remote_address: str
+    ) -> None:
+        """Refuse ``identity`` for ``client_id`` if the id is held (``record``) by another key."""
         if record is not None and record.identity != identity:
             self.log.warn(
                 "refused registration for {client_id} from {address}: the id is pinned to "
@@ -196,7 +202,6 @@ class Registry(Service):
                 offered=wire.fingerprint(identity),
             )
             raise ClientIdInUse("this client id is registered by another arpc instance")
-        return tenant
 
     def register(
         self,
@@ -233,18 +238,9 @@ class Registry(Service):
         except ValueError:
             raise BadRegistration("unusable exchange key") from None
         record = self.clients.get(client_id)
+        # again: with a cluster the id may have been taken while Redis answered
+        self._check_pin(record, client_id, identity, remote_address)
         if record is not None:
-            if record.identity != identity:
-                self.log.warn(
-                    "refused registration for {client_id} from {address}: the id is pinned to "
-                    "identity {pinned} ({state}), not {offered}",
-                    client_id=wire.redact(client_id),
-                    address=remote_address,
-                    pinned=wire.fingerprint(record.identity),
-                    state="online" if record.online else "retained",
-                    offered=wire.fingerprint(identity),
-                )
-                raise ClientIdInUse("this client id is registered by another arpc instance")
             if record.control is not None and record.control is not control:
                 old = record.control
                 self._offline(record)
