@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
 from arp import http
@@ -120,3 +121,50 @@ class InformationalFloodTests(FrontFixture, unittest.TestCase):
         out = transport.value()
         self.assertTrue(out.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\n"), out)
         self.assertTrue(out.endswith(b"\r\n\r\nok"), out[-200:])
+
+
+class HalfCloseableTransport(StringTransport):
+    """A StringTransport that, like a TCP one, can close its write side alone."""
+
+    write_closed = False
+
+    def loseWriteConnection(self) -> None:
+        self.write_closed = True
+
+
+class LingeringCloseTests(FrontFixture, unittest.TestCase):
+    """An answer given while the request body is still arriving survives the close."""
+
+    def lingering(self):
+        t = self.tunnel()
+        public = self.factory.buildProtocol(None)
+        transport = HalfCloseableTransport()
+        public.makeConnection(transport)
+        public.dataReceived(b"POST /up HTTP/1.1\r\nX-ARP-Token: client1\r\nContent-Length: 999999\r\n\r\nabc")
+        t.dataReceived(b"HTTP/1.1 413 Too Large\r\nContent-Length: 0\r\n\r\n")
+        return public, transport
+
+    def test_half_close_then_drop_the_rest(self):
+        """After the early answer the relay half-closes (no reset that would destroy the answer in
+        the client's kernel), drops what the client still sends, and closes when it is done."""
+        public, transport = self.lingering()
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 413 Too Large\r\n"))
+        self.assertTrue(transport.write_closed)
+        self.assertFalse(transport.disconnecting)
+        public.dataReceived(b"x" * 4096)  # the body still in flight: dropped, not parsed
+        self.assertFalse(transport.disconnecting)
+        public.readConnectionLost()
+        self.assertTrue(transport.disconnecting)
+
+    def test_lingering_is_bounded(self):
+        """A client that goes on sending is cut after LINGER_MAX_BYTES, or closed after
+        LINGER_CLOSE_TIMEOUT."""
+        from arp.server.public import LINGER_CLOSE_TIMEOUT, LINGER_MAX_BYTES
+
+        public, transport = self.lingering()
+        public.dataReceived(b"x" * (LINGER_MAX_BYTES + 1))
+        self.assertTrue(transport.disconnected)
+        public, transport = self.lingering()
+        self.clock.advance(LINGER_CLOSE_TIMEOUT + 1)
+        self.factory._sweep()
+        self.assertTrue(transport.disconnecting)

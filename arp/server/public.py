@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from twisted.internet.defer import CancelledError
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer, ISSLTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -42,6 +42,12 @@ MAX_RETRIES = 2
 SWEEP_INTERVAL = 1.0  # seconds between timeout checks of all public connections
 #: Seconds a client may leave a full buffer of the relay's own answers unread before it is cut.
 UNREAD_ANSWERS_TIMEOUT = 15.0
+#: After answering a request whose body is still arriving (a 413, a service that answered
+#: early), the relay half-closes and reads and drops what the client still sends for this
+#: long, up to LINGER_MAX_BYTES, before closing: closing at once would make the kernel answer
+#: the client's next bytes with a reset that can destroy the answer before the client reads it.
+LINGER_CLOSE_TIMEOUT = 2.0
+LINGER_MAX_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -105,6 +111,8 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         self._req = R_HEAD
         self._resp = S_NONE
         self._upgraded = False
+        self._lingering = False  # answered and half-closed; dropping the rest of a request body
+        self._linger_dropped = 0
         self._tunnel: TunnelServerProtocol | None = None
         self._record: ClientRecord | None = None
         self._waiting = None
@@ -161,6 +169,9 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
 
     def readConnectionLost(self) -> None:
         self._eof = True
+        if self._lingering:  # the client read our answer and is done: close for good
+            self.transport.loseConnection()
+            return
         if self._upgraded:
             if self._splice is not None:
                 self._splice.read_lost(0)
@@ -226,6 +237,11 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
 
     # -- public bytes in
     def dataReceived(self, data: bytes) -> None:
+        if self._lingering:
+            self._linger_dropped += len(data)
+            if self._linger_dropped > LINGER_MAX_BYTES:
+                self.transport.abortConnection()
+            return
         if self._req == R_BODY:
             self._request_body(data)
             return
@@ -316,9 +332,27 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
                 self.transport.resumeProducing()
 
     def _close(self) -> None:
-        """Close after flushing (a registered, paused producer would keep the close from happening)."""
+        """Close after flushing (a registered, paused producer would keep the close from happening).
+
+        If the client is still sending a request body, close lingering (as nginx and Apache do):
+        half-close, drop what still arrives for LINGER_CLOSE_TIMEOUT, then close.
+        """
         if self._own is not None:
             self._own_off()
+        framer = self._req_framer
+        if (
+            framer is not None
+            and not framer.done
+            and not self._eof
+            and not self._upgraded
+            and not ISSLTransport.providedBy(self.transport)  # TLS cannot half-close
+            and hasattr(self.transport, "loseWriteConnection")
+        ):
+            self._lingering = True
+            self._set_timer(LINGER_CLOSE_TIMEOUT, self.transport.loseConnection)
+            self.transport.loseWriteConnection()
+            self.transport.resumeProducing()
+            return
         self.transport.loseConnection()
 
     def answers_unread(self) -> None:
