@@ -486,6 +486,10 @@ class SiteTunnelTests(unittest.TestCase):
         manager = SessionManager(
             store=SessionStore(Path(ws.data)), reactor=reactor, binaries={}, project_roots=[ws.root]
         )
+        from arp.client.command import web as web_module
+
+        # the close-handshake timer's txaio bucket outlives the connection until it is due
+        self.patch(web_module, "WS_CLOSE_TIMEOUT", 1.0)
         site, owner = _site(manager, ws)
         tunnels: set = set()
         tunnel = SiteTunnel(b"H\n", site, tunnels)
