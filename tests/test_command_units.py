@@ -668,6 +668,8 @@ class ManagerTests(unittest.TestCase):
         await wait_until(lambda: ws.recorded_for("LONG STUBBORN"))
         run = ws.recorded_for("LONG STUBBORN")[0]
         self.assertTrue(process_running(run["child"]))
+        # the fake records its run before its first tick reaches us (slower on PyPy): wait for it
+        await wait_until(lambda: "tick 0" in session.output())
         await manager.cancel(session)
         self.assertEqual(session.status, "cancelled")
         await wait_until(lambda: not process_running(run["pid"]) and not process_running(run["child"]), 2)
