@@ -26,8 +26,14 @@ from arp.server.tunnel import TunnelServerProtocol
 from tests.control_helpers import register_record
 
 KEY = "bench-key"
-REQUEST = b"GET /1k HTTP/1.1\r\nHost: relay\r\nX-ARP-Token: client1\r\nUser-Agent: bench\r\n\r\n"
-RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 1024\r\n\r\n" + b"x" * 1024
+#: what wrk sends in ``bench/run.py`` (the token in the query) and what nginx answers there
+REQUEST = b"GET /1k?token=client1 HTTP/1.1\r\nHost: 127.0.0.1:17001\r\n\r\n"
+RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Tue, 01 Dec 2026 17:40:00 GMT\r\n"
+    b"Content-Type: application/octet-stream\r\nContent-Length: 1024\r\n"
+    b"Last-Modified: Tue, 01 Dec 2026 17:30:00 GMT\r\nConnection: keep-alive\r\n"
+    b'ETag: "6929d0b8-400"\r\nAccept-Ranges: bytes\r\n\r\n' + b"x" * 1024
+)
 
 
 class _Control:
@@ -64,8 +70,8 @@ def run(requests: int) -> float:
         sent.clear()
         out.clear()
     elapsed = time.process_time() - start
-    if tunnel not in record.pool.idle:
-        raise SystemExit("the tunnel did not come back to the pool: the benchmark is broken")
+    if tunnel not in record.pool.idle or record.requests != requests or record.statuses != {200: requests}:
+        raise SystemExit("the requests were not all relayed: the benchmark is broken")
     return elapsed / requests * 1e6
 
 

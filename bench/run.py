@@ -12,6 +12,9 @@ measures one target at a time, so they never share the CPU:
 - ``arp``: arps + arpc (forward mode, pool size 5) as real twistd processes;
 - ``arp-pypy``: the same on PyPy (``--pypy``, default ``.venv-pypy/bin/python``),
   after 10 s of load for the JIT (skipped with a note when there is no such venv);
+- ``splice`` and ``splice-pypy``: two plain Twisted splice processes in a row
+  (``bench/splice.py``) on each interpreter, the floor of any two-process
+  Twisted relay here: what ARP costs beyond it is its per-request HTTP work;
 - ``ssh``: ``ssh -R`` through a local sshd with its own config, host key and
   authorized key, with a session (``sleep``) so both ends set TCP_NODELAY.
 
@@ -53,7 +56,7 @@ LUA = HERE / "check.lua"
 SMALL = 1024
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
-TARGETS = ("direct", "splice", "arp", "arp-pypy", "ssh")
+TARGETS = ("direct", "splice", "splice-pypy", "arp", "arp-pypy", "ssh")
 #: arp-pypy's interpreter when --pypy is not given: the venv .ci/run makes
 PYPY_DEFAULT = REPO / ".venv-pypy" / "bin" / "python"
 #: seconds of keep-alive load before arp-pypy's figures (full run): PyPy's JIT compiles the hot path
@@ -892,11 +895,13 @@ class Splice(Target):
         self.a: Child | None = None
         self.b: Child | None = None
 
+    python = sys.executable
+
     def start(self) -> None:
         script = str(Path(__file__).with_name("splice.py"))
-        self.b = self.procs.start("splice-b", [sys.executable, script, "0", str(self.backend.port)])
+        self.b = self.procs.start("splice-b", [self.python, script, "0", str(self.backend.port)])
         b_port = int(self.b.wait_for(r"listening on \S+:(\d+)", 30).group(1))
-        self.a = self.procs.start("splice-a", [sys.executable, script, "0", str(b_port)])
+        self.a = self.procs.start("splice-a", [self.python, script, "0", str(b_port)])
         self.port = int(self.a.wait_for(r"listening on \S+:(\d+)", 30).group(1))
 
     def server_pid(self) -> int | None:
@@ -908,6 +913,19 @@ class Splice(Target):
     def stop(self) -> None:
         self.procs.stop(self.a)
         self.procs.stop(self.b)
+
+
+class SplicePyPy(Splice):
+    """The splice floor on PyPy, after the same warm-up as ``arp-pypy``."""
+
+    name = "splice-pypy"
+    warmup_s = PYPY_WARMUP_S
+
+    def __init__(self, procs: Processes, backend: Backend, python: str) -> None:
+        super().__init__(procs, backend)
+        self.python = python
+
+    describe = ArpPyPy.describe
 
 
 class Ssh(Target):
@@ -1425,10 +1443,10 @@ def markdown(results: dict) -> str:
         f"ARP {m['arp_revision']}.  Loopback only; one target at a time.",
         "",
     ]
-    pypy = results["targets"].get("arp-pypy")
+    pypy = results["targets"].get("arp-pypy") or results["targets"].get("splice-pypy")
     if pypy:
         lines += [
-            f"arp-pypy: arps and arpc on {pypy.get('interpreter', 'PyPy')}, measured after "
+            f"arp-pypy, splice-pypy: on {pypy.get('interpreter', 'PyPy')}, measured after "
             f"{pypy.get('warmup_s', 0)} s of keep-alive load (the JIT's warm-up).",
             "",
         ]
@@ -1619,14 +1637,17 @@ def main() -> int:
                 target = Splice(procs, backend)
             elif name == "arp":
                 target = Arp(procs, backend, workdir)
-            elif name == "arp-pypy":
+            elif name in ("arp-pypy", "splice-pypy"):
                 why = ArpPyPy.available(args.pypy)
                 if why:
-                    results["skipped"]["arp-pypy"] = why
-                    results["notes"].append(f"arp-pypy target skipped: {why}")
+                    results["skipped"][name] = why
+                    results["notes"].append(f"{name} target skipped: {why}")
                     note("NOTE: " + results["notes"][-1])
                     continue
-                target = ArpPyPy(procs, backend, workdir, args.pypy)
+                if name == "arp-pypy":
+                    target = ArpPyPy(procs, backend, workdir, args.pypy)
+                else:
+                    target = SplicePyPy(procs, backend, args.pypy)
             elif name == "ssh":
                 why = Ssh.available()
                 if why:
@@ -1643,7 +1664,7 @@ def main() -> int:
                 r = measure(target, mode, backend, profile_dir if name == "arp" else None)
             finally:
                 target.stop()
-            if isinstance(target, ArpPyPy):
+            if isinstance(target, (ArpPyPy, SplicePyPy)):
                 r["interpreter"] = target.describe()
             results["targets"][name] = r
             ka, single, nc, b = r["keepalive"], r["single"], r["newconn"], r["bulk"]
