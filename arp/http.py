@@ -54,6 +54,7 @@ class Head:
     _index: dict[bytes, list[bytes]] | None = field(default=None, repr=False, compare=False)
     raw: bytes = field(default=b"", repr=False, compare=False)  # as received (scanned heads only)
     _tokens: frozenset[bytes] | None = field(default=None, repr=False, compare=False)
+    crlf: bool = field(default=False, repr=False, compare=False)  # scanned: every line ends in CRLF
 
     def _idx(self) -> dict[bytes, list[bytes]]:
         index = self._index
@@ -87,7 +88,7 @@ class Head:
     def replace(self, drop: frozenset[bytes], extra: list[tuple[bytes, bytes]]) -> None:
         """Drop every header named in ``drop`` (lower case) and append ``extra``, in one pass."""
         index = self._index or self._idx()
-        if any(name in index for name in drop):
+        if not drop.isdisjoint(index):
             self.headers = [(k, v) for k, v in self.headers if k.lower() not in drop]
         self.headers.extend(extra)
         self._index = None
@@ -182,6 +183,19 @@ def _parse_headers(raw: bytes, pos: int) -> list[tuple[bytes, bytes]]:
     return _HEADER_RE.findall(raw, pos)
 
 
+def _index_of(headers: list[tuple[bytes, bytes]]) -> dict[bytes, list[bytes]]:
+    """Header values by lower-case name (what :meth:`Head.get` looks in)."""
+    index: dict[bytes, list[bytes]] = {}
+    for key, val in headers:
+        name = key.lower()
+        values = index.get(name)
+        if values is None:
+            index[name] = [val]
+        else:
+            values.append(val)
+    return index
+
+
 def parse_request_head(raw: bytes) -> Head:
     """Parse a request head (everything up to and including the blank line)."""
     return parse_request(raw)[0]
@@ -202,7 +216,11 @@ def parse_request(raw: bytes) -> tuple[Head, BodyFramer]:
         if version.startswith(b"HTTP/"):
             raise HTTPError(505, "only HTTP/1.0 and HTTP/1.1 are supported")
         raise HTTPError(400, "malformed HTTP version")
-    head = Head((method, target, version), _parse_headers(raw, pos))
+    headers = _parse_headers(raw, pos)
+    index = _index_of(headers)
+    head = Head((method, target, version), headers, index)
+    if b"transfer-encoding" not in index and b"content-length" not in index:
+        return head, BodyFramer(LENGTH, 0)  # the common case: no body
     return head, request_framing(head)  # framing is validated before anything is forwarded
 
 
@@ -217,6 +235,10 @@ _INTEREST_RE = re.compile(
     re.I,
 )
 _HOP_LINE_RE = re.compile(rb"\r\n(?:" + _HOP_NAMES + rb")[ \t]*:[^\r\n]*", re.I)
+#: The common case of :data:`_BLOCK_RE`: every line ends in CRLF (so no mixed line ends to fix).
+_CRLF_BLOCK_RE = re.compile(rb"(?:" + _TOKEN + rb":[\t\x20-\x7e\x80-\xff]*\r\n)*\r\n")
+#: The one hop-by-hop line most services send (nginx, Node, Go, ...), removed without a regex.
+_KEEP_ALIVE_LINE = b"\r\nConnection: keep-alive"
 
 
 def scan_response_head(raw: bytes) -> Head:
@@ -229,12 +251,15 @@ def scan_response_head(raw: bytes) -> Head:
 
 
 def _response_head(raw: bytes, full: bool) -> Head:
+    crlf = False
     try:
         line, pos = _start_line(raw)
         if full:
             headers = _parse_headers(raw, pos)
         else:
-            _check_block(raw, pos)
+            crlf = raw[pos - 2 : pos] == b"\r\n" and _CRLF_BLOCK_RE.fullmatch(raw, pos) is not None
+            if not crlf:
+                _check_block(raw, pos)
     except HTTPError as e:
         raise HTTPError(502, "backend sent a " + e.message)
     version, _, rest = line.partition(b" ")
@@ -243,16 +268,26 @@ def _response_head(raw: bytes, full: bool) -> Head:
         raise HTTPError(502, "malformed response status line")
     if full:
         return Head((version, status, reason), headers)
-    headers = [(name.lower(), value) for name, value in _INTEREST_RE.findall(raw)]
-    return Head((version, status, reason), headers, raw=raw)
+    index: dict[bytes, list[bytes]] = {}
+    headers = []
+    for name, value in _INTEREST_RE.findall(raw):
+        name = name.lower()
+        headers.append((name, value))
+        values = index.get(name)
+        if values is None:
+            index[name] = [value]
+        else:
+            values.append(value)
+    return Head((version, status, reason), headers, index, raw, crlf=crlf)
 
 
 def forward_response_head(head: Head, connection: bytes | None) -> bytes:
     """A scanned response head for the next hop: hop-by-hop headers out, our Connection in."""
     raw = head.raw
+    index = head._index if head._index is not None else head._idx()
     # chunked wins over a Content-Length (RFC 9112 6.3); the length must not travel on
-    both = head.get(b"transfer-encoding") is not None and head.get(b"content-length") is not None
-    mixed_endings = raw.count(b"\n") != raw.count(b"\r\n")
+    both = b"transfer-encoding" in index and b"content-length" in index
+    mixed_endings = not head.crlf and raw.count(b"\n") != raw.count(b"\r\n")
     if both or mixed_endings or head.connection_tokens() - {b"close", b"keep-alive"}:
         full = parse_response_head(raw)  # rare: headers named by Connection, bare-LF lines, both framings
         full.remove(*HOP_BY_HOP, *(head.connection_tokens() - FRAMING))
@@ -261,8 +296,19 @@ def forward_response_head(head: Head, connection: bytes | None) -> bytes:
         if connection:
             full.add(b"Connection", connection)
         return full.serialize()
-    if head.headers and not HOP_BY_HOP.isdisjoint(head._index or head._idx()):
-        raw = _HOP_LINE_RE.sub(b"", raw)
+    if head.headers and not HOP_BY_HOP.isdisjoint(index):
+        hops = (
+            len(head.headers)
+            - len(index.get(b"content-length", _NONE))
+            - len(index.get(b"transfer-encoding", _NONE))
+        )
+        at = raw.find(_KEEP_ALIVE_LINE) if hops == 1 and index.get(b"connection") == [b"keep-alive"] else -1
+        end = at + len(_KEEP_ALIVE_LINE)
+        if at >= 0 and raw[end : end + 2] == b"\r\n":
+            # the usual case, this one hop-by-hop line: cut it out (its CRLF starts the next line)
+            raw = raw[:at] + raw[end:]
+        else:
+            raw = _HOP_LINE_RE.sub(b"", raw)
     if connection:
         raw = raw[:-2] + b"Connection: " + connection + b"\r\n\r\n"
     return raw

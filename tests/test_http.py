@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from twisted.trial import unittest
 
@@ -117,6 +117,55 @@ class HeaderValueTests(unittest.TestCase):
         scanned = http.scan_response_head(b"HTTP/1.1 200 OK\r\n" + block + b"\r\n")
         interesting = {b"content-length", b"connection", b"te", b"keep-alive"}
         self.assertEqual(scanned.headers, [(n.lower(), v) for n, v in expected if n.lower() in interesting])
+
+
+_FWD_NAMES = st.sampled_from(
+    [b"Connection", b"connection", b"Keep-Alive", b"Upgrade", b"TE", b"Content-Length", b"X-A", b"Server"]
+)
+_FWD_VALUES = st.sampled_from([b"keep-alive", b"Keep-Alive", b"close", b"keep-alive, x-a", b"12", b"v"])
+
+
+class ForwardedResponseHeadTests(unittest.TestCase):
+    """What the relay passes on of a response head: every hop-by-hop header out, the rest intact."""
+
+    @settings(max_examples=400, deadline=None)
+    @given(
+        st.lists(st.tuples(_FWD_NAMES, _BLANKS, _FWD_VALUES, _BLANKS, st.booleans()), max_size=6),
+        st.sampled_from([None, b"close", b"keep-alive"]),
+    )
+    @example([(b"Server", b" ", b"v", b"", True), (b"Connection", b" ", b"keep-alive", b"  ", True)], None)
+    @example([(b"Connection", b" ", b"keep-alive", b"", True), (b"Upgrade", b" ", b"v", b"", True)], None)
+    @example(
+        [(b"Connection", b" ", b"keep-alive", b"", True), (b"Keep-Alive", b" ", b"12", b"", True)], b"close"
+    )
+    def test_hop_by_hop_headers_never_pass(self, lines, connection):
+        """Whatever the case, blanks and line ends (the fast cut of ``Connection: keep-alive``
+        included), the forwarded head holds exactly the end-to-end headers plus ours."""
+        block = b"".join(
+            n + b":" + lead + v + trail + (b"\r\n" if crlf else b"\n") for n, lead, v, trail, crlf in lines
+        )
+        raw = b"HTTP/1.1 200 OK\r\n" + block + b"\r\n"
+        try:
+            scanned = http.scan_response_head(raw)
+            http.response_framing(scanned, b"GET")
+        except http.HTTPError:
+            return  # e.g. conflicting lengths: refused before anything is forwarded
+        sent = reference_headers(block)
+        listed = {t.strip().lower() for n, v in sent if n.lower() == b"connection" for t in v.split(b",")}
+        drop = http.HOP_BY_HOP | (listed - http.FRAMING)
+        expected = [(n, v) for n, v in sent if n.lower() not in drop]
+        if connection:
+            expected.append((b"Connection", connection))
+        out = http.forward_response_head(scanned, connection)
+        self.assertEqual(http.parse_response_head(out).headers, expected)
+        self.assertNotIn(b"\r\n\r\n", out[:-4])  # one head, one blank line
+        # every line passed on is a line as sent, or its normalised form: nothing spliced together
+        lines_in = set(raw.replace(b"\r\n", b"\n").split(b"\n"))
+        lines_in |= {n + b": " + v for n, v in sent}
+        if connection:
+            lines_in.add(b"Connection: " + connection)
+        for line in out.replace(b"\r\n", b"\n").split(b"\n"):
+            self.assertIn(line, lines_in)
 
 
 def _framing_ok(headers: list[tuple[bytes, bytes]]) -> bool:
