@@ -76,6 +76,7 @@ class Head:
 
     def add(self, name: bytes, value: bytes) -> None:
         """Append a header."""
+        self.raw = b""  # no longer what was received
         self.headers.append((name, value))
         if self._index is not None:
             self._index.setdefault(name.lower(), []).append(value)
@@ -90,6 +91,7 @@ class Head:
         index = self._index or self._idx()
         if not drop.isdisjoint(index):
             self.headers = [(k, v) for k, v in self.headers if k.lower() not in drop]
+            self.raw = b""
         self.headers.extend(extra)
         self._index = None
         self._tokens = None
@@ -104,6 +106,25 @@ class Head:
                 tokens = frozenset(t.strip().lower() for value in values for t in value.split(b","))
             self._tokens = tokens
         return tokens
+
+    def serialize_with(self, extra: Sequence[tuple[bytes, bytes]] = ()) -> bytes:
+        """The head with ``extra`` headers appended, as bytes (``head`` itself is not changed).
+
+        A request head whose lines all ended in CRLF and whose headers were not changed since
+        it was parsed keeps its header lines as received; any other is serialized anew.
+        """
+        raw = self.raw
+        if self.crlf and raw:
+            lines = [b" ".join(self.start), b"\r\n", raw[raw.find(b"\n") + 1 : -2]]  # header lines with CRLFs
+            for name, value in extra:
+                lines += [name, b": ", value, b"\r\n"]
+            lines.append(b"\r\n")
+            return b"".join(lines)
+        lines = [b" ".join(self.start)]
+        lines.extend([k + b": " + v for k, v in self.headers])
+        lines.extend([k + b": " + v for k, v in extra])
+        lines.append(b"\r\n")
+        return b"\r\n".join(lines)
 
     def serialize(self) -> bytes:
         """The head as bytes, including the blank line that ends it."""
@@ -216,9 +237,17 @@ def parse_request(raw: bytes) -> tuple[Head, BodyFramer]:
         if version.startswith(b"HTTP/"):
             raise HTTPError(505, "only HTTP/1.0 and HTTP/1.1 are supported")
         raise HTTPError(400, "malformed HTTP version")
-    headers = _parse_headers(raw, pos)
+    # the common case first: every line ends in CRLF (then the head can be passed on as received)
+    crlf = (
+        raw[pos - 2 : pos] == b"\r\n"
+        and pos == len(line) + 2
+        and _CRLF_BLOCK_RE.fullmatch(raw, pos) is not None
+    )
+    if not crlf:
+        _check_block(raw, pos)
+    headers = _HEADER_RE.findall(raw, pos)
     index = _index_of(headers)
-    head = Head((method, target, version), headers, index)
+    head = Head((method, target, version), headers, index, raw if crlf else b"", crlf=crlf)
     if b"transfer-encoding" not in index and b"content-length" not in index:
         return head, BodyFramer(LENGTH, 0)  # the common case: no body
     return head, request_framing(head)  # framing is validated before anything is forwarded

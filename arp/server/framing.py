@@ -47,10 +47,23 @@ def _without_h2c(upgrade: bytes) -> bytes | None:
     return b", ".join(kept) if kept else None
 
 
-def rewrite_request_head(head: http.Head, peer: str, scheme: bytes) -> None:
-    """Rewrite a request head for the service, in place: hop-by-hop headers (and those the
-    ``Connection`` header lists), the token header and ``HTTP2-Settings`` out; the relay's
-    ``Connection``/``Upgrade`` and ``X-Forwarded-For/Proto/Host`` in."""
+def rewrite_request_head(head: http.Head, peer: str, scheme: bytes) -> bytes:
+    """The request head for the service, as bytes: hop-by-hop headers (and those the
+    ``Connection`` header lists), the token header and ``HTTP2-Settings`` out (of ``head`` too);
+    the relay's ``Connection``/``Upgrade`` and ``X-Forwarded-For/Proto/Host`` in (in ``head`` too,
+    unless nothing was taken out: then its header lines go on as received, and the added ones are
+    only in the bytes)."""
+    index = head._index if head._index is not None else head._idx()  # noqa: SLF001 - http's own pair
+    extra = []
+    if _REWRITTEN.isdisjoint(index):  # the common case: only X-Forwarded-* to add
+        if head.start[2] == b"HTTP/1.0":
+            extra.append((b"Connection", b"keep-alive"))
+        extra.append((b"X-Forwarded-For", peer.encode()))
+        extra.append((b"X-Forwarded-Proto", scheme))
+        host = index.get(b"host")
+        if host is not None:
+            extra.append((b"X-Forwarded-Host", host[-1]))
+        return head.serialize_with(extra)
     upgrade = head.get(b"upgrade")
     if upgrade is not None and b"h2c" in upgrade.lower():
         upgrade = _without_h2c(upgrade)
@@ -58,7 +71,6 @@ def rewrite_request_head(head: http.Head, peer: str, scheme: bytes) -> None:
     # a header the Connection header lists is for the previous hop only: never pass on its value
     forwarded_for = head.get(b"x-forwarded-for") if b"x-forwarded-for" not in listed else None
     host = head.get(b"host")
-    extra = []
     if upgrade is not None:
         extra += [(b"Connection", b"Upgrade"), (b"Upgrade", upgrade)]
     elif head.version == b"HTTP/1.0":
@@ -69,3 +81,4 @@ def rewrite_request_head(head: http.Head, peer: str, scheme: bytes) -> None:
     if host is not None:
         extra.append((b"X-Forwarded-Host", host))
     head.replace(_REWRITTEN | listed if listed else _REWRITTEN, extra)
+    return head.serialize()

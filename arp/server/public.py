@@ -306,9 +306,10 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         record = decision
         self._record = record
         record.open_connections += 1
-        rewrite_request_head(head, self._peer, self.factory.scheme)  # hop-by-hop out, X-Forwarded-* in
+        self._head_bytes = rewrite_request_head(
+            head, self._peer, self.factory.scheme
+        )  # hop-by-hop out, X-Forwarded-* in
         self._head = head
-        self._head_bytes = head.serialize()
         self._resp = S_NONE
         self._retries = 0
         record.requests += 1
