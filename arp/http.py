@@ -102,7 +102,9 @@ class Head:
         if tokens is None:
             values = self.get_all(b"connection")
             tokens = _EMPTY
-            if values:
+            if len(values) == 1 and b"," not in values[0]:  # the usual single token
+                tokens = frozenset((values[0].strip().lower(),))
+            elif values:
                 tokens = frozenset(t.strip().lower() for value in values for t in value.split(b","))
             self._tokens = tokens
         return tokens
@@ -384,6 +386,12 @@ def response_framing(head: Head, request_method: bytes) -> BodyFramer:
     status = head.status
     if request_method == b"HEAD" or status < 200 or status in (204, 304):
         return BodyFramer(LENGTH, 0)
+    index = head._index if head._index is not None else head._idx()
+    lengths = index.get(b"content-length")
+    if b"transfer-encoding" not in index and lengths is not None and len(lengths) == 1:
+        text = lengths[0]
+        if text.isdigit() and len(text) <= 18:  # the usual case: one plain Content-Length
+            return BodyFramer(LENGTH, int(text))
     try:
         if _is_chunked(head):
             return BodyFramer(CHUNKED)
