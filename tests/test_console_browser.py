@@ -318,6 +318,45 @@ class ConsoleBrowserTests(browser.BrowserTestCase):
         self.assertFalse(process_running(run["pid"]))
         self.assertFalse(process_running(run["child"]))
 
+    async def test_known_project_never_lands_in_a_field_the_user_is_in(self):
+        """The New form fills the project field with a known project once the list loads, but
+        not while the user is in the (empty) field: what they type stays exactly what they typed.
+        The list is held back until the field has focus (the tap-then-type of a slow phone, and
+        Playwright's fill: focus, then insert), which doubled the path before."""
+        url = await self._setup()
+        project = str(self.ws.project)
+        origin = self.origin
+
+        def drive(page):
+            held = []
+            known = f'#known-projects option[value="{project}"]'
+            page.goto(url)
+            page.locator("#projects .row").first.wait_for()
+            page.route(re.compile(r".*/api/claude/projects$"), lambda route: held.append(route))
+            with page.expect_request(re.compile(r".*/api/claude/projects$")):
+                page.goto(f"{origin}/#/new")
+            field = page.locator("#project")
+            field.focus()  # the user is in the empty field...
+            for _ in range(100):  # the route's event follows the request's; a round trip or two
+                if held:
+                    break
+                page.evaluate("0")
+            held[0].continue_()  # ...when the known projects arrive
+            page.locator(known).wait_for(state="attached")  # the prefill was decided in that step
+            page.keyboard.insert_text(project)
+            typed = field.input_value()
+            # not in the field: the first known project is offered as before
+            page.unroute(re.compile(r".*/api/claude/projects$"))
+            page.locator("a[data-nav=projects]").click()
+            page.locator("#projects .row").first.wait_for()
+            page.locator("a[data-nav=new]").click()
+            page.locator(known).wait_for(state="attached")
+            return typed, field.input_value()
+
+        typed, offered = await run_in_browser(drive)
+        self.assertEqual(typed, project)
+        self.assertEqual(offered, project)
+
     async def test_failures_are_shown_in_words(self):
         """Bad input (an empty prompt), a missing agent CLI (naming the flag to set), and an
         offline client (the relay's 503) each appear as a sentence on the page."""
