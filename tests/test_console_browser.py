@@ -293,6 +293,12 @@ class ConsoleBrowserTests(browser.BrowserTestCase):
             page.on("dialog", lambda dialog: dialog.accept())
             page.goto(url)
             start_live_session(page, project, "LONG run from a phone", 15)
+            # the first socket has dropped and the second has brought news (on a loaded machine the
+            # page's first load can already show 15 answers while the first socket is still live)
+            page.wait_for_function(
+                "() => { const s = window.arpConsoleStream; return s.connections === 2 && s.ws !== null"
+                " && s.lastSeq > +new URL(s.ws.url).searchParams.get('since'); }"
+            )
             # the phone's network comes back (or it wakes up): the console starts over from since=
             page.evaluate("window.dispatchEvent(new Event('online'))")
             page.wait_for_function("() => document.querySelectorAll('#events .msg.assistant').length >= 25")
@@ -317,6 +323,69 @@ class ConsoleBrowserTests(browser.BrowserTestCase):
         run = self.ws.recorded_for("LONG run from a phone")[0]
         self.assertFalse(process_running(run["pid"]))
         self.assertFalse(process_running(run["child"]))
+
+    async def test_network_back_while_asking_why_leaves_one_live_socket(self):
+        """A phone whose network is down cannot open the stream; the console asks the API why and
+        that request hangs. The network comes back ('online'): the console connects at once and is
+        live. When the hanging request finally fails, the console stays live on that one socket:
+        no second socket beside it, no "retrying" over "live" (time runs on a fake clock, so the
+        retry timer the request's end might leave behind is sure to have fired)."""
+        url = await self._setup()
+        project = str(self.ws.project)
+        asking = re.compile(r".*/api/sessions/[^/?]+\?since=\d+$")
+
+        def drive(page):
+            urls: list[str] = []
+            held = []
+
+            def route(ws):
+                urls.append(ws.url)
+                if len(urls) == 1:
+                    ws.close(code=4000, reason="no network")  # before it ever opened
+                else:
+                    ws.connect_to_server()
+
+            page.clock.install()
+            # fetch settling (then api()'s and retry()'s continuations) in one microtask checkpoint
+            page.add_init_script(
+                "window.__fetchFailed = 0; const realFetch = window.fetch;"
+                "window.fetch = (...a) => realFetch(...a).catch((e) => { window.__fetchFailed++; throw e; });"
+            )
+            page.route_web_socket(re.compile(r".*/stream\?.*"), route)
+            page.route(asking, lambda route: held.append(route))
+            page.on("dialog", lambda dialog: dialog.accept())
+            page.goto(url)
+            page.locator("#projects .row").first.wait_for()
+            page.locator("a[data-nav=new]").click()
+            page.locator("#project").fill(project)
+            page.locator("#prompt").fill("LONG run on a train")
+            with page.expect_request(asking):  # the stream could not connect: the console asks why
+                page.locator("#start").click()
+            for _ in range(100):  # the route's event follows the request's; a round trip or two
+                if held:
+                    break
+                page.evaluate("0")
+            page.evaluate("window.dispatchEvent(new Event('online'))")
+            page.locator("#conn[data-state=live]").wait_for()
+            held[0].abort("internetdisconnected")  # the question finally fails
+            page.wait_for_function("() => window.__fetchFailed === 1")
+            page.clock.run_for(60000)  # past every reconnect delay
+            after = page.evaluate(
+                "() => ({connections: window.arpConsoleStream.connections,"
+                " state: document.querySelector('#conn').dataset.state,"
+                " text: document.querySelector('#conn').textContent})"
+            )
+            page.wait_for_function("() => document.querySelectorAll('#events .msg.assistant').length >= 3")
+            page.locator("#cancel").click()
+            page.locator('#events .note.end[data-status="cancelled"]').wait_for()
+            return urls, after, ticks_in(page)
+
+        urls, after, ticks = await run_in_browser(drive, viewport=PHONE)
+        self.assertEqual(after, {"connections": 2, "state": "live", "text": "● live"})
+        self.assertEqual(len(urls), 2, urls)
+        self.assertEqual(ticks, list(range(len(ticks))))
+        run = self.ws.recorded_for("LONG run on a train")[0]
+        self.assertFalse(process_running(run["pid"]))
 
     async def test_known_project_never_lands_in_a_field_the_user_is_in(self):
         """The New form fills the project field with a known project once the list loads, but
