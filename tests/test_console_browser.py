@@ -325,47 +325,45 @@ class ConsoleBrowserTests(browser.BrowserTestCase):
         self.assertFalse(process_running(run["child"]))
 
     async def test_network_back_while_asking_why_leaves_one_live_socket(self):
-        """A phone whose network is down cannot open the stream; the console asks the API why and
-        that request hangs. The network comes back ('online'): the console connects at once and is
-        live. When the hanging request finally fails, the console stays live on that one socket:
-        no second socket beside it, no "retrying" over "live" (time runs on a fake clock, so the
-        retry timer the request's end might leave behind is sure to have fired)."""
+        """A phone on a train: the stream drops in a tunnel, the reconnect cannot connect, and the
+        console asks the API why; that request hangs. Out of the tunnel the browser says 'online':
+        the console connects at once and is live. When the hanging request finally fails, the
+        console stays live on that one socket: no second socket beside it, no "retrying" over
+        "live" (the page runs on a fake clock, moved past every reconnect delay at the end)."""
         url = await self._setup()
         project = str(self.ws.project)
         asking = re.compile(r".*/api/sessions/[^/?]+\?since=\d+$")
 
         def drive(page):
             urls: list[str] = []
+            sockets = []
             held = []
 
             def route(ws):
                 urls.append(ws.url)
-                if len(urls) == 1:
-                    ws.close(code=4000, reason="no network")  # before it ever opened
-                else:
-                    ws.connect_to_server()
+                sockets.append(ws)
+                ws.connect_to_server()
 
             page.clock.install()
-            # fetch settling (then api()'s and retry()'s continuations) in one microtask checkpoint
+            # a failed fetch, then api()'s and retry()'s continuations, all in one microtask checkpoint
             page.add_init_script(
                 "window.__fetchFailed = 0; const realFetch = window.fetch;"
                 "window.fetch = (...a) => realFetch(...a).catch((e) => { window.__fetchFailed++; throw e; });"
             )
             page.route_web_socket(re.compile(r".*/stream\?.*"), route)
-            page.route(asking, lambda route: held.append(route))
             page.on("dialog", lambda dialog: dialog.accept())
             page.goto(url)
-            page.locator("#projects .row").first.wait_for()
-            page.locator("a[data-nav=new]").click()
-            page.locator("#project").fill(project)
-            page.locator("#prompt").fill("LONG run on a train")
-            with page.expect_request(asking):  # the stream could not connect: the console asks why
-                page.locator("#start").click()
+            start_live_session(page, project, "LONG run on a train", 1)
+            page.route(asking, lambda route: held.append(route))
+            page.context.set_offline(True)  # into the tunnel
+            sockets[0].close(code=4000, reason="network dropped")
+            with page.expect_request(asking):  # the reconnect could not connect: it asks the API why
+                page.clock.run_for(1000)  # past the first reconnect delay
             for _ in range(100):  # the route's event follows the request's; a round trip or two
                 if held:
                     break
                 page.evaluate("0")
-            page.evaluate("window.dispatchEvent(new Event('online'))")
+            page.context.set_offline(False)  # out of the tunnel: the browser fires 'online'
             page.locator("#conn[data-state=live]").wait_for()
             held[0].abort("internetdisconnected")  # the question finally fails
             page.wait_for_function("() => window.__fetchFailed === 1")
@@ -375,14 +373,16 @@ class ConsoleBrowserTests(browser.BrowserTestCase):
                 " state: document.querySelector('#conn').dataset.state,"
                 " text: document.querySelector('#conn').textContent})"
             )
+            page.unroute(asking)
             page.wait_for_function("() => document.querySelectorAll('#events .msg.assistant').length >= 3")
             page.locator("#cancel").click()
             page.locator('#events .note.end[data-status="cancelled"]').wait_for()
             return urls, after, ticks_in(page)
 
         urls, after, ticks = await run_in_browser(drive, viewport=PHONE)
-        self.assertEqual(after, {"connections": 2, "state": "live", "text": "● live"})
-        self.assertEqual(len(urls), 2, urls)
+        # the first socket, the one that could not connect, the one the 'online' kick opened
+        self.assertEqual(after, {"connections": 3, "state": "live", "text": "● live"})
+        self.assertEqual(len(urls), 3, urls)
         self.assertEqual(ticks, list(range(len(ticks))))
         run = self.ws.recorded_for("LONG run on a train")[0]
         self.assertFalse(process_running(run["pid"]))
