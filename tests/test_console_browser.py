@@ -57,7 +57,8 @@ def run_in_browser(drive, *args, **kw):
         try:
             return drive(page, *a)
         except Exception:
-            name = getattr(drive, "__qualname__", "drive").split(".")[0]
+            # the test's own name (Class.test_x), so one test's failure does not overwrite another's
+            name = getattr(drive, "__qualname__", "drive").split(".<locals>")[0]
             page.screenshot(path=os.path.join(browser.screenshot_dir(), f"FAILED-{name}.png"))
             with open(os.path.join(browser.screenshot_dir(), f"FAILED-{name}.log"), "w") as f:
                 f.write(page.url + "\n" + "\n".join(logs) + "\n" + page.content())
