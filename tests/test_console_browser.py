@@ -57,7 +57,8 @@ def run_in_browser(drive, *args, **kw):
         try:
             return drive(page, *a)
         except Exception:
-            name = getattr(drive, "__qualname__", "drive").split(".")[0]
+            # the test's own name (Class.test_x), so one test's failure does not overwrite another's
+            name = getattr(drive, "__qualname__", "drive").split(".<locals>")[0]
             page.screenshot(path=os.path.join(browser.screenshot_dir(), f"FAILED-{name}.png"))
             with open(os.path.join(browser.screenshot_dir(), f"FAILED-{name}.log"), "w") as f:
                 f.write(page.url + "\n" + "\n".join(logs) + "\n" + page.content())
@@ -293,6 +294,12 @@ class ConsoleBrowserTests(browser.BrowserTestCase):
             page.on("dialog", lambda dialog: dialog.accept())
             page.goto(url)
             start_live_session(page, project, "LONG run from a phone", 15)
+            # the first socket has dropped and the second has brought news (on a loaded machine the
+            # page's first load can already show 15 answers while the first socket is still live)
+            page.wait_for_function(
+                "() => { const s = window.arpConsoleStream; return s.connections === 2 && s.ws !== null"
+                " && s.lastSeq > +new URL(s.ws.url).searchParams.get('since'); }"
+            )
             # the phone's network comes back (or it wakes up): the console starts over from since=
             page.evaluate("window.dispatchEvent(new Event('online'))")
             page.wait_for_function("() => document.querySelectorAll('#events .msg.assistant').length >= 25")
@@ -317,6 +324,108 @@ class ConsoleBrowserTests(browser.BrowserTestCase):
         run = self.ws.recorded_for("LONG run from a phone")[0]
         self.assertFalse(process_running(run["pid"]))
         self.assertFalse(process_running(run["child"]))
+
+    async def test_network_back_while_asking_why_leaves_one_live_socket(self):
+        """A phone on a train: the stream drops in a tunnel, the reconnect cannot connect, and the
+        console asks the API why; that request hangs. Out of the tunnel the browser says 'online':
+        the console connects at once and is live. When the hanging request finally fails, the
+        console stays live on that one socket: no second socket beside it, no "retrying" over
+        "live" (the page runs on a fake clock, moved past every reconnect delay at the end)."""
+        url = await self._setup()
+        project = str(self.ws.project)
+        asking = re.compile(r".*/api/sessions/[^/?]+\?since=\d+$")
+
+        def drive(page):
+            urls: list[str] = []
+            sockets = []
+            held = []
+
+            def route(ws):
+                urls.append(ws.url)
+                sockets.append(ws)
+                ws.connect_to_server()
+
+            page.clock.install()
+            # a failed fetch, then api()'s and retry()'s continuations, all in one microtask checkpoint
+            page.add_init_script(
+                "window.__fetchFailed = 0; const realFetch = window.fetch;"
+                "window.fetch = (...a) => realFetch(...a).catch((e) => { window.__fetchFailed++; throw e; });"
+            )
+            page.route_web_socket(re.compile(r".*/stream\?.*"), route)
+            page.on("dialog", lambda dialog: dialog.accept())
+            page.goto(url)
+            start_live_session(page, project, "LONG run on a train", 1)
+            page.route(asking, lambda route: held.append(route))
+            page.context.set_offline(True)  # into the tunnel
+            sockets[0].close(code=4000, reason="network dropped")
+            with page.expect_request(asking):  # the reconnect could not connect: it asks the API why
+                page.clock.run_for(1000)  # past the first reconnect delay
+            for _ in range(100):  # the route's event follows the request's; a round trip or two
+                if held:
+                    break
+                page.evaluate("0")
+            page.context.set_offline(False)  # out of the tunnel: the browser fires 'online'
+            page.locator("#conn[data-state=live]").wait_for()
+            held[0].abort("internetdisconnected")  # the question finally fails
+            page.wait_for_function("() => window.__fetchFailed === 1")
+            page.clock.run_for(60000)  # past every reconnect delay
+            after = page.evaluate(
+                "() => ({connections: window.arpConsoleStream.connections,"
+                " state: document.querySelector('#conn').dataset.state,"
+                " text: document.querySelector('#conn').textContent})"
+            )
+            page.unroute(asking)
+            page.wait_for_function("() => document.querySelectorAll('#events .msg.assistant').length >= 3")
+            page.locator("#cancel").click()
+            page.locator('#events .note.end[data-status="cancelled"]').wait_for()
+            return urls, after, ticks_in(page)
+
+        urls, after, ticks = await run_in_browser(drive, viewport=PHONE)
+        # the first socket, the one that could not connect, the one the 'online' kick opened
+        self.assertEqual(after, {"connections": 3, "state": "live", "text": "● live"})
+        self.assertEqual(len(urls), 3, urls)
+        self.assertEqual(ticks, list(range(len(ticks))))
+        run = self.ws.recorded_for("LONG run on a train")[0]
+        self.assertFalse(process_running(run["pid"]))
+
+    async def test_known_project_never_lands_in_a_field_the_user_is_in(self):
+        """The New form fills the project field with a known project once the list loads, but
+        not while the user is in the (empty) field: what they type stays exactly what they typed.
+        The list is held back until the field has focus (the tap-then-type of a slow phone, and
+        Playwright's fill: focus, then insert), which doubled the path before."""
+        url = await self._setup()
+        project = str(self.ws.project)
+        origin = self.origin
+
+        def drive(page):
+            held = []
+            known = f'#known-projects option[value="{project}"]'
+            page.goto(url)
+            page.locator("#projects .row").first.wait_for()
+            page.route(re.compile(r".*/api/claude/projects$"), lambda route: held.append(route))
+            with page.expect_request(re.compile(r".*/api/claude/projects$")):
+                page.goto(f"{origin}/#/new")
+            field = page.locator("#project")
+            field.focus()  # the user is in the empty field...
+            for _ in range(100):  # the route's event follows the request's; a round trip or two
+                if held:
+                    break
+                page.evaluate("0")
+            held[0].continue_()  # ...when the known projects arrive
+            page.locator(known).wait_for(state="attached")  # the prefill was decided in that step
+            page.keyboard.insert_text(project)
+            typed = field.input_value()
+            # not in the field: the first known project is offered as before
+            page.unroute(re.compile(r".*/api/claude/projects$"))
+            page.locator("a[data-nav=projects]").click()
+            page.locator("#projects .row").first.wait_for()
+            page.locator("a[data-nav=new]").click()
+            page.locator(known).wait_for(state="attached")
+            return typed, field.input_value()
+
+        typed, offered = await run_in_browser(drive)
+        self.assertEqual(typed, project)
+        self.assertEqual(offered, project)
 
     async def test_failures_are_shown_in_words(self):
         """Bad input (an empty prompt), a missing agent CLI (naming the flag to set), and an

@@ -543,7 +543,9 @@ async function newView(query) {
   projects.replaceChildren(...[...known].map((p) => h("option", { value: p })));
   const failed = [claude, mine].find((r) => r.status === "rejected");
   if (failed && !box.textContent) box.textContent = `Could not load the known projects. ${failed.reason.message}`;
-  if (!project.value && known.size) project.value = [...known][0];
+  // offer the first known project, but never under the user's caret: a user (or a test's fill)
+  // already in the empty field would get it in front of what they type next
+  if (!project.value && known.size && document.activeElement !== project) project.value = [...known][0];
 }
 
 // -- access -----------------------------------------------------------------------------------

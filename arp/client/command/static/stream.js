@@ -28,6 +28,7 @@ export class SessionStream {
     this.ws = null;
     this.attempt = 0;
     this.timer = null;
+    this.retrying = null; // the retry() in progress; a connect() supersedes it
     this.stopped = false;
     this.ended = false;
     this.connections = 0;
@@ -48,6 +49,7 @@ export class SessionStream {
   connect() {
     clearTimeout(this.timer);
     this.timer = null;
+    this.retrying = null;
     if (this.stopped || this.ended) return;
     const url = wsUrl(`api/sessions/${encodeURIComponent(this.id)}/stream?since=${this.lastSeq}`);
     const ws = new WebSocket(url);
@@ -56,11 +58,13 @@ export class SessionStream {
     this.onState(this.attempt ? "reconnecting" : "connecting", "");
     let opened = false;
     ws.onopen = () => {
+      if (this.ws !== ws) return;
       opened = true;
       this.attempt = 0;
       this.onState("live", "");
     };
     ws.onmessage = (message) => {
+      if (this.ws !== ws) return;
       let event;
       try {
         event = JSON.parse(message.data);
@@ -91,23 +95,29 @@ export class SessionStream {
   }
 
   async retry(why) {
+    const turn = {};
+    this.retrying = turn;
     const delay = DELAYS[Math.min(this.attempt, DELAYS.length - 1)];
     this.attempt += 1;
     this.onState("reconnecting", `${why}; reconnecting in ${Math.round(delay / 100) / 10} s…`);
+    let problem = null;
     if (this.attempt > 1 || why === "could not connect") {
       // ask the API why, in words (client offline, session deleted...)
       try {
         await api(`api/sessions/${encodeURIComponent(this.id)}?since=${this.lastSeq}`);
       } catch (e) {
-        if (e.status === 404) {
-          this.onState("gone", e.message);
-          this.dispose();
-          return;
-        }
-        this.onState("reconnecting", `${e.message} — retrying in ${Math.round(delay / 100) / 10} s…`);
+        problem = e;
       }
     }
-    if (this.stopped) return;
+    // a kick (network back, page visible again) may have connected while we asked: that socket
+    // owns the stream now; a timer from here would open a second one beside it
+    if (this.stopped || this.retrying !== turn) return;
+    if (problem && problem.status === 404) {
+      this.onState("gone", problem.message);
+      this.dispose();
+      return;
+    }
+    if (problem) this.onState("reconnecting", `${problem.message} — retrying in ${Math.round(delay / 100) / 10} s…`);
     this.timer = setTimeout(() => this.connect(), delay);
   }
 
