@@ -52,9 +52,10 @@ class Head:
     start: tuple[bytes, bytes, bytes]
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     _index: dict[bytes, list[bytes]] | None = field(default=None, repr=False, compare=False)
-    raw: bytes = field(default=b"", repr=False, compare=False)  # as received (scanned heads only)
+    raw: bytes = field(default=b"", repr=False, compare=False)  # as received (scanned and CRLF request heads)
     _tokens: frozenset[bytes] | None = field(default=None, repr=False, compare=False)
-    crlf: bool = field(default=False, repr=False, compare=False)  # scanned: every line ends in CRLF
+    #: every line of ``raw`` ends in CRLF and ``headers`` are still its lines (not changed since)
+    crlf: bool = field(default=False, repr=False, compare=False)
 
     def _idx(self) -> dict[bytes, list[bytes]]:
         index = self._index
@@ -76,7 +77,7 @@ class Head:
 
     def add(self, name: bytes, value: bytes) -> None:
         """Append a header."""
-        self.raw = b""  # no longer what was received
+        self.crlf = False  # the headers are no longer the lines received
         self.headers.append((name, value))
         if self._index is not None:
             self._index.setdefault(name.lower(), []).append(value)
@@ -91,7 +92,7 @@ class Head:
         index = self._index or self._idx()
         if not drop.isdisjoint(index):
             self.headers = [(k, v) for k, v in self.headers if k.lower() not in drop]
-            self.raw = b""
+            self.crlf = False
         self.headers.extend(extra)
         self._index = None
         self._tokens = None
