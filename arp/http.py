@@ -60,11 +60,12 @@ class Head:
     def _idx(self) -> dict[bytes, list[bytes]]:
         index = self._index
         if index is None:
-            index = {}
-            for key, val in self.headers:
-                index.setdefault(key.lower(), []).append(val)
-            self._index = index
+            index = self._index = _index_of(self.headers)
         return index
+
+    def has_any(self, names: frozenset[bytes]) -> bool:
+        """Whether a header named in ``names`` (lower case) is present."""
+        return not names.isdisjoint(self._idx())
 
     def get(self, name: bytes) -> bytes | None:
         """The last value of header ``name`` (lower case), or None."""
@@ -89,8 +90,7 @@ class Head:
 
     def replace(self, drop: frozenset[bytes], extra: list[tuple[bytes, bytes]]) -> None:
         """Drop every header named in ``drop`` (lower case) and append ``extra``, in one pass."""
-        index = self._index or self._idx()
-        if not drop.isdisjoint(index):
+        if self.has_any(drop):
             self.headers = [(k, v) for k, v in self.headers if k.lower() not in drop]
             self.crlf = False
         self.headers.extend(extra)
@@ -114,7 +114,8 @@ class Head:
         """The head with ``extra`` headers appended, as bytes (``head`` itself is not changed).
 
         A request head whose lines all ended in CRLF and whose headers were not changed since
-        it was parsed keeps its header lines as received; any other is serialized anew.
+        it was parsed keeps its header lines as received; any other is written anew by
+        :meth:`serialize`.
         """
         raw = self.raw
         if self.crlf and raw:
@@ -123,16 +124,14 @@ class Head:
                 lines += [name, b": ", value, b"\r\n"]
             lines.append(b"\r\n")
             return b"".join(lines)
+        return self.serialize(extra)
+
+    def serialize(self, extra: Sequence[tuple[bytes, bytes]] = ()) -> bytes:
+        """The head, with ``extra`` headers appended, as bytes written anew (``name: value``
+        lines), including the blank line that ends it."""
         lines = [b" ".join(self.start)]
         lines.extend([k + b": " + v for k, v in self.headers])
         lines.extend([k + b": " + v for k, v in extra])
-        lines.append(b"\r\n")
-        return b"\r\n".join(lines)
-
-    def serialize(self) -> bytes:
-        """The head as bytes, including the blank line that ends it."""
-        lines = [b" ".join(self.start)]
-        lines.extend([k + b": " + v for k, v in self.headers])
         lines.append(b"\r\n")
         return b"\r\n".join(lines)
 
@@ -201,6 +200,16 @@ def _check_block(raw: bytes, pos: int) -> None:
     raise HTTPError(400, "malformed header line")
 
 
+def _check_head(raw: bytes, line: bytes, pos: int) -> bool:
+    """Validate the header block at ``pos`` (raising with the precise reason) after start line
+    ``line``; whether the whole head is CRLF-only, with nothing before its start line (the common
+    case, checked first with the stricter expression)."""
+    if pos == len(line) + 2 and raw[pos - 2 : pos] == b"\r\n" and _CRLF_BLOCK_RE.fullmatch(raw, pos):
+        return True
+    _check_block(raw, pos)
+    return False
+
+
 def _parse_headers(raw: bytes, pos: int) -> list[tuple[bytes, bytes]]:
     """Validate the header block at ``pos`` with one regular expression, then split it with another."""
     _check_block(raw, pos)
@@ -240,19 +249,9 @@ def parse_request(raw: bytes) -> tuple[Head, BodyFramer]:
         if version.startswith(b"HTTP/"):
             raise HTTPError(505, "only HTTP/1.0 and HTTP/1.1 are supported")
         raise HTTPError(400, "malformed HTTP version")
-    # the common case first: every line ends in CRLF (then the head can be passed on as received)
-    crlf = (
-        raw[pos - 2 : pos] == b"\r\n"
-        and pos == len(line) + 2
-        and _CRLF_BLOCK_RE.fullmatch(raw, pos) is not None
-    )
-    if not crlf:
-        _check_block(raw, pos)
+    crlf = _check_head(raw, line, pos)  # a CRLF-only head can be passed on as received
     headers = _HEADER_RE.findall(raw, pos)
-    index = _index_of(headers)
-    head = Head((method, target, version), headers, index, raw if crlf else b"", crlf=crlf)
-    if b"transfer-encoding" not in index and b"content-length" not in index:
-        return head, BodyFramer(LENGTH, 0)  # the common case: no body
+    head = Head((method, target, version), headers, _index_of(headers), raw if crlf else b"", crlf=crlf)
     return head, request_framing(head)  # framing is validated before anything is forwarded
 
 
@@ -289,9 +288,7 @@ def _response_head(raw: bytes, full: bool) -> Head:
         if full:
             headers = _parse_headers(raw, pos)
         else:
-            crlf = raw[pos - 2 : pos] == b"\r\n" and _CRLF_BLOCK_RE.fullmatch(raw, pos) is not None
-            if not crlf:
-                _check_block(raw, pos)
+            crlf = _check_head(raw, line, pos)
     except HTTPError as e:
         raise HTTPError(502, "backend sent a " + e.message)
     version, _, rest = line.partition(b" ")
@@ -300,23 +297,14 @@ def _response_head(raw: bytes, full: bool) -> Head:
         raise HTTPError(502, "malformed response status line")
     if full:
         return Head((version, status, reason), headers)
-    index: dict[bytes, list[bytes]] = {}
-    headers = []
-    for name, value in _INTEREST_RE.findall(raw):
-        name = name.lower()
-        headers.append((name, value))
-        values = index.get(name)
-        if values is None:
-            index[name] = [value]
-        else:
-            values.append(value)
-    return Head((version, status, reason), headers, index, raw, crlf=crlf)
+    headers = [(name.lower(), value) for name, value in _INTEREST_RE.findall(raw)]
+    return Head((version, status, reason), headers, _index_of(headers), raw, crlf=crlf)
 
 
 def forward_response_head(head: Head, connection: bytes | None) -> bytes:
     """A scanned response head for the next hop: hop-by-hop headers out, our Connection in."""
     raw = head.raw
-    index = head._index if head._index is not None else head._idx()
+    index = head._idx()
     # chunked wins over a Content-Length (RFC 9112 6.3); the length must not travel on
     both = b"transfer-encoding" in index and b"content-length" in index
     mixed_endings = not head.crlf and raw.count(b"\n") != raw.count(b"\r\n")
@@ -371,6 +359,8 @@ def _is_chunked(head: Head) -> bool | None:
 
 def request_framing(head: Head) -> BodyFramer:
     """How the body of request ``head`` is framed."""
+    if not head.has_any(FRAMING):
+        return BodyFramer(LENGTH, 0)  # the common case: no body
     chunked = _is_chunked(head)
     length = _content_length(head)
     if chunked:
@@ -387,7 +377,7 @@ def response_framing(head: Head, request_method: bytes) -> BodyFramer:
     status = head.status
     if request_method == b"HEAD" or status < 200 or status in (204, 304):
         return BodyFramer(LENGTH, 0)
-    index = head._index if head._index is not None else head._idx()
+    index = head._idx()
     lengths = index.get(b"content-length")
     if b"transfer-encoding" not in index and lengths is not None and len(lengths) == 1:
         text = lengths[0]

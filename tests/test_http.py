@@ -169,6 +169,14 @@ class ForwardedResponseHeadTests(unittest.TestCase):
             self.assertIn(line, lines_in)
 
 
+    def test_a_blank_line_before_the_status_line_is_not_passed_on(self):
+        """A response that starts with a stray bare LF (tolerated before the status line) is
+        forwarded written anew, all CRLF: its raw lines are not CRLF-only."""
+        raw = b"\nHTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n"
+        out = http.forward_response_head(http.scan_response_head(raw), None)
+        self.assertEqual(out, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+
+
 def _framing_ok(headers: list[tuple[bytes, bytes]]) -> bool:
     """Whether a request with these headers has valid framing (the parser checks it too)."""
     lengths = {v.strip() for n, v in headers if n.lower() == b"content-length" for v in v.split(b",")}

@@ -49,36 +49,40 @@ def _without_h2c(upgrade: bytes) -> bytes | None:
 
 def rewrite_request_head(head: http.Head, peer: str, scheme: bytes) -> bytes:
     """The request head for the service, as bytes: hop-by-hop headers (and those the
-    ``Connection`` header lists), the token header and ``HTTP2-Settings`` out (of ``head`` too);
-    the relay's ``Connection``/``Upgrade`` and ``X-Forwarded-For/Proto/Host`` in (in ``head`` too,
-    unless nothing was taken out: then its header lines go on as received, and the added ones are
-    only in the bytes)."""
-    index = head._index if head._index is not None else head._idx()  # noqa: SLF001 - http's own pair
-    extra = []
-    if _REWRITTEN.isdisjoint(index):  # the common case: only X-Forwarded-* to add
-        if head.start[2] == b"HTTP/1.0":
-            extra.append((b"Connection", b"keep-alive"))
-        extra.append((b"X-Forwarded-For", peer.encode()))
-        extra.append((b"X-Forwarded-Proto", scheme))
-        host = index.get(b"host")
-        if host is not None:
-            extra.append((b"X-Forwarded-Host", host[-1]))
-        return head.serialize_with(extra)
+    ``Connection`` header lists), the token header and ``HTTP2-Settings`` out; the relay's
+    ``Connection``/``Upgrade`` and ``X-Forwarded-For/Proto/Host`` in.  When something is taken
+    out, ``head`` is changed to match; otherwise (the common case) it is left as received and
+    its header lines go on as they came, followed by the added ones."""
+    if not head.has_any(_REWRITTEN):  # nothing to take out (so no Upgrade, no X-Forwarded-For)
+        extra = [(b"Connection", b"keep-alive")] if head.version == b"HTTP/1.0" else []
+        return head.serialize_with(_with_forwarded(extra, head, peer.encode(), scheme))
     upgrade = head.get(b"upgrade")
     if upgrade is not None and b"h2c" in upgrade.lower():
         upgrade = _without_h2c(upgrade)
     listed = head.connection_tokens() - _NOT_LISTED
     # a header the Connection header lists is for the previous hop only: never pass on its value
     forwarded_for = head.get(b"x-forwarded-for") if b"x-forwarded-for" not in listed else None
-    host = head.get(b"host")
+    extra = []
     if upgrade is not None:
         extra += [(b"Connection", b"Upgrade"), (b"Upgrade", upgrade)]
     elif head.version == b"HTTP/1.0":
         extra.append((b"Connection", b"keep-alive"))
     peer_bytes = peer.encode()
-    extra.append((b"X-Forwarded-For", forwarded_for + b", " + peer_bytes if forwarded_for else peer_bytes))
+    if forwarded_for:
+        peer_bytes = forwarded_for + b", " + peer_bytes
+    head.replace(
+        _REWRITTEN | listed if listed else _REWRITTEN, _with_forwarded(extra, head, peer_bytes, scheme)
+    )
+    return head.serialize()
+
+
+def _with_forwarded(
+    extra: list[tuple[bytes, bytes]], head: http.Head, forwarded_for: bytes, scheme: bytes
+) -> list[tuple[bytes, bytes]]:
+    """``extra`` with the ``X-Forwarded-For/Proto/Host`` headers appended."""
+    extra.append((b"X-Forwarded-For", forwarded_for))
     extra.append((b"X-Forwarded-Proto", scheme))
+    host = head.get(b"host")
     if host is not None:
         extra.append((b"X-Forwarded-Host", host))
-    head.replace(_REWRITTEN | listed if listed else _REWRITTEN, extra)
-    return head.serialize()
+    return extra
