@@ -308,6 +308,21 @@ class RelayBehaviourTests(unittest.TestCase):
         self.assertEqual(response.code, 200)
         self.assertEqual(json.loads(body)["headers"]["x-forwarded-proto"], ["https"])
 
+    async def _tcp_service_through_relay(self, service: type) -> int:
+        """A loopback TCP service speaking ``service``, published by ``arpc --tcp`` through an arps
+        with one dedicated port; that port, once arps listens on it."""
+        backend = reactor.listenTCP(0, protocol.Factory.forProtocol(service), interface="127.0.0.1")
+        self.addCleanup(backend.stopListening)
+        tcp_port = free_port()
+        relay = await start_arps(
+            self, "--tcp-ports", f"{tcp_port}-{tcp_port}", "--tcp-interface", "127.0.0.1"
+        )
+        arpc = await start_arpc(self, relay, "--tcp", local_port=backend.getHost().port, wait=False)
+        match = await arpc.wait_for(r"Public address: tcp://127\.0\.0\.1:(\d+)")
+        self.assertEqual(int(match.group(1)), tcp_port)
+        await wait_until(lambda: f"listening on 127.0.0.1:{tcp_port}" in relay.proc.output)
+        return tcp_port
+
     async def test_raw_tcp_service(self):
         """arpc --tcp gets a dedicated public port; a server-speaks-first protocol works, EOF too."""
 
@@ -327,16 +342,7 @@ class RelayBehaviourTests(unittest.TestCase):
             def writeConnectionLost(self):
                 pass
 
-        backend = reactor.listenTCP(0, protocol.Factory.forProtocol(Greeter), interface="127.0.0.1")
-        self.addCleanup(backend.stopListening)
-        tcp_port = free_port()
-        relay = await start_arps(
-            self, "--tcp-ports", f"{tcp_port}-{tcp_port}", "--tcp-interface", "127.0.0.1"
-        )
-        arpc = await start_arpc(self, relay, "--tcp", local_port=backend.getHost().port, wait=False)
-        match = await arpc.wait_for(r"Public address: tcp://127\.0\.0\.1:(\d+)")
-        self.assertEqual(int(match.group(1)), tcp_port)
-        await wait_until(lambda: f"listening on 127.0.0.1:{tcp_port}" in relay.proc.output)
+        tcp_port = await self._tcp_service_through_relay(Greeter)
 
         class Client(protocol.Protocol):
             def __init__(self):
@@ -384,15 +390,7 @@ class RelayBehaviourTests(unittest.TestCase):
             def writeConnectionLost(self):
                 pass
 
-        backend = reactor.listenTCP(0, protocol.Factory.forProtocol(CountThenAnswer), interface="127.0.0.1")
-        self.addCleanup(backend.stopListening)
-        tcp_port = free_port()
-        relay = await start_arps(
-            self, "--tcp-ports", f"{tcp_port}-{tcp_port}", "--tcp-interface", "127.0.0.1"
-        )
-        arpc = await start_arpc(self, relay, "--tcp", local_port=backend.getHost().port, wait=False)
-        await arpc.wait_for(r"Public address: tcp://127\.0\.0\.1:(\d+)")
-        await wait_until(lambda: f"listening on 127.0.0.1:{tcp_port}" in relay.proc.output)
+        tcp_port = await self._tcp_service_through_relay(CountThenAnswer)
         payload = b"q" * 100_000
         data = await raw_exchange(tcp_port, payload, timeout=20, half_close=True)
         self.assertTrue(data.startswith(b"got 100000\n"), data[:40])
