@@ -12,7 +12,7 @@ from typing import Any
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import defer, reactor
-from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 
 from tests.helpers import HTTPClient, Relay, TwistdProcess, start_arpc, wait_until
 
@@ -131,7 +131,7 @@ class Api:
     the access token, if given, as ``Authorization: Bearer``."""
 
     def __init__(self, test, relay: Relay, token: str, access: str | None = None) -> None:
-        self.client = HTTPClient(test)
+        self.client = HTTPClient(test, ca=relay.tls["ca"] if relay.tls else None)
         self.relay = relay
         self.token = token
         self.access = access
@@ -215,12 +215,15 @@ async def open_stream(
 ) -> StreamClient:
     """Open the session's WebSocket through the relay (``access`` as a Bearer header); wait until open."""
     query = f"token={token}" + (f"&since={since}" if since is not None else "")
-    url = f"ws://127.0.0.1:{relay.ports['public']}/api/sessions/{session_id}/stream?{query}"
+    scheme = "wss" if relay.tls else "ws"
+    url = f"{scheme}://127.0.0.1:{relay.ports['public']}/api/sessions/{session_id}/stream?{query}"
     headers = {"Authorization": f"Bearer {access}"} if access else None
     factory = WebSocketClientFactory(url, headers=headers)
     factory.protocol = StreamClient
     factory.setProtocolOptions(openHandshakeTimeout=10, closeHandshakeTimeout=2)
     endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", relay.ports["public"])
+    if relay.tls:
+        endpoint = wrapClientTLS(relay.client_tls(), endpoint)
     proto: StreamClient = await endpoint.connect(factory)
 
     def cleanup() -> defer.Deferred | None:

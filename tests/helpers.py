@@ -144,15 +144,28 @@ class TwistdProcess(protocol.ProcessProtocol):
 
 
 class Relay:
-    """A running arps with the ports it listens on."""
+    """A running arps with the ports it listens on.
 
-    def __init__(self, proc: TwistdProcess, ports: dict[str, int]) -> None:
+    ``tls`` holds the certificate paths (:func:`tests.certs.make_ca_and_cert`) of a relay with TLS
+    on every hop (control, proxy and public ports), or None for a plain one.
+    """
+
+    def __init__(self, proc: TwistdProcess, ports: dict[str, int], tls: dict[str, str] | None = None) -> None:
         self.proc = proc
         self.ports = ports
+        self.tls = tls
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
 
     @property
     def public(self) -> str:
-        return f"http://127.0.0.1:{self.ports['public']}"
+        return f"{self.scheme}://127.0.0.1:{self.ports['public']}"
+
+    def client_tls(self):
+        """Twisted's client TLS options trusting the test CA (None for a plain relay)."""
+        return client_tls(self.tls["ca"]) if self.tls else None
 
     @property
     def admin(self) -> str:
@@ -189,19 +202,65 @@ def spawn_arps(
     return proc
 
 
+def client_tls(ca: str, host: str = "127.0.0.1"):
+    """Client TLS options that trust only the CA certificate in the PEM file ``ca``."""
+    from twisted.internet import ssl
+
+    with open(ca, "rb") as f:
+        authority = ssl.Certificate.loadPEM(f.read())
+    return ssl.optionsForClientTLS(host, trustRoot=authority)
+
+
 async def start_arps(
-    test, *extra: str, data_dir: str | None = None, ports: dict | None = None, auth_key: str = AUTH_KEY
+    test,
+    *extra: str,
+    data_dir: str | None = None,
+    ports: dict | None = None,
+    auth_key: str = AUTH_KEY,
+    tls: bool | dict[str, str] = False,
 ) -> Relay:
-    """Start arps on loopback (free ports unless ``ports`` given) and wait until it listens."""
+    """Start arps on loopback (free ports unless ``ports`` given) and wait until it listens.
+
+    ``tls``: TLS on the control, proxy and public ports, with a CA and certificate made here
+    (or the paths given), as the README's TLS recipe deploys it.
+    """
     ports = ports or {"control": 0, "proxy": 0, "public": 0}
     names = ("control", "proxy", "public", "admin")
     endpoints = {name: f"tcp:{ports.get(name, 0)}:interface=127.0.0.1" for name in names}
+    paths = None
+    if tls:
+        from tests.certs import make_ca_and_cert
+
+        paths = tls if isinstance(tls, dict) else make_ca_and_cert(test.mktemp())
+        keys = f"privateKey={paths['key']}:certKey={paths['cert']}"
+        for name in ("control", "proxy", "public"):
+            endpoints[name] = f"ssl:{ports.get(name, 0)}:interface=127.0.0.1:{keys}"
     proc = spawn_arps(test, *extra, data_dir=data_dir, auth_key=auth_key, **endpoints)
     found = {}
     for name in ("control", "proxy", "public", "admin"):
         match = await proc.wait_for(rf"{name} listening on \S+:(\d+)")
         found[name] = int(match.group(1))
-    return Relay(proc, found)
+    return Relay(proc, found, paths)
+
+
+def arpc_relay_args(relay: Relay) -> list[str]:
+    """The arpc options that reach ``relay`` (``tls:`` endpoints trusting its CA when it has TLS)."""
+    if relay.tls:
+        trust = f"trustRoots={relay.tls['ca_dir']}"
+        return [
+            "--control-endpoint",
+            f"tls:localhost:{relay.ports['control']}:{trust}",
+            "--proxy-endpoint",
+            f"tls:localhost:{relay.ports['proxy']}:{trust}",
+        ]
+    return [
+        "--server-addr",
+        "127.0.0.1",
+        "--control-port",
+        str(relay.ports["control"]),
+        "--proxy-port",
+        str(relay.ports["proxy"]),
+    ]
 
 
 async def start_arpc(
@@ -215,17 +274,7 @@ async def start_arpc(
     env: dict[str, str] | None = None,
 ) -> TwistdProcess:
     """Start arpc against ``relay``; wait for its Public URL line unless ``wait`` is false."""
-    args = [
-        "arpc",
-        "--server-addr",
-        "127.0.0.1",
-        "--control-port",
-        str(relay.ports["control"]),
-        "--proxy-port",
-        str(relay.ports["proxy"]),
-        "--data-dir",
-        data_dir or test.mktemp(),
-    ]
+    args = ["arpc", *arpc_relay_args(relay), "--data-dir", data_dir or test.mktemp()]
     if auth_key:
         args += ["--auth-key", auth_key]
     if local_port is not None:
@@ -393,10 +442,19 @@ def listen_backend(test, site=None) -> int:
 class HTTPClient:
     """Twisted's Agent with a pool that is closed at cleanup."""
 
-    def __init__(self, test, persistent: bool = True) -> None:
+    def __init__(self, test, persistent: bool = True, ca: str | None = None) -> None:
         self.pool = HTTPConnectionPool(reactor, persistent=persistent)
         self.pool.maxPersistentPerHost = 50
-        self.agent = Agent(reactor, pool=self.pool)
+        if ca is None:
+            self.agent = Agent(reactor, pool=self.pool)
+        else:
+            from twisted.internet import ssl
+            from twisted.web.client import BrowserLikePolicyForHTTPS
+
+            with open(ca, "rb") as f:
+                authority = ssl.Certificate.loadPEM(f.read())
+            policy = BrowserLikePolicyForHTTPS(trustRoot=authority)
+            self.agent = Agent(reactor, contextFactory=policy, pool=self.pool)
         test.addCleanup(self.pool.closeCachedConnections)
 
     async def request(self, method: str, url: str, headers: dict | None = None, body=None):
@@ -433,13 +491,18 @@ class RawResponse(protocol.Protocol):
         self.done.callback(self.data)
 
 
-async def raw_exchange(port: int, payload: bytes, timeout: float = 15.0, half_close: bool = False) -> bytes:
+async def raw_exchange(
+    port: int, payload: bytes, timeout: float = 15.0, half_close: bool = False, tls=None
+) -> bytes:
     """Send ``payload`` on a new connection (then EOF if ``half_close``) and return everything
-    read until the server closes."""
-    from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+    read until the server closes; over TLS with the client options ``tls``, if given."""
+    from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrapClientTLS
 
     proto = RawResponse(payload, half_close=half_close)
-    await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), proto)
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port)
+    if tls is not None:
+        endpoint = wrapClientTLS(tls, endpoint)
+    await connectProtocol(endpoint, proto)
     timer = reactor.callLater(timeout, proto.transport.abortConnection)
     data = await proto.done
     if timer.active():

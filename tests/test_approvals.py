@@ -52,10 +52,11 @@ class ApprovalTests(unittest.TestCase):
     """The agent asks, a remote client answers through the relay."""
 
     timeout = 90
+    tls = False  # the subclass below runs every test with TLS on every hop
 
     async def _setup(self, *extra: str) -> Api:
         self.ws = Workspace(self)
-        self.relay = await start_arps(self)
+        self.relay = await start_arps(self, tls=self.tls)
         self.arpc = await start_command_arpc(
             self, self.relay, self.ws, "--permission-mode", "default",
             "--max-permission-mode", "bypassPermissions",
@@ -398,3 +399,9 @@ class ApprovalTests(unittest.TestCase):
         )
         print(f"\napproval latency through arps on loopback over {len(taps)} runs: {report}")
         self.assertTrue(taps)
+
+
+class ApprovalOverTLSTests(ApprovalTests):
+    """The same with TLS on every hop (control, proxy and public ports)."""
+
+    tls = True

@@ -29,10 +29,11 @@ class CommandModeTests(unittest.TestCase):
     """A remote client drives agents on the private machine through arps + arpc."""
 
     timeout = 60
+    tls = False  # the subclass below runs every test with TLS on every hop
 
     async def _setup(self, *extra: str, **kw) -> Api:
         self.ws = Workspace(self)
-        self.relay = await start_arps(self)
+        self.relay = await start_arps(self, tls=self.tls)
         self.arpc = await start_command_arpc(self, self.relay, self.ws, *extra, **kw)
         self.api = Api(self, self.relay, self.arpc.token, self.arpc.access)
         return self.api
@@ -211,7 +212,7 @@ class CommandModeTests(unittest.TestCase):
         write_codex_history(ws_holder.codex)
         write_gemini_history(ws_holder.gemini)
         self.ws = ws_holder
-        self.relay = await start_arps(self)
+        self.relay = await start_arps(self, tls=self.tls)
         self.arpc = await start_command_arpc(self, self.relay, self.ws, "--history-anywhere")
         api = Api(self, self.relay, self.arpc.token, self.arpc.access)
         code, body = await api.get("/api/claude/projects")
@@ -310,6 +311,7 @@ class CommandModeTests(unittest.TestCase):
             self.relay.ports["public"],
             f"OPTIONS /api/sessions?token={api.token} HTTP/1.1\r\nHost: x\r\nOrigin: https://console.example\r\n"
             "Access-Control-Request-Method: POST\r\nConnection: close\r\n\r\n".encode(),
+            tls=self.relay.client_tls(),
         )
         self.assertEqual(status_of(raw), 204)
         self.assertIn(b"Access-Control-Allow-Origin: https://console.example", raw)
@@ -317,6 +319,15 @@ class CommandModeTests(unittest.TestCase):
             self.relay.ports["public"],
             f"OPTIONS /api/sessions?token={api.token} HTTP/1.1\r\nHost: x\r\nOrigin: https://other.example\r\n"
             "Access-Control-Request-Method: POST\r\nConnection: close\r\n\r\n".encode(),
+            tls=self.relay.client_tls(),
         )
         self.assertEqual(status_of(raw), 403)
         self.assertNotIn(b"Access-Control-Allow-Origin", raw)
+
+
+class CommandModeOverTLSTests(CommandModeTests):
+    """The same, with TLS on every hop as the README's TLS recipe deploys it: arpc reaches the
+    control and proxy ports with ``tls:`` endpoints, clients use https and wss on the public port.
+    The command-mode site is served over a TLS tunnel, which is not a TLS transport to it."""
+
+    tls = True

@@ -467,6 +467,20 @@ class SiteTunnelTests(unittest.TestCase):
 
     async def test_websocket_upgrade_swaps_wrapped_protocol(self):
         """After a WebSocket upgrade the tunnel wraps Autobahn's protocol and still sees connectionLost."""
+        await self._upgrade(StringTransport())
+
+    async def test_websocket_upgrade_over_a_tls_tunnel(self):
+        """A tunnel carried by TLS is a plain byte stream to the channel above it: the upgrade
+        works (Autobahn asked a TLS-looking tunnel for a channel id it cannot give, issue #19)."""
+        from twisted.internet.interfaces import ISSLTransport
+        from zope.interface import directlyProvides
+
+        transport = StringTransport()
+        directlyProvides(transport, ISSLTransport)
+        tunnel = await self._upgrade(transport)
+        self.assertFalse(ISSLTransport.providedBy(tunnel))
+
+    async def _upgrade(self, transport: StringTransport) -> SiteTunnel:
         ws = Workspace(self)
         store = SessionStore(Path(ws.data))
         sid = "d" * 32
@@ -493,7 +507,6 @@ class SiteTunnelTests(unittest.TestCase):
         site, owner = _site(manager, ws)
         tunnels: set = set()
         tunnel = SiteTunnel(b"H\n", site, tunnels)
-        transport = StringTransport()
         tunnel.makeConnection(transport)
         transport.clear()
         tunnel.dataReceived(
@@ -510,6 +523,7 @@ class SiteTunnelTests(unittest.TestCase):
         self.assertIsNone(closing.transport.wrappedProtocol)  # the tunnel let go of it
         # Autobahn's timers run on txaio's batched timer: let its pending bucket fire
         await wait_until(lambda: not any("_BatchedTimer" in repr(c) for c in reactor.getDelayedCalls()), 5)
+        return tunnel
 
 
 class SlowViewerTests(unittest.TestCase):

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IProtocol
+from twisted.internet.interfaces import IConsumer, IProtocol, IPushProducer, ITransport
 from twisted.internet.protocol import Protocol
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from twisted.web.server import Site
-from zope.interface import directlyProvides, providedBy
+from zope.interface import implementer
 
 from arp.splice import tune
 
 
+@implementer(ITransport, IConsumer, IPushProducer)
 class SiteTunnel(ProtocolWrapper):
     """A tunnel to arps whose traffic is handed straight to a :class:`Site`.
 
@@ -20,6 +21,13 @@ class SiteTunnel(ProtocolWrapper):
     timeout starts at ``makeConnection``), and then stays for as many
     keep-alive requests as the relay sends.  Autobahn's ``WebSocketResource``
     replaces ``wrappedProtocol`` on an upgrade; our ``connectionLost`` still runs.
+
+    To the HTTP channel this is a plain byte stream, whatever carries the tunnel: it provides
+    the transport interfaces above and nothing of the connection under it.  Copying the
+    tunnel's own interfaces would make a TLS tunnel look like a TLS connection from the
+    browser (``ISSLTransport``), and Autobahn would then ask it for a TLS channel id that
+    belongs to the arpc-arps hop (issue #19).  Whether the browser used https is what the
+    relay's ``X-Forwarded-Proto`` says.
     """
 
     def __init__(self, header: bytes, site: Site, tunnels: set) -> None:
@@ -51,7 +59,6 @@ class SiteTunnel(ProtocolWrapper):
             if self.wrappedProtocol is None:
                 self.transport.abortConnection()
                 return
-            directlyProvides(self, providedBy(self.transport))
             self.wrappedProtocol.makeConnection(self)
         self.wrappedProtocol.dataReceived(data)
 
