@@ -14,7 +14,15 @@ from twisted.internet import defer, reactor
 from twisted.trial import unittest
 from twisted.web import resource, server
 
-from tests.command_helpers import Api, Workspace, fake, open_stream, start_command_arpc, wait_events
+from tests.command_helpers import (
+    Api,
+    Workspace,
+    fake,
+    open_stream,
+    process_running,
+    start_command_arpc,
+    wait_events,
+)
 from tests.helpers import start_arps, wait_until
 
 FINAL = ("completed", "failed", "cancelled", "interrupted")
@@ -268,6 +276,33 @@ class ApprovalTests(unittest.TestCase):
         self.assertEqual(code, 202, body)
         await api.wait_status(sid, FINAL)
         self.assertEqual(self.ws.recorded_for("again")[0]["resume"], session["agentSessionId"])
+
+    async def test_acp_turn_ends_on_the_prompt_result(self):
+        """An ACP agent keeps running after its stdin closes (as claude-code-acp and codex-acp
+        do): the turn ends on the ``session/prompt`` result -- the final ``status`` event with the
+        turn's number, the stream ends, the ``--max-sessions`` slot is free, a follow-up is
+        accepted -- and the process is stopped."""
+        api = await self._setup("--max-sessions", "1")
+        code, session = await api.post("/api/sessions", self._new("plain acp", "Helper"))
+        self.assertEqual(code, 201, session)
+        sid = session["id"]
+        stream = await open_stream(self, self.relay, api.token, sid, access=api.access)
+        await stream.closed  # the stream ends with the turn
+        [status] = [e for e in stream.events if e["kind"] == "status"]
+        self.assertEqual((status["status"], status["turn"]), ("completed", 1), stream.events)
+        done = await api.wait_status(sid, FINAL)
+        self.assertEqual(done["output"], "Acpagent says: plain acp")
+        [run] = self.ws.recorded_for("plain acp")
+        await wait_until(lambda: not process_running(run["pid"]), timeout=20)
+        code, body = await api.post(f"/api/sessions/{sid}/messages", {"prompt": "plain again"})
+        self.assertEqual(code, 202, body)
+        done = await api.wait_status(sid, FINAL)
+        self.assertEqual(done["status"], "completed", done)
+        self.assertEqual([t["status"] for t in done["turns"]], ["completed", "completed"])
+        [status] = [e for e in done["events"] if e["kind"] == "status" and e["turn"] == 2]
+        self.assertEqual(status["status"], "completed")
+        [run] = self.ws.recorded_for("plain again")
+        await wait_until(lambda: not process_running(run["pid"]), timeout=20)
 
     async def test_timeout_withdraw_death_and_cancel(self):
         """No answer within --approval-timeout: denied with a message the model sees, ``expired``;

@@ -163,6 +163,7 @@ class FakeHost:
         self.withdrawn: list[str] = []
         self.ids: list[Any] = []
         self.failures: list[str] = []
+        self.turns_over: list[bool] = []
 
     def ask(self, **fields: Any) -> str:
         self.asked.append(fields)
@@ -176,6 +177,9 @@ class FakeHost:
 
     def note_failure(self, message: str) -> None:
         self.failures.append(message)
+
+    def turn_over(self, exits: bool) -> None:
+        self.turns_over.append(exits)
 
 
 class FakeWriter:
@@ -260,6 +264,7 @@ class ChannelTests(unittest.TestCase):
         self.assertFalse(writer.closed)
         self.assertFalse(channel.handle({"type": "result", "subtype": "success"}))
         self.assertTrue(writer.closed)
+        self.assertEqual(host.turns_over, [True])  # Claude exits by itself
 
     def test_codex(self):
         """initialize, initialized, thread/start with the policy for the mode (thread/resume for a
@@ -370,6 +375,7 @@ class ChannelTests(unittest.TestCase):
         channel.handle({"jsonrpc": "2.0", "id": 3, "error": {"code": -32000, "message": "quota"}})
         self.assertEqual(host.failures, ["quota"])
         self.assertTrue(writer.closed)
+        self.assertEqual(host.turns_over, [False])  # an ACP agent does not: the session stops it
         resumed, host, writer = self._channel(AcpChannel, resume="s0")
         resumed.handle({"jsonrpc": "2.0", "id": 1, "result": {}})
         self.assertEqual(

@@ -16,10 +16,12 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 from twisted.web.server import Site
 
+from arp.client.command import sessions as sessions_module
 from arp.client.command.access import AccessStore
 from arp.client.command.executors import (
     EXECUTORS,
     UnsafeSessionId,
+    acp_agent,
     digest,
     executor_named,
     permission_mode,
@@ -670,6 +672,26 @@ class ManagerTests(unittest.TestCase):
         self.assertEqual(e.exception.status, 409)
         await manager.cancel(running)
         self.assertEqual(running.status, "cancelled")
+
+    async def test_turn_end_stops_an_agent_that_stays(self):
+        """An ACP agent ends its turn on the prompt result and is stopped a moment later; a Claude
+        that hangs after its result is terminated after the timeout and the turn still counts as
+        completed."""
+        self.patch(sessions_module, "TURN_EXIT_TIMEOUT", 0.3)
+        ws = Workspace(self)
+        helper = acp_agent(f"Helper={fake('acpagent')} --stdio")
+        manager = self._manager(ws, acp_agents=[helper])
+        session = manager.create({"executor": "Helper", "prompt": "stay", "projectPath": str(ws.project)})
+        await wait_until(lambda: not session.running, timeout=15)
+        self.assertEqual((session.status, session.record["exitCode"]), ("completed", None))
+        self.assertEqual(session.events()[-1]["kind"], "status")
+        [run] = ws.recorded_for("stay")
+        self.assertIsNone(session.process)
+        await wait_until(lambda: not process_running(run["pid"]) and not manager.retiring, timeout=10)
+        session = manager.create({"executor": "Claude", "prompt": "LINGER", "projectPath": str(ws.project)})
+        await wait_until(lambda: not session.running, timeout=15)
+        self.assertEqual(session.status, "completed", session.record)
+        self.assertFalse(process_running(ws.recorded_for("LINGER")[0]["pid"]))
 
     async def test_cancel_escalates_to_sigkill(self):
         """An agent and child that ignore SIGINT and SIGTERM are still ended, by SIGKILL to the group."""

@@ -170,15 +170,28 @@ def rpc(obj):
     emit({"jsonrpc": "2.0", **obj})
 
 
-def acp_main(name, argv):
-    """An ACP agent on stdio: initialize, session/new|load, session/prompt, asking on markers."""
+LINGER = 300  # seconds an ACP fake keeps running after its stdin closed (a leak ends by itself)
+
+
+def linger():
+    """What claude-code-acp and codex-acp do when their stdin closes: nothing -- they keep
+    running until a signal ends them (reference/approvals.md §5)."""
+    deadline = time.monotonic() + LINGER
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+    return 0
+
+
+def acp_main(name, argv, exit_at_eof=True):
+    """An ACP agent on stdio: initialize, session/new|load, session/prompt, asking on markers.
+    Without ``exit_at_eof`` it keeps running after its stdin closes, like the real adapters."""
     told = []
     pending_id = [1000]
     sid = resume = None
     while True:
         msg = read_json()
         if msg is None:
-            return 0
+            return 0 if exit_at_eof else linger()
         method, rid, params = msg.get("method"), msg.get("id"), msg.get("params") or {}
         if method == "initialize":
             rpc({"id": rid, "result": {"protocolVersion": 1, "agentCapabilities": {"loadSession": True}}})

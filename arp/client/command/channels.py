@@ -8,8 +8,10 @@
 
 A channel writes the prompt, reads every parsed stdout line first (:meth:`Channel.handle` returns
 True for protocol plumbing, which does not become a session event), turns requests into approvals
-through its :class:`Host` (the session), and closes the agent's stdin when the turn is over, which
-ends the process.  Facts: ``reference/approvals.md``.
+through its :class:`Host` (the session), and closes the agent's stdin when the turn is over.
+Claude and Codex then exit; ACP agents do not (reference/approvals.md §5), so for them the turn
+ends on the ``session/prompt`` result and the session stops the process.  Facts:
+``reference/approvals.md``.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ class Host(Protocol):
 
     def note_failure(self, message: str) -> None: ...
 
+    def turn_over(self, exits: bool) -> None: ...
+
 
 class Writer(Protocol):
     """The agent's stdin."""
@@ -55,6 +59,9 @@ def _line(obj: dict[str, Any]) -> bytes:
 class Channel:
     """The part all protocols share: a host, the agent's stdin, the turn's prompt."""
 
+    #: Whether the agent exits by itself once its stdin is closed after a turn.
+    exits_at_eof = True
+
     def __init__(self, host: Host, process: Writer, prompt: str, resume: str | None, options: dict) -> None:
         self.host = host
         self.process = process
@@ -68,10 +75,12 @@ class Channel:
         self.process.write(_line(obj))
 
     def finish(self) -> None:
-        """The turn is over: close stdin so that the agent exits."""
+        """The turn is over: close stdin and tell the host (which ends the turn, and the agent
+        if it does not exit by itself)."""
         if not self.done:
             self.done = True
             self.process.close_stdin()
+            self.host.turn_over(self.exits_at_eof)
 
     def start(self) -> None:
         """Send the prompt (and whatever must come before it)."""
@@ -336,7 +345,10 @@ class CodexChannel(JsonRpcChannel):
 
 
 class AcpChannel(JsonRpcChannel):
-    """The Agent Client Protocol: initialize, session/new (or load), session/prompt."""
+    """The Agent Client Protocol: initialize, session/new (or load), session/prompt; the turn ends
+    with the ``session/prompt`` result (the agent keeps running after stdin closes)."""
+
+    exits_at_eof = False
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)

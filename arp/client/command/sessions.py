@@ -40,6 +40,10 @@ MAX_PROMPT = 100_000  # characters
 STDERR_KEEP = 64 * 1024  # stderr bytes recorded per turn; the rest is drained and counted
 STDERR_TAIL = 2000
 FINAL = ("completed", "failed", "cancelled", "interrupted")
+#: Seconds an agent has to exit after its turn ended and its stdin was closed; then it is
+#: terminated (SIGINT, then SIGTERM and SIGKILL ``--grace`` apart).  ACP agents never exit by
+#: themselves (reference/approvals.md §5), Claude and Codex do, unless they hang.
+TURN_EXIT_TIMEOUT = 3.0
 
 
 class ApiError(Exception):
@@ -89,6 +93,8 @@ class Session:
         self.channel: Channel | None = None
         self.pending: dict[str, Pending] = {}  # by approval id
         self.allowed_tools: set[str] = set()  # allowed "for this session"
+        self._exit_timer: Any = None
+        self._stopped_after_turn = False
 
     @property
     def id(self) -> str:
@@ -189,6 +195,38 @@ class Session:
         """The channel saw the turn fail."""
         self._failed = True
         self._error = message[:2000]
+
+    def turn_over(self, exits: bool) -> None:
+        """The channel saw the turn end and closed the agent's stdin.
+
+        An agent that ``exits`` by itself (Claude, Codex) ends the turn when it exits; if it is
+        still there after :data:`TURN_EXIT_TIMEOUT` seconds it is terminated.  One that does not
+        (an ACP agent) ends the turn now: the final ``status`` event, the session no longer
+        ``running``, and the process is stopped in the background (:meth:`SessionManager.retire`).
+        """
+        process = self.process
+        if process is None or not self.running:
+            return
+        if exits:
+            if self._exit_timer is None:
+                reactor = self.manager.reactor
+                self._exit_timer = reactor.callLater(TURN_EXIT_TIMEOUT, self._overdue, process)  # type: ignore[attr-defined]
+            return
+        self.process = None
+        self.channel = None
+        self.manager.retire(process)
+        self._turn_ended(None, None, exited=False)
+
+    def _overdue(self, process: AgentProcess) -> None:
+        self._exit_timer = None
+        if process is self.process and not process.ended:
+            self.manager.log.warn(
+                "session {id}: the agent did not exit {n:g} s after its turn; stopping it",
+                id=self.id,
+                n=TURN_EXIT_TIMEOUT,
+            )
+            self._stopped_after_turn = True
+            process.terminate(self.manager.grace)
 
     def ask(self, *, key: str, reply: Any, sessionScope: bool = False, **fields: Any) -> str:
         """The agent asks: record an approval, show it to viewers, start its timeout."""
@@ -363,13 +401,14 @@ class Session:
         record["error"] = None
         record["updatedAt"] = now_iso()
         self.cancelling = False
+        self._stopped_after_turn = False
         self._failed = False
         self._error = None
         self._stderr_kept = self._stderr_dropped = 0
         self._stderr_tail = b""
         mode = "interactive" if interactive else "oneshot"
         self.emit("turn", prompt=prompt, resume=resume, argv=argv[1:], by=by, mode=mode)
-        process = AgentProcess(manager.reactor, self._line, self._stderr, self._ended)
+        process = AgentProcess(manager.reactor, self._line, self._stderr, self._exited)
         env = executor.environment(manager.environ)
         try:
             process.spawn(manager.reactor, argv, env, record["projectPath"], keep_stdin=interactive)
@@ -422,17 +461,25 @@ class Session:
         self._stderr_dropped += len(data) - len(kept)
         self.emit("stderr", text=strip_ansi(kept.decode("utf-8", "replace")))
 
-    def _ended(self, code: int | None, sig: int | None) -> None:
+    def _exited(self, code: int | None, sig: int | None) -> None:
+        if self._exit_timer is not None and self._exit_timer.active():
+            self._exit_timer.cancel()
+        self._exit_timer = None
         self.process = None
         self.channel = None
-        self.cancel_approvals("the agent ended", tell_agent=False)
+        self._turn_ended(code, sig, exited=not self._stopped_after_turn)
+
+    def _turn_ended(self, code: int | None, sig: int | None, exited: bool) -> None:
+        """Record the turn's end: ``exited`` if the agent's exit ended it (its exit code counts),
+        else its channel said the turn was over."""
+        self.cancel_approvals("the agent ended" if exited else "the turn ended", tell_agent=False)
         if self._stderr_dropped:
             self.emit("stderr", text=f"[{self._stderr_dropped} more bytes of stderr not recorded]")
         if self.cancelling:
             status, why = "cancelled", "cancelled by request"
         elif self.manager.stopping:
             status, why = "interrupted", "arpc stopped while the agent was running"
-        elif code != 0 or self._failed:
+        elif self._failed or (exited and code != 0):
             status = "failed"
             tail = self._stderr_tail.decode("utf-8", "replace").strip()
             why = self._error or (tail.splitlines()[-1] if tail else None)
@@ -502,6 +549,7 @@ class SessionManager(Service):
         self.grace = grace
         self.environ = dict(os.environ if environ is None else environ)
         self.sessions: dict[str, Session] = {}
+        self.retiring: set[AgentProcess] = set()  # agents of finished turns, being stopped
         self.stopping = False
         self._load()
 
@@ -777,6 +825,26 @@ class SessionManager(Service):
         d.addCallback(lambda _: session)
         return d
 
+    def retire(self, process: AgentProcess) -> None:
+        """Stop the agent of a turn that is over (its stdin is closed already): what it prints
+        now is dropped; unless it exits within :data:`TURN_EXIT_TIMEOUT` seconds it is terminated."""
+        self.retiring.add(process)
+
+        def stop() -> None:
+            if not process.ended:
+                process.terminate(self.grace)
+
+        call = self.reactor.callLater(TURN_EXIT_TIMEOUT, stop)  # type: ignore[attr-defined]
+
+        def ended(code: int | None, sig: int | None) -> None:
+            self.retiring.discard(process)
+            if call.active():
+                call.cancel()
+
+        process.on_line = lambda line: None
+        process.on_stderr = lambda data: None
+        process.on_end = ended
+
     def delete(self, session: Session) -> None:
         """Forget a finished session (the agent's own history files are left alone)."""
         if session.running:
@@ -791,7 +859,8 @@ class SessionManager(Service):
         """Stop every running agent (recorded as interrupted) before arpc exits."""
         super().stopService()
         self.stopping = True
-        waits = [s.process.terminate(min(self.grace, 1.0)) for s in self.sessions.values() if s.process]
+        processes = [s.process for s in self.sessions.values() if s.process] + list(self.retiring)
+        waits = [p.terminate(min(self.grace, 1.0)) for p in processes]
         d = DeferredList(waits)
         d.addBoth(lambda _: self.store.close())
         return d
