@@ -304,6 +304,30 @@ class ApprovalTests(unittest.TestCase):
         [run] = self.ws.recorded_for("plain again")
         await wait_until(lambda: not process_running(run["pid"]), timeout=20)
 
+    async def test_codex_modes(self):
+        """Every permission mode starts a Codex thread with a policy codex-cli accepts (``auto``
+        is ``on-request``: ``on-failure`` is refused, as the fake refuses it too)."""
+        api = await self._setup()
+        policies = {}
+        for mode in ("plan", "default", "acceptEdits", "auto", "bypassPermissions"):
+            body = self._new(f"plain {mode}", "Codex", permissionMode=mode)
+            code, session = await api.post("/api/sessions", body)
+            self.assertEqual(code, 201, session)
+            done = await api.wait_status(session["id"], FINAL)
+            self.assertEqual(done["status"], "completed", done)
+            [run] = self.ws.recorded_for(f"plain {mode}")
+            policies[mode] = (run["params"]["approvalPolicy"], run["params"]["sandbox"])
+        self.assertEqual(
+            policies,
+            {
+                "plan": ("untrusted", "read-only"),
+                "default": ("untrusted", "workspace-write"),
+                "acceptEdits": ("on-request", "workspace-write"),
+                "auto": ("on-request", "workspace-write"),
+                "bypassPermissions": ("never", "danger-full-access"),
+            },
+        )
+
     async def test_timeout_withdraw_death_and_cancel(self):
         """No answer within --approval-timeout: denied with a message the model sees, ``expired``;
         a withdrawn request and an agent dying while asking: ``cancelled``; cancelling the session

@@ -24,7 +24,7 @@ from arp.client.command.approvals import (
     claude_summary,
     unified_diff,
 )
-from arp.client.command.channels import AcpChannel, ClaudeChannel, CodexChannel, acp_summary
+from arp.client.command.channels import CODEX_POLICY, AcpChannel, ClaudeChannel, CodexChannel, acp_summary
 from arp.client.command.executors import EXECUTORS, acp_agent, digest
 from arp.client.command.notify import Webhook, check_url, is_ntfy, ntfy_message
 from arp.client.tap import Options
@@ -323,6 +323,9 @@ class ChannelTests(unittest.TestCase):
         )
         self.assertEqual(host.failures, ["boom"])
         self.assertTrue(writer.closed)
+        self.assertEqual(  # codex-cli no longer takes on-failure
+            {policy for policy, _ in CODEX_POLICY.values()}, {"untrusted", "on-request", "never"}
+        )
         resumed, _, writer = self._channel(CodexChannel, rank=4, resume="t0")
         resumed.handle({"id": 1, "result": {}})
         self.assertEqual(writer.lines[2]["method"], "thread/resume")

@@ -248,12 +248,13 @@ class JsonRpcChannel(Channel):
         """See a notification (it also becomes a session event)."""
 
 
-#: Claude permission rank -> Codex (approvalPolicy, sandbox): the lower modes ask.
+#: Claude permission rank -> Codex (approvalPolicy, sandbox): the lower modes ask.  Codex takes
+#: ``untrusted | on-request | granular | never`` (``on-failure`` is gone: reference/approvals.md §5).
 CODEX_POLICY = {
     0: ("untrusted", "read-only"),
     1: ("untrusted", "workspace-write"),
     2: ("on-request", "workspace-write"),
-    3: ("on-failure", "workspace-write"),
+    3: ("on-request", "workspace-write"),
     4: ("never", "danger-full-access"),
 }
 
