@@ -533,12 +533,13 @@ def json_response(
     body: bytes,
     extra: list[tuple[bytes, bytes]] = (),
     close: bool = True,  # type: ignore[assignment]
+    content_type: bytes = b"application/json",
 ) -> bytes:
-    """A complete HTTP/1.1 response carrying a JSON ``body``."""
+    """A complete HTTP/1.1 response carrying a JSON ``body`` (or another ``content_type``)."""
     reason = REASONS.get(status, b"Error")
     lines = [
         b"HTTP/1.1 %d %s" % (status, reason),
-        b"Content-Type: application/json",
+        b"Content-Type: " + content_type,
         b"Content-Length: %d" % len(body),
         b"Cache-Control: no-store",
     ]
@@ -546,6 +547,34 @@ def json_response(
     if close:
         lines.append(b"Connection: close")
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+#: The content type and headers of :func:`html_page`: nothing on it runs or loads.
+HTML_TYPE = b"text/html; charset=utf-8"
+HTML_HEADERS = [
+    (b"Content-Security-Policy", b"default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"),
+    (b"X-Content-Type-Options", b"nosniff"),
+]
+
+
+def html_page(status: int, message: str, refresh: int | None = None) -> bytes:
+    """A small page for a browser's page load that ARP answers itself (an error, a client that
+    is away): the same words as the JSON, and a reload after ``refresh`` seconds if given."""
+    import html
+
+    reason = REASONS.get(status, b"Error").decode()
+    meta = f'<meta http-equiv="refresh" content="{refresh}">' if refresh else ""
+    again = f"<p>This page reloads by itself every {refresh} s.</p>" if refresh else ""
+    page = (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width,initial-scale=1">'
+        f"{meta}<title>{status} {html.escape(reason)}</title>"
+        "<style>body{font:16px/1.5 system-ui,sans-serif;max-width:36em;margin:3em auto;padding:0 1em}"
+        "small{color:#666}</style></head><body>"
+        f"<h1>{status} {html.escape(reason)}</h1><p>{html.escape(message)}</p>{again}"
+        "<p><small>Answered by the ARP relay.</small></p></body></html>"
+    )
+    return page.encode()
 
 
 REASONS = {

@@ -44,7 +44,15 @@ from tests.helpers import (
 
 
 def _ports() -> dict[str, int]:
-    return {name: free_port_on() for name in ("control", "proxy", "public")}
+    """Three different free ports (each drawn at random: two draws can be the same port)."""
+    ports: dict[str, int] = {}
+    for name in ("control", "proxy", "public"):
+        for _ in range(100):
+            port = free_port_on()
+            if port not in ports.values():
+                ports[name] = port
+                break
+    return ports
 
 
 class ClusterTestCase(unittest.TestCase):

@@ -175,6 +175,35 @@ class LinkTests(unittest.TestCase):
         self.assertNotIn(expected.encode(), self.sent)
         self.assertIn("Public URL: http://localhost:17003/?token=client1", self.messages())
 
+    def test_stop_with_a_relay_that_does_not_answer_leave(self):
+        """A relay that never answers Leave (gone, or older than the command) does not hold the
+        stop up for longer than LEAVE_TIMEOUT."""
+        from arp.client.link import LEAVE_TIMEOUT
+
+        proto, _, _ = self.registered()
+        self.link.stopService()
+        self.clock.advance(LEAVE_TIMEOUT - 0.1)
+        self.assertFalse(proto.transport.disconnecting)
+        self.clock.advance(0.2)
+        self.assertTrue(proto.transport.disconnecting)
+
+    def test_fast_retries_after_losing_a_registration(self):
+        """Once registered, a lost link comes back within about a second each try (the relay is
+        restarting), spread at random, however many tries it takes; never registered: backoff."""
+        from arp.client.link import FAST_RETRY_MIN, FAST_RETRY_SPREAD
+
+        proto, _, _ = self.registered()
+        self.endpoint.refuse = True  # the relay is down
+        self.lose(proto)
+        delays = []
+        for _ in range(12):
+            [retry] = [c for c in self.clock.getDelayedCalls() if c.func == self.link._connect]
+            delays.append(retry.getTime() - self.clock.seconds())
+            self.clock.advance(delays[-1])
+        fast = [FAST_RETRY_MIN <= d <= FAST_RETRY_MIN + FAST_RETRY_SPREAD for d in delays]
+        self.assertTrue(all(fast), delays)
+        self.assertGreater(len(set(delays)), 1)  # spread, not in lockstep
+
     def test_lost_after_registration_reconnects(self):
         """A registered link that loses the relay says so and reconnects after a short wait."""
         proto, _, _ = self.registered()
@@ -184,10 +213,14 @@ class LinkTests(unittest.TestCase):
         self.assertEqual(self.endpoint.attempts, 2)
 
     def test_stop_says_shutdown(self):
-        """Stopping closes the control connection, logs the shutdown (not a reconnect) and
-        never connects again."""
+        """Stopping tells the relay it leaves on purpose (Leave), closes the control connection
+        once the relay took note, logs the shutdown (not a reconnect) and never connects again."""
         proto, _, _ = self.registered()
+        proto.transport.clear()
         stopped = self.link.stopService()
+        [leave] = [a for a in self.asks(proto) if a.get(b"_command") == b"Leave"]
+        self.assertFalse(proto.transport.disconnecting)
+        proto.dataReceived(box(_answer=leave[b"_ask"]))
         self.assertTrue(proto.transport.disconnecting)
         self.assertNoResult(stopped)
         self.lose(proto)

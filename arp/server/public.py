@@ -30,7 +30,16 @@ from arp.server.framing import rewrite_request_head, with_hsts
 from arp.server.origins import DomainOrigins, Origins, access_cookie_name
 from arp.server.pool import PoolClosed, PoolTimeout
 from arp.server.registry import ClientRecord, Registry
-from arp.server.routing import Answer, GuessLimiter, Router, error_body, strip_arp_set_cookies
+from arp.server.routing import (
+    FROM_HEADER,
+    Answer,
+    GuessLimiter,
+    Router,
+    error_body,
+    is_navigation,
+    relay_body,
+    strip_arp_set_cookies,
+)
 from arp.server.tunnel import TunnelOwner, TunnelServerProtocol
 from arp.splice import Splice, Throttle, fast_write, join, tune, unjoin
 from arp.tls import NegotiatesHTTP11
@@ -301,7 +310,7 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
             return
         decision = self.factory.router.route(head, self.bound, self._peer)
         if type(decision) is Answer:
-            self._give(decision)
+            self._give(decision, head)
             return
         record = decision
         self._record = record
@@ -677,17 +686,26 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
             self._set_timer(self.config.head_timeout, self._head_timeout)
             self._parse_head()
 
-    def _answer(self, status: int, body: bytes, extra: list[tuple[bytes, bytes]], keep: bool) -> None:
-        """Send an answer of our own; keep the connection only if nothing is left unread."""
+    def _answer(
+        self,
+        status: int,
+        body: bytes,
+        extra: list[tuple[bytes, bytes]],
+        keep: bool,
+        content_type: bytes = b"application/json",
+    ) -> None:
+        """Send an answer of our own (it says so: ``X-ARP-From: relay``); keep the connection
+        only if nothing is left unread."""
         framer = self._req_framer
         unread_body = framer is not None and not framer.done
         close = not keep or not self._keep_alive or self._finished() or unread_body
         if not close:
             self._own_on()
         extra.append((b"Referrer-Policy", b"same-origin"))
+        extra.append(FROM_HEADER)
         if self.factory.hsts is not None:
             extra.append((b"Strict-Transport-Security", self.factory.hsts))
-        self.transport.write(http.json_response(status, body, extra, close=close))
+        self.transport.write(http.json_response(status, body, extra, close=close, content_type=content_type))
         self._sent_response = True
         if close:
             self._req = R_DONE
@@ -703,14 +721,21 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         statuses = self._record.statuses if self._record is not None else self.registry.unrouted
         statuses[status] = statuses.get(status, 0) + 1
 
-    def _give(self, answer: Answer) -> None:
-        """Give an answer the router decided on."""
+    def _give(self, answer: Answer, head: http.Head) -> None:
+        """Give an answer the router decided on: JSON, or a small page for a browser's page load."""
         self._count(answer.status)
         if answer.status >= 500 or answer.status == 429:
             self.log.info(
                 "{status} to {peer}: {message}", status=answer.status, peer=self._peer, message=answer.message
             )
-        self._answer(answer.status, answer.encode(), list(answer.headers), answer.keep)
+        headers = list(answer.headers)
+        if answer.status >= 400 and answer.body is None and is_navigation(head):
+            refresh = answer.extra.get("retry_after") if answer.status == 503 else None
+            headers.extend(http.HTML_HEADERS)
+            page = http.html_page(answer.status, answer.message, refresh)
+            self._answer(answer.status, page, headers, answer.keep, http.HTML_TYPE)
+            return
+        self._answer(answer.status, answer.encode(), headers, answer.keep)
 
     def _refuse(self, status: int, message: str, keep: bool = False, **extra: object) -> None:
         """Answer a request that never reached a tunnel."""
@@ -721,7 +746,7 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
             headers.append((b"Retry-After", str(retry_after).encode()))
         if status >= 500 or status in (408, 429, 431):
             self.log.info("{status} to {peer}: {message}", status=status, peer=self._peer, message=message)
-        self._answer(status, error_body(status, message, **extra), headers, keep)
+        self._answer(status, relay_body(status, message, **extra), headers, keep)
 
     def _fail(self, status: int, message: str, **extra: object) -> None:
         """Give up on the current exchange: a JSON error if nothing was sent yet, else abort."""

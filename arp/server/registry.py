@@ -12,6 +12,7 @@ from twisted.logger import Logger
 
 from arp import wire
 from arp.control import AuthFailed, BadRegistration, ClientIdInUse, Unavailable
+from arp.server.known import KnownClient, KnownClients, key_fingerprint
 from arp.server.pool import TunnelPool
 
 #: Spent tunnel serials remembered per registration; serials older than these are all refused.
@@ -64,6 +65,9 @@ class ClientRecord:
     label: str = ""
     origin_port: int = 0
     origin_listener: object | None = None
+    # why it is offline: its owner stopped arpc at this time (None: not on purpose)
+    stopped_at: float | None = None
+    restored: bool = False  # brought back from the data dir after a relay restart, not yet back
 
     @property
     def online(self) -> bool:
@@ -80,6 +84,7 @@ class ClientRecord:
             "remoteAddress": self.remote_address,
             "connectedSince": self.connected_since,
             "offlineSince": self.offline_since,
+            "stoppedAt": self.stopped_at,
             "remotePort": self.remote_port or None,
             "originPort": self.origin_port or None,
             "pool": self.pool.snapshot(),
@@ -96,8 +101,15 @@ class Registry(Service):
 
     log = Logger()
 
-    def __init__(self, config: RelayConfig, auth_keys: str | dict[str, str], clock: object) -> None:
-        """``auth_keys``: the shared auth key, or ``{tenant name: auth key}``."""
+    def __init__(
+        self,
+        config: RelayConfig,
+        auth_keys: str | dict[str, str],
+        clock: object,
+        known: KnownClients | None = None,
+    ) -> None:
+        """``auth_keys``: the shared auth key, or ``{tenant name: auth key}``; ``known``: the
+        opened log of the ids this relay served (:mod:`arp.server.known`), brought back at start."""
         self.config = config
         if isinstance(auth_keys, str):
             auth_keys = {"default": auth_keys}
@@ -124,17 +136,76 @@ class Registry(Service):
         self._reaper = LoopingCall(self._reap)
         self._reaper.clock = clock
         self.started_at = time.time()
+        self.known = known
 
     def startService(self) -> None:
         super().startService()
         self._reaper.start(5.0, now=False)
+        if self.known is not None:
+            self._restore(self.known.known)
 
     def stopService(self) -> None:
         super().stopService()
         if self._reaper.running:
             self._reaper.stop()
+        known, self.known = self.known, None  # a relay that stops still knows its ids when it starts
+        if known is not None:
+            known.close()
         for record in list(self.clients.values()):
             self._drop(record, "relay stopping")
+
+    def _restore(self, entries: dict[str, KnownClient]) -> None:
+        """Bring back the ids this relay served before it restarted, as retained registrations:
+        offline, pinned to their identity, on their own origins, for what is left of their
+        retention (counted from when they went offline, or from now if they were online)."""
+        now = time.time()
+        restored = forgotten = 0
+        for entry in list(entries.values()):
+            key = self.keys.get(entry.tenant)
+            since = entry.offline_since if entry.offline_since is not None else now
+            left = self.config.retention - (now - since)
+            if key is None or key_fingerprint(key) != entry.key:
+                forgotten += 1  # its owner could not register again with the key it has
+            elif left > 0 and entry.client_id not in self.clients:
+                record = self._new_record(entry.client_id, entry.identity, entry.mode, entry.tenant)
+                record.remote_port = entry.remote_port
+                if entry.mode == "http" and self.origins is not None:
+                    try:
+                        self.origins.open_for(record)
+                    except BadRegistration:
+                        self.known.gone(entry.client_id)
+                        continue
+                record.offline_since = since
+                record.stopped_at = entry.stopped_at
+                record.restored = True
+                record.expiry = self.clock.callLater(left, self._expire, record)
+                self.clients[entry.client_id] = record
+                restored += 1
+                continue
+            self.known.gone(entry.client_id)
+        if restored:
+            self.log.info(
+                "kept {n} client ids from before the restart (answered as reconnecting until their "
+                "clients are back, for up to {retention:g}s)",
+                n=restored,
+                retention=self.config.retention,
+            )
+        if forgotten:
+            self.log.warn(
+                "forgot {n} client ids registered with an auth key this relay no longer has",
+                n=forgotten,
+            )
+
+    def _new_record(self, client_id: str, identity: bytes, mode: str, tenant: str) -> ClientRecord:
+        pool = TunnelPool(
+            client_id,
+            self.config.pool_size,
+            self.config.max_tunnels,
+            self.config.tunnel_timeout,
+            self.clock,
+            lambda n, cid=client_id: self._request_tunnels(cid, n),
+        )
+        return ClientRecord(client_id, identity, mode, pool, tenant=tenant)
 
     def _reap(self) -> None:
         for record in self.clients.values():
@@ -248,20 +319,18 @@ class Registry(Service):
             if record.expiry is not None and record.expiry.active():
                 record.expiry.cancel()
             record.expiry = None
-            if record.mode != mode or (mode == "tcp" and remote_port not in (0, record.remote_port)):
+            if (
+                record.mode != mode
+                or (mode == "tcp" and remote_port not in (0, record.remote_port))
+                or (mode == "tcp" and record.restored)  # its port is opened anew
+            ):
+                if mode == "tcp" and not remote_port:
+                    remote_port = record.remote_port  # a restored client keeps its port if it can
                 self._remove(record)
                 record = None
         if record is None:
             self._check_tenant_quota(tenant, client_id, remote_address)
-            pool = TunnelPool(
-                client_id,
-                self.config.pool_size,
-                self.config.max_tunnels,
-                self.config.tunnel_timeout,
-                self.clock,
-                lambda n, cid=client_id: self._request_tunnels(cid, n),
-            )
-            record = ClientRecord(client_id, identity, mode, pool)
+            record = self._new_record(client_id, identity, mode, tenant)
             if mode == "tcp":
                 if self.tcp_opener is None:
                     raise BadRegistration("this relay does not offer TCP ports (see arps --tcp-ports)")
@@ -279,6 +348,22 @@ class Registry(Service):
         record.remote_address = remote_address
         record.connected_since = time.time()
         record.offline_since = None
+        record.stopped_at = None
+        record.restored = False
+        if self.known is not None:
+            self.known.registered(
+                KnownClient(
+                    client_id=client_id,
+                    identity=identity,
+                    mode=mode,
+                    tenant=tenant,
+                    key=key_fingerprint(self.keys[tenant]),
+                    label=record.label,
+                    origin_port=record.origin_port,
+                    remote_port=record.remote_port,
+                    registered_at=record.connected_since,
+                )
+            )
         self.log.info(
             "client {client_id} registered from {address} ({mode} mode, identity {identity}{tenant})",
             client_id=wire.redact(client_id),
@@ -328,12 +413,23 @@ class Registry(Service):
         if record.control is not control:
             return
         self._offline(record)
+        if self.known is not None:
+            self.known.offline(record.client_id, record.offline_since)
         self.log.info(
-            "client {client_id} disconnected; keeping its registration for {retention:g}s",
+            "client {client_id} {how}; keeping its registration for {retention:g}s",
             client_id=wire.redact(record.client_id),
+            how="stopped by its owner" if record.stopped_at is not None else "disconnected",
             retention=self.config.retention,
         )
         record.expiry = self.clock.callLater(self.config.retention, self._expire, record)
+
+    def stopping(self, record: ClientRecord, control: object) -> None:
+        """The client says its owner is stopping it on purpose (it disconnects next)."""
+        if record.control is not control:
+            return
+        record.stopped_at = time.time()
+        if self.known is not None:
+            self.known.stopped(record.client_id, record.stopped_at)
 
     def _offline(self, record: ClientRecord) -> None:
         record.control = None
@@ -360,6 +456,8 @@ class Registry(Service):
         if self.clients.get(record.client_id) is record:
             del self.clients[record.client_id]
             self._retire(record)
+            if self.known is not None:
+                self.known.gone(record.client_id)
         if record.expiry is not None and record.expiry.active():
             record.expiry.cancel()
         record.expiry = None

@@ -21,6 +21,7 @@ Where a request arrives decides how it may be routed:
 from __future__ import annotations
 
 import json
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -80,9 +81,25 @@ class GuessLimiter:
             self._seen.popitem(last=False)
 
 
+#: Every answer the relay gives itself says so, in the JSON (``"from": "relay"``) and in this
+#: header, so that a client (the console) never takes the relay's word for the service's: a 404
+#: "unknown token" from a relay that just restarted says nothing about a session.
+FROM_HEADER = (b"X-ARP-From", b"relay")
+
+
+def relay_body(status: int, message: str, **extra: object) -> bytes:
+    """The JSON body of an error the relay answers itself (:func:`arp.http.error_body`, from the relay)."""
+    return error_body(status, message, **extra, **{"from": "relay"})
+
+
 def redirect_body(location: bytes, message: str) -> bytes:
     """The JSON body of a redirect of our own (it says where to, for clients that do not follow)."""
-    return json.dumps({"status": 302, "location": location.decode("latin-1"), "message": message}).encode()
+    body = {"status": 302, "location": location.decode("latin-1"), "message": message, "from": "relay"}
+    return json.dumps(body).encode()
+
+
+def _utc(when: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(when))
 
 
 @dataclass
@@ -100,7 +117,7 @@ class Answer:
         """The JSON body."""
         if self.body is not None:
             return self.body
-        return error_body(self.status, self.message, **self.extra)
+        return relay_body(self.status, self.message, **self.extra)
 
 
 def _unquote(value: bytes) -> bytes:
@@ -258,7 +275,7 @@ class Router:
         if record is None or record.mode != "http":  # a raw TCP client's tunnels carry no HTTP
             return self._unknown(peer, "unknown token: no client is registered with it")
         if not record.online:
-            return self._offline()
+            return self._offline(record)
         if origins is not None and is_navigation(head):
             moved = self._to_own_origin(head, record)
             if moved is not None:
@@ -297,7 +314,7 @@ class Router:
                 "once in this browser, or send the X-ARP-Token header",
             )
         if not record.online:
-            return self._offline()
+            return self._offline(record)
         if not by_host and head.get(b"service-worker") is not None:
             return Answer(
                 403,
@@ -378,10 +395,20 @@ class Router:
         return Answer(404, message)
 
     @staticmethod
-    def _offline() -> Answer:
-        return Answer(
-            503,
-            "client is offline; its registration is kept while it reconnects",
-            [(b"Retry-After", b"5")],
-            extra={"retry_after": 5},
-        )
+    def _offline(record: object) -> Answer:
+        """503 for a client that is away: stopped by its owner, or reconnecting (after a network
+        loss, or after this relay restarted); its id stays reserved for it either way."""
+        stopped = getattr(record, "stopped_at", None)
+        if stopped is not None:
+            return Answer(
+                503,
+                f"client stopped by its owner at {_utc(stopped)}; its address stays reserved for it",
+                [(b"Retry-After", b"60")],
+                extra={"retry_after": 60, "reason": "stopped", "stoppedAt": stopped},
+            )
+        if getattr(record, "restored", False):
+            message = "the relay restarted; this client is reconnecting: try again in a few seconds"
+        else:
+            message = "client is offline and reconnecting; its registration is kept while it does"
+        extra = {"retry_after": 5, "reason": "reconnecting"}
+        return Answer(503, message, [(b"Retry-After", b"5")], extra=extra)

@@ -3,9 +3,12 @@
 // ?access=<token>, which arpc traded for an HttpOnly cookie that these same-origin calls carry.
 
 export class ApiError extends Error {
-  constructor(status, message) {
+  constructor(status, message, fromRelay = false) {
     super(message);
     this.status = status;
+    // the relay answered, not arpc (it says so: X-ARP-From: relay): a 404 or 503 from it says
+    // nothing about a session, only that this client is not reachable right now
+    this.fromRelay = fromRelay;
   }
 }
 
@@ -50,7 +53,7 @@ export async function api(path, { method = "GET", body } = {}) {
   try {
     response = await fetch(path, init);
   } catch (e) {
-    throw new ApiError(0, "Cannot reach the relay: the network is down or the server is unreachable.");
+    throw new ApiError(0, "Cannot reach the relay: the network is down or the server is unreachable.", true);
   }
   const text = await response.text();
   let data = null;
@@ -60,9 +63,10 @@ export async function api(path, { method = "GET", body } = {}) {
     data = null;
   }
   if (!response.ok) {
-    const error = new ApiError(response.status, describe(response.status, data, text));
+    const fromRelay = response.headers.get("X-ARP-From") === "relay" || (data !== null && data.from === "relay");
+    const error = new ApiError(response.status, describe(response.status, data, text), fromRelay);
     error.reason = data && data.reason;
-    if (response.status === 401 && unauthorized) unauthorized(error.reason || "missing");
+    if (response.status === 401 && unauthorized && !fromRelay) unauthorized(error.reason || "missing");
     throw error;
   }
   if (data === null) throw new ApiError(response.status, "The server answered with something that is not JSON.");

@@ -4,10 +4,15 @@
 // "status" event and a normal close. We remember the last seq we handled and reconnect
 // with since=<it> after any other close (network drop, a phone that slept, a 1013 for a slow
 // viewer), so nothing repeats and nothing is missed; events at or below it are dropped.
+//
+// Only arpc can say a session is gone. While the relay or arpc is away (a restart, an outage)
+// the relay answers for arpc (503 "reconnecting", or 404 just after the relay itself restarted);
+// such answers carry X-ARP-From: relay and never stop the stream: it keeps retrying, at least
+// every 5 s, with the relay's reason shown, and resumes from lastSeq once arpc is back.
 
 import { api, wsUrl } from "./api.js";
 
-const DELAYS = [500, 1000, 2000, 4000, 8000, 10000];
+const DELAYS = [500, 1000, 2000, 4000, 5000];
 /** Close codes arpc sends when the viewer's access token stops being valid: no reconnecting. */
 export const ACCESS_CLOSED = {
   4001: "Your access was revoked: this device can no longer watch this session.",
@@ -112,7 +117,7 @@ export class SessionStream {
     // a kick (network back, page visible again) may have connected while we asked: that socket
     // owns the stream now; a timer from here would open a second one beside it
     if (this.stopped || this.retrying !== turn) return;
-    if (problem && problem.status === 404) {
+    if (problem && problem.status === 404 && !problem.fromRelay) {
       this.onState("gone", problem.message);
       this.dispose();
       return;
