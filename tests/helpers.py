@@ -335,6 +335,18 @@ def free_port() -> int:
     raise AssertionError("no free port found in 10000-16999")
 
 
+def free_ports(*names: str) -> dict[str, int]:
+    """Different free ports for ``names`` (two draws of :func:`free_port` can be the same port)."""
+    ports: dict[str, int] = {}
+    for name in names:
+        for _ in range(100):
+            port = free_port()
+            if port not in ports.values():
+                ports[name] = port
+                break
+    return ports
+
+
 # -- a local backend -------------------------------------------------------------
 
 

@@ -18,6 +18,7 @@ from tests.helpers import (
     AUTH_KEY,
     HTTPClient,
     free_port,
+    free_ports,
     listen_backend,
     raw_exchange,
     spawn_arps,
@@ -38,14 +39,7 @@ class RelayRestartTests(unittest.TestCase):
     timeout = 120
 
     def _ports(self) -> dict[str, int]:
-        """Three different free ports (two random draws can be the same port)."""
-        ports: set[int] = set()
-        for _ in range(100):
-            if len(ports) == 3:
-                break
-            ports.add(free_port())
-        control, proxy, public = sorted(ports)
-        return {"control": control, "proxy": proxy, "public": public}
+        return free_ports("control", "proxy", "public")
 
     async def _get(self, client: HTTPClient, url: str) -> tuple[int, dict, object]:
         """GET ``url``: the status, the body (parsed if JSON) and the headers."""
