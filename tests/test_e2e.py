@@ -25,12 +25,13 @@ class ForwardModeTests(unittest.TestCase):
     """A browser-like client reaches a local web app through arps + arpc."""
 
     timeout = 60
+    tls = False
 
     async def _setup(self, *arps_args: str):
         self.backend_port = listen_backend(self)
-        self.relay = await start_arps(self, *arps_args)
+        self.relay = await start_arps(self, *arps_args, tls=self.tls)
         self.arpc = await start_arpc(self, self.relay, local_port=self.backend_port)
-        self.client = HTTPClient(self)
+        self.client = HTTPClient(self, ca=self.relay.tls["ca"] if self.tls else None)
         return self.arpc.token
 
     async def test_get_strips_token_and_adds_forwarded_headers(self):
@@ -42,7 +43,7 @@ class ForwardModeTests(unittest.TestCase):
         info = json.loads(body)
         self.assertEqual(info["uri"], "/echo/path?a=1&b=2")
         self.assertEqual(info["headers"]["x-forwarded-for"], ["127.0.0.1"])
-        self.assertEqual(info["headers"]["x-forwarded-proto"], ["http"])
+        self.assertEqual(info["headers"]["x-forwarded-proto"], [self.relay.scheme])
         self.assertEqual(info["headers"]["x-forwarded-host"], [f"127.0.0.1:{self.relay.ports['public']}"])
 
     async def test_token_from_header_not_from_legacy_cookie(self):
@@ -209,3 +210,16 @@ class ForwardModeTests(unittest.TestCase):
         response, body = await client.request("GET", f"{self.relay.public}/?token={self.arpc.token}")
         self.assertEqual(response.code, 502)
         self.assertIn("unreachable", json.loads(body)["error"])
+
+
+class ForwardModeOverTLSTests(unittest.TestCase):
+    """Forward mode with TLS on every hop (control, proxy and public ports): the service behind
+    a TLS tunnel sees plain HTTP with ``X-Forwarded-Proto: https``, bodies cross intact, and
+    concurrent requests all find their way."""
+
+    timeout = 60
+    tls = True
+    _setup = ForwardModeTests._setup
+    test_forwarded_headers = ForwardModeTests.test_get_strips_token_and_adds_forwarded_headers
+    test_large_upload_and_download = ForwardModeTests.test_large_upload_and_download
+    test_many_concurrent_requests = ForwardModeTests.test_many_concurrent_requests
