@@ -112,14 +112,17 @@ def session_ids(prompt, resume, make=new_id):
 # -- interactive channels (reference/approvals.md) ----------------------------------------------
 #
 # Markers that ask (interactive modes only): ``ASK_BASH`` (a shell command), ``ASK_EDIT`` (a file
-# edit with a diff), ``ASK_QUESTION`` (Claude's AskUserQuestion), ``ASK_TWICE`` (the same command
-# twice: "allow for this session" answers the second), ``WITHDRAW`` (ask, then withdraw the
-# request), ``DIE_ASKING`` (ask, then exit 9 without waiting).  Each asked request blocks until
-# answered (with ``HTML`` in the prompt, Claude's command is markup that must stay text); what
-# the fake was told ends up in its output ("allowed: ...", "denied: ...",
-# "answer: ...") and in its record file (``told``).
+# edit with a diff), ``ASK_QUESTION`` (Claude's AskUserQuestion), ``ASK_TWICE`` (the same request
+# twice), ``RUN: cmd ;; cmd`` (each command in turn), ``WITHDRAW`` (ask, then withdraw the
+# request), ``DIE_ASKING`` (ask, then exit 9 without waiting).  Like the real CLIs, a fake does not
+# ask again for what a "for this session" answer covers in its own rules (Claude: the session
+# rules it was sent; Codex: the exact command of an ``acceptForSession``; ACP: the exact call of
+# an ``allow_always``); a new process starts with none.  Each asked request blocks until answered
+# (with ``HTML`` in the prompt, Claude's command is markup that must stay text); what the fake was
+# told ends up in its output ("allowed: ...", "denied: ...", "answer: ...") and in its record
+# file (``told``).
 
-ASK_MARKERS = ("ASK_BASH", "ASK_EDIT", "ASK_QUESTION", "ASK_TWICE", "WITHDRAW", "DIE_ASKING")
+ASK_MARKERS = ("ASK_BASH", "ASK_EDIT", "ASK_QUESTION", "ASK_TWICE", "RUN:", "WITHDRAW", "DIE_ASKING")
 COMMAND = "rm -rf build"
 HTML_COMMAND = '<img src=x onerror="window.pwned=1"><script>window.pwned=2</script>'  # the HTML marker
 QUESTION = {
@@ -264,10 +267,18 @@ ACP_OPTIONS = [
 ]
 
 
-def acp_turn(name, argv, prompt, sid, told, pending_id, resume=None):
-    """Run the tool calls the markers ask for; the text to answer with (None: die)."""
-    if not asks(prompt):
-        return prompt
+ALWAYS = set()  # the exact calls an allow_always answer covers, in this process
+
+
+def run_commands(prompt):
+    """The commands of a ``RUN: a ;; b`` prompt."""
+    return [c.strip() for c in prompt.split("RUN:", 1)[1].split(";;") if c.strip()]
+
+
+def acp_calls(name, prompt):
+    """The tool calls the markers ask for: (call for the tool_call update, call in the request).
+    The generic agent (like claude-code-acp) sends the command only in the earlier update; Gemini
+    only in the title."""
     path, old, new = edit_target()
     if "ASK_EDIT" in prompt:
         call = {
@@ -277,25 +288,35 @@ def acp_turn(name, argv, prompt, sid, told, pending_id, resume=None):
             "content": [{"type": "diff", "path": path, "oldText": old, "newText": new}],
             "locations": [{"path": path}],
         }
+        return [(call, call)] * (2 if "ASK_TWICE" in prompt else 1)
+    if "RUN:" in prompt:
+        commands = run_commands(prompt)
     else:
-        call = {
-            "toolCallId": "call_shell",
-            "title": f"Run {COMMAND}",
-            "kind": "execute",
-            "rawInput": {"command": COMMAND},
-        }
-    emit(
-        {
-            "jsonrpc": "2.0",
-            "method": "session/update",
-            "params": {
-                "sessionId": sid,
-                "update": {"sessionUpdate": "tool_call", **call, "status": "pending"},
-            },
-        }
-    )
+        commands = [COMMAND] * (2 if "ASK_TWICE" in prompt else 1)
+    calls = []
+    for n, command in enumerate(commands):
+        if name == "gemini":
+            call = {"toolCallId": f"call_shell_{n}", "title": command, "kind": "execute"}
+            calls.append((call, call))
+        else:
+            first = {"toolCallId": f"call_shell_{n}", "title": f"Run {command}", "kind": "execute"}
+            first["rawInput"] = {"command": command, "cwd": os.getcwd()}
+            calls.append((first, {"toolCallId": first["toolCallId"], "title": first["title"]}))
+    return calls
+
+
+def acp_turn(name, argv, prompt, sid, told, pending_id, resume=None):
+    """Run the tool calls the markers ask for; the text to answer with (None: die)."""
+    if not asks(prompt):
+        return prompt
     results = []
-    for _ in range(2 if "ASK_TWICE" in prompt else 1):
+    for first, call in acp_calls(name, prompt):
+        update(sid, {"sessionUpdate": "tool_call", **first, "status": "pending"})
+        what = first["title"]
+        exact = json.dumps([first.get("kind"), first.get("rawInput") or first["title"]], sort_keys=True)
+        if exact in ALWAYS:
+            results.append(f"allowed by the agent's rule: {what}")
+            continue
         pending_id[0] += 1
         rid = pending_id[0]
         rpc(
@@ -319,5 +340,8 @@ def acp_turn(name, argv, prompt, sid, told, pending_id, resume=None):
             if msg.get("method") == "session/cancel":
                 told.append({"cancel": True})
         choice = outcome.get("optionId") if outcome.get("outcome") == "selected" else "cancelled"
-        results.append({"yes": "allowed", "always": "allowed always", "no": "denied"}.get(choice, choice))
-    return "; ".join(f"{r}: {call['title']}" for r in results)
+        if choice == "always":
+            ALWAYS.add(exact)
+        word = {"yes": "allowed", "always": "allowed always", "no": "denied"}.get(choice, choice)
+        results.append(f"{word}: {what}")
+    return "; ".join(results)

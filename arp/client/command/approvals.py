@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -129,6 +130,122 @@ def text_of(value: Any, limit: int = 2000) -> str:
     return value[:limit]
 
 
+# -- "Allow for this session": what it covers, in words and as rules arpc can check ----------------
+
+EDIT_TOOLS = ("Edit", "MultiEdit", "Write", "NotebookEdit")
+#: A command with any of these is never covered by a prefix rule: ``npm test; curl x | sh`` starts
+#: with ``npm test`` but is not an ``npm test`` command.
+SHELL_SYNTAX = re.compile(r"[;&|<>`$(){}\[\]*?!~#\\'\"\n\r]")
+
+
+@dataclass
+class Grant:
+    """What answering "for this session" covers: ``words`` for the card, ``rules`` for arpc (see
+    :func:`covers`), and what the agent itself is sent (Claude's ``updatedPermissions``)."""
+
+    words: str
+    rules: list[dict[str, Any]]
+    permissions: list[dict[str, Any]] = field(default_factory=list)
+
+
+def subject(tool: str, data: dict[str, Any], cwd: str, command: str | None = None) -> dict[str, Any]:
+    """What a request asks for, as rules compare it: the tool, its input, a command, file paths."""
+    if command is None and tool == "Bash" and isinstance(data.get("command"), str):
+        command = data["command"]
+    path = data.get("file_path") or data.get("notebook_path")
+    paths = [os.path.normpath(_within(cwd, path))] if isinstance(path, str) else []
+    return {"tool": tool, "input": data, "command": command, "paths": paths}
+
+
+def _prefix_rule(content: str) -> str | None:
+    """The prefix of a Bash rule ``npm test:*`` (legacy) or ``npm test *``, else None."""
+    for tail in (":*", " *"):
+        if content.endswith(tail) and content[: -len(tail)].strip():
+            prefix = content[: -len(tail)].strip()
+            return None if "*" in prefix else prefix
+    return None
+
+
+def claude_grant(tool: str, data: dict[str, Any], suggestions: list[Any], cwd: str) -> Grant:
+    """Claude: its own ``permission_suggestions``, every one with ``destination: "session"`` (never a
+    settings file); kinds we cannot describe are left out.  Without any, exactly this input."""
+    words: list[str] = []
+    rules: list[dict[str, Any]] = []
+    sent: list[dict[str, Any]] = []
+    for suggestion in suggestions:
+        if not isinstance(suggestion, dict):
+            continue
+        kind = suggestion.get("type")
+        if kind == "addRules" and suggestion.get("behavior") == "allow":
+            given = [r for r in suggestion.get("rules") or [] if isinstance(r, dict)]
+            given = [r for r in given if isinstance(r.get("toolName"), str)]
+            if not given:
+                continue
+            for rule in given:
+                name, content = rule["toolName"], rule.get("ruleContent")
+                if not isinstance(content, str) or not content:
+                    words.append(f"every {name} command" if name == "Bash" else f"every use of {name}")
+                    rules.append({"tool": name})
+                elif name == "Bash" and _prefix_rule(content):
+                    prefix = _prefix_rule(content)
+                    words.append(f"Bash commands starting with {prefix}")
+                    rules.append({"tool": name, "prefix": prefix})
+                elif name == "Bash" and "*" not in content:
+                    words.append(f"the Bash command {content}")
+                    rules.append({"tool": name, "command": content})
+                else:  # a pattern only Claude evaluates: arpc asks again in a later turn
+                    words.append(f"{name}({content})")
+                    rules.append({"tool": name, "pattern": content})
+            sent.append({**suggestion, "rules": given, "destination": "session"})
+        elif kind == "setMode" and suggestion.get("mode") == "acceptEdits":
+            words.append("file edits in this project (Claude's acceptEdits mode)")
+            rules.append({"tools": list(EDIT_TOOLS), "within": cwd})
+            sent.append({**suggestion, "destination": "session"})
+        elif kind == "addDirectories":
+            dirs = [d for d in suggestion.get("directories") or [] if isinstance(d, str)]
+            if dirs:
+                words.append("access to " + ", ".join(dirs))
+                sent.append({**suggestion, "directories": dirs, "destination": "session"})
+    if sent:
+        return Grant("; ".join(words), rules, sent)
+    if tool == "Bash" and isinstance(data.get("command"), str):
+        command = data["command"]
+        rule = {"type": "addRules", "rules": [{"toolName": "Bash", "ruleContent": command}]}
+        rule.update(behavior="allow", destination="session")
+        return Grant(f"exactly the Bash command {command}", [{"tool": "Bash", "command": command}], [rule])
+    return Grant(f"exactly this {tool} request", [{"tool": tool, "input": data}])
+
+
+def covers(rule: dict[str, Any], asked: dict[str, Any]) -> bool:
+    """Whether a session rule covers a request (its :func:`subject`); unknown rules cover nothing."""
+    if "tool" in rule and rule["tool"] != asked["tool"]:
+        return False
+    command = asked.get("command")
+    if "input" in rule:
+        return rule["input"] == asked["input"]
+    if "command" in rule:
+        return isinstance(command, str) and command == rule["command"]
+    if "prefix" in rule:
+        prefix = rule["prefix"]
+        return (
+            isinstance(command, str)
+            and not SHELL_SYNTAX.search(command)
+            and (command == prefix or command.startswith(prefix + " "))
+        )
+    if "paths" in rule:
+        return bool(asked["paths"]) and set(asked["paths"]) <= set(rule["paths"])
+    if "tools" in rule:
+        root = rule.get("within", "/").rstrip(os.sep) + os.sep
+        return (
+            asked["tool"] in rule["tools"]
+            and bool(asked["paths"])
+            and all(p.startswith(root) for p in asked["paths"])
+        )
+    if "pattern" in rule:
+        return False
+    return set(rule) == {"tool"}
+
+
 class ApprovalBook:
     """Every approval record by id, written to ``approvals.json`` on each change."""
 
@@ -197,8 +314,13 @@ class ApprovalBook:
         self.save()
 
 
-def check_answer(record: dict[str, Any], body: object) -> Answer:
-    """Validate an answer body against the record it answers (:class:`ApprovalError` 400 if bad)."""
+def check_answer(record: dict[str, Any], body: object, may_edit: bool = False) -> Answer:
+    """Validate an answer body against the record it answers (:class:`ApprovalError` 400 if bad).
+
+    ``updatedInput`` changes what the agent runs, so it is a prompt, not just an answer: 403
+    unless ``may_edit`` (the token has the ``prompt`` scope), and it may only change keys the
+    tool input had, of a request whose input can be edited (Claude's), allowed once.
+    """
     if not isinstance(body, dict):
         raise ApprovalError(400, "the body must be a JSON object")
     decision = body.get("decision")
@@ -210,9 +332,24 @@ def check_answer(record: dict[str, Any], body: object) -> Answer:
     scope = body.get("scope", "once")
     if scope not in ("once", "session"):
         raise ApprovalError(400, "scope must be 'once' or 'session'")
+    if scope == "session" and decision == "allow" and not record.get("sessionScope"):
+        raise ApprovalError(400, "this request cannot be allowed for the session: answer it once")
     updated = body.get("updatedInput")
-    if updated is not None and not isinstance(updated, dict):
-        raise ApprovalError(400, "updatedInput must be a JSON object")
+    if updated is not None:
+        if not isinstance(updated, dict):
+            raise ApprovalError(400, "updatedInput must be a JSON object")
+        if not may_edit:
+            raise ApprovalError(403, "changing the tool input (updatedInput) needs the prompt scope")
+        if not record.get("editable"):
+            raise ApprovalError(400, "this agent cannot run an edited tool input")
+        if decision != "allow" or scope != "once":
+            raise ApprovalError(400, "updatedInput goes with decision allow, scope once")
+        original = record.get("input") if isinstance(record.get("input"), dict) else {}
+        new = sorted(str(k) for k in updated if k not in original)
+        if new:
+            raise ApprovalError(
+                400, f"updatedInput may only change the tool's inputs: not {', '.join(new)[:200]}"
+            )
     answers = body.get("answers")
     checked: dict[str, str] | None = None
     if answers is not None:

@@ -17,14 +17,25 @@ ends on the ``session/prompt`` result and the session stops the process.  Facts:
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from arp.client.command.approvals import Answer, claude_summary, shown_path, text_of, unified_diff
+from arp.client.command.approvals import (
+    Answer,
+    Grant,
+    claude_grant,
+    claude_summary,
+    shown_path,
+    subject,
+    text_of,
+    unified_diff,
+)
 
 #: What the model is told when a request is not allowed.
 DENIED = "The user denied this."
 UNSUPPORTED = -32601
+MAX_TOOL_CALLS = 200  # ACP tool calls remembered per turn (to complete a permission request)
 
 
 class Host(Protocol):
@@ -141,15 +152,8 @@ class ClaudeChannel(Channel):
                 if answer.answers is not None:
                     given["answers"] = answer.answers
                 response: dict[str, Any] = {"behavior": "allow", "updatedInput": given}
-                if answer.scope == "session":
-                    response["updatedPermissions"] = suggestions or [
-                        {
-                            "type": "addRules",
-                            "rules": [{"toolName": tool}],
-                            "behavior": "allow",
-                            "destination": "session",
-                        }
-                    ]
+                if answer.scope == "session" and grant is not None and grant.permissions:
+                    response["updatedPermissions"] = grant.permissions
             else:
                 response = {"behavior": "deny", "message": answer.message or DENIED}
                 if answer.status == "cancelled":
@@ -163,10 +167,16 @@ class ClaudeChannel(Channel):
 
         question = tool == "AskUserQuestion"
         questions = data.get("questions") if question and isinstance(data.get("questions"), list) else None
-        summary = claude_summary(tool, data, self.host.cwd)
-        for key in ("blocked_path", "decision_reason"):
-            if isinstance(request.get(key), str):
-                summary[key] = request[key]
+        grant = None if questions else claude_grant(tool, data, suggestions, self.host.cwd)
+
+        def summarize(given: dict[str, Any]) -> dict[str, Any]:
+            summary = claude_summary(tool, given, self.host.cwd)
+            for key in ("blocked_path", "decision_reason"):
+                if isinstance(request.get(key), str):
+                    summary[key] = request[key]
+            return summary
+
+        summary = summarize(data)
         self.host.ask(
             key=f"claude:{rid}",
             kind="question" if questions else "permission",
@@ -177,7 +187,9 @@ class ClaudeChannel(Channel):
             questions=questions,
             toolUseId=request.get("tool_use_id"),
             reply=reply,
-            sessionScope=True,
+            grant=grant,
+            subject=subject(tool, data, self.host.cwd),
+            summarize=None if questions else summarize,
         )
 
 
@@ -280,7 +292,9 @@ class CodexChannel(JsonRpcChannel):
         if self.options.get("model"):
             params["model"] = self.options["model"]
         if self.resume:
-            self.call("thread/resume", {**params, "threadId": self.resume}, self._thread)
+            # excludeTurns: we do not need the history back (its full hydration is deprecated)
+            resume = {**params, "threadId": self.resume, "excludeTurns": True}
+            self.call("thread/resume", resume, self._thread)
         else:
             self.call("thread/start", params, self._thread)
 
@@ -315,6 +329,11 @@ class CodexChannel(JsonRpcChannel):
             cwd = params.get("cwd") if isinstance(params.get("cwd"), str) else self.host.cwd
             summary = {"command": command, "cwd": cwd, "reason": params.get("reason")}
             tool = "command"
+            asked = subject(tool, {}, cwd, command)
+            grant = Grant(
+                f"the command {command}, exactly (Codex remembers it too)",
+                [{"tool": tool, "command": command}],
+            )
         elif method == "item/fileChange/requestApproval":
             item = self._items.get(str(params.get("itemId")), {})
             summary = {"reason": params.get("reason")}
@@ -327,20 +346,32 @@ class CodexChannel(JsonRpcChannel):
                 )
             tool = "fileChange"
             params = {**params, "changes": changes}
+            asked = {
+                "tool": tool,
+                "input": {},
+                "command": None,
+                "paths": [os.path.normpath(os.path.join(self.host.cwd, p)) for p in paths],
+            }
+            shown = ", ".join(shown_path(p, self.host.cwd) for p in paths) or "these files"
+            grant = Grant(
+                f"edits to {shown} (Codex remembers these files too)",
+                [{"tool": tool, "paths": asked["paths"]}],
+            )
         else:
             return False
 
         def reply(answer: Answer) -> None:
             if answer.status == "cancelled" and answer.message == "withdrawn":
                 return
-            result: dict[str, Any] = {"decision": "accept" if answer.allowed else "decline"}
-            if answer.allowed and answer.scope == "session":
-                result["acceptSettings"] = {"forSession": True}
-            self.respond(rid, result)
+            if answer.allowed:
+                decision = "acceptForSession" if answer.scope == "session" else "accept"
+            else:
+                decision = "cancel" if answer.status == "cancelled" else "decline"
+            self.respond(rid, {"decision": decision})
 
         self.host.ask(
             key=f"codex:{rid}", kind="permission", tool=tool, input=params, summary=summary,
-            reply=reply, sessionScope=True,
+            reply=reply, grant=grant if asked["command"] or asked["paths"] else None, subject=asked,
         )  # fmt: skip
         return True
 
@@ -354,6 +385,7 @@ class AcpChannel(JsonRpcChannel):
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self.acp_session: str | None = None
+        self._calls: dict[str, dict[str, Any]] = {}  # tool calls by toolCallId, merged from updates
 
     def start(self) -> None:
         capabilities = {"fs": {"readTextFile": False, "writeTextFile": False}, "terminal": False}
@@ -384,18 +416,33 @@ class AcpChannel(JsonRpcChannel):
             self.host.note_failure(f"the agent stopped: {reason}")
         self.finish()
 
+    def notification(self, method: str, params: dict[str, Any]) -> None:
+        update = params.get("update") if isinstance(params.get("update"), dict) else {}
+        if method != "session/update" or update.get("sessionUpdate") not in ("tool_call", "tool_call_update"):
+            return
+        call_id = update.get("toolCallId")
+        if isinstance(call_id, str):
+            known = self._calls.pop(call_id, {})
+            known.update({k: v for k, v in update.items() if v is not None and k != "sessionUpdate"})
+            self._calls[call_id] = known  # newest last
+            while len(self._calls) > MAX_TOOL_CALLS:
+                self._calls.pop(next(iter(self._calls)))
+
     def request(self, rid: Any, method: str, params: dict[str, Any]) -> bool:
         if method != "session/request_permission":
             return False
-        call = params.get("toolCall") if isinstance(params.get("toolCall"), dict) else {}
+        asked = params.get("toolCall") if isinstance(params.get("toolCall"), dict) else {}
+        # the command and folder may have come only in earlier tool_call updates (claude-code-acp)
+        call = dict(self._calls.get(str(asked.get("toolCallId")), {}))
+        call.update({k: v for k, v in asked.items() if v not in (None, {}, [])})
         options = [o for o in params.get("options") or [] if isinstance(o, dict) and "optionId" in o]
         summary = acp_summary(call, self.host.cwd)
 
-        def pick(*kinds: str) -> str | None:
+        def pick(*kinds: str) -> dict | None:
             for kind in kinds:
                 for option in options:
                     if option.get("kind") == kind:
-                        return option["optionId"]
+                        return option
             return None
 
         def reply(answer: Answer) -> None:
@@ -404,24 +451,29 @@ class AcpChannel(JsonRpcChannel):
             if answer.status == "cancelled":
                 self.respond(rid, {"outcome": {"outcome": "cancelled"}})
                 return
-            if answer.allowed:
-                kinds = (
-                    ("allow_always", "allow_once")
-                    if answer.scope == "session"
-                    else ("allow_once", "allow_always")
-                )
+            if answer.allowed:  # never an allow_always the person did not choose
+                chosen = pick("allow_always" if answer.scope == "session" else "allow_once")
             else:
-                kinds = ("reject_once", "reject_always")
-            chosen = pick(*kinds)
+                chosen = pick("reject_once", "reject_always")
             if chosen is None:
                 self.respond(rid, {"outcome": {"outcome": "cancelled"}})
             else:
-                self.respond(rid, {"outcome": {"outcome": "selected", "optionId": chosen}})
+                self.respond(rid, {"outcome": {"outcome": "selected", "optionId": chosen["optionId"]}})
 
         tool = call.get("kind") if isinstance(call.get("kind"), str) else "tool"
+        raw = call.get("rawInput") if isinstance(call.get("rawInput"), dict) and call["rawInput"] else None
+        exact = {"kind": tool, "rawInput": raw, "title": None if raw else call.get("title")}
+        what = summary.get("command") or summary.get("path") or summary["title"]
+        always = pick("allow_always")
+        grant = None
+        if always is not None:
+            name = text_of(always.get("name") or "Always allow", 100)
+            words = f'the agent\'s own "{name}" for {what}; arpc repeats only this exact {tool} call'
+            grant = Grant(words, [{"tool": tool, "input": exact}])
         self.host.ask(
             key=f"acp:{rid}", kind="permission", tool=tool, input=call, summary=summary,
-            suggestions=options, reply=reply, sessionScope=pick("allow_always") is not None,
+            suggestions=options, reply=reply, grant=grant,
+            subject={"tool": tool, "input": exact, "command": None, "paths": []},
         )  # fmt: skip
         return True
 
@@ -432,8 +484,10 @@ class AcpChannel(JsonRpcChannel):
 
 
 def acp_summary(call: dict[str, Any], cwd: str) -> dict[str, Any]:
-    """The human summary of an ACP tool call: its title, a command, or a path and diff."""
-    summary: dict[str, Any] = {"title": text_of(call.get("title") or call.get("kind") or "tool", 500)}
+    """The human summary of an ACP tool call: its title, and a path and diff, or a command (from
+    ``rawInput``, else the title of a shell call) and the folder it runs in."""
+    title = text_of(call.get("title") or call.get("kind") or "tool", 500)
+    summary: dict[str, Any] = {"title": title}
     raw = call.get("rawInput") if isinstance(call.get("rawInput"), dict) else {}
     for block in call.get("content") or []:
         if isinstance(block, dict) and block.get("type") == "diff" and isinstance(block.get("path"), str):
@@ -442,9 +496,17 @@ def acp_summary(call: dict[str, Any], cwd: str) -> dict[str, Any]:
             path = shown_path(block["path"], cwd)
             summary["path"] = path
             summary["diff"] = summary.get("diff", "") + unified_diff(path, old, new)
-    if "path" not in summary and call.get("kind") == "execute" and raw.get("command") is not None:
-        summary["command"] = text_of(raw["command"])
-        summary["cwd"] = raw.get("cwd") if isinstance(raw.get("cwd"), str) else cwd
+    if "path" in summary:
+        return summary
+    command = raw.get("command", raw.get("cmd"))
+    if command is not None:
+        summary["command"] = text_of(command)
+    elif call.get("kind") in ("execute", "other", None):
+        summary["command"] = title
+    else:
+        return summary
+    folder = raw.get("cwd", raw.get("workdir"))
+    summary["cwd"] = folder if isinstance(folder, str) and folder else cwd
     return summary
 
 

@@ -19,8 +19,10 @@ from arp.client.command.approvals import (
     Answer,
     ApprovalBook,
     ApprovalError,
+    Grant,
     Pending,
     check_answer,
+    covers,
 )
 from arp.client.command.channels import CHANNELS, AcpChannel, Channel
 from arp.client.command.executors import (
@@ -92,7 +94,7 @@ class Session:
         self._bad_id_warned = False
         self.channel: Channel | None = None
         self.pending: dict[str, Pending] = {}  # by approval id
-        self.allowed_tools: set[str] = set()  # allowed "for this session"
+        self.session_rules: list[dict[str, Any]] = []  # allowed "for this session" (approvals.covers)
         self._exit_timer: Any = None
         self._stopped_after_turn = False
 
@@ -228,8 +230,22 @@ class Session:
             self._stopped_after_turn = True
             process.terminate(self.manager.grace)
 
-    def ask(self, *, key: str, reply: Any, sessionScope: bool = False, **fields: Any) -> str:
-        """The agent asks: record an approval, show it to viewers, start its timeout."""
+    def ask(
+        self,
+        *,
+        key: str,
+        reply: Any,
+        grant: Grant | None = None,
+        subject: dict[str, Any] | None = None,
+        summarize: Any = None,
+        **fields: Any,
+    ) -> str:
+        """The agent asks: record an approval, show it to viewers, start its timeout.
+
+        ``grant`` is what "allow for this session" would cover (None: not offered); ``subject`` what
+        the request asks for, checked against the rules already allowed for this session;
+        ``summarize(input)`` summarizes an edited input (None: the input cannot be edited).
+        """
         manager = self.manager
         timeout = manager.approval_timeout
         record: dict[str, Any] = {
@@ -242,7 +258,8 @@ class Session:
             "input": fields.pop("input", {}),
             "summary": fields.pop("summary", {}),
             "suggestions": fields.pop("suggestions", None) or [],
-            "sessionScope": sessionScope,
+            "sessionScope": grant.words if grant is not None else None,
+            "editable": summarize is not None,
             "createdAt": now_iso(),
             "deadline": now_iso(timeout),
             "status": PENDING,
@@ -251,13 +268,18 @@ class Session:
             "key": key,
         }
         record.update({k: v for k, v in fields.items() if v is not None})
-        pending = Pending(record, reply)
+        pending = Pending(record, reply, extra={"grant": grant, "summarize": summarize})
         self.pending[record["id"]] = pending
         manager.approvals.put(record)
         self.emit("approval", approval=record)
-        if record["kind"] == "permission" and record["tool"] in self.allowed_tools:
-            # allowed for this session already: recorded, answered at once, nobody is nudged
-            self._resolve(pending, Answer("allowed", scope="session"), {"rule": "allowed for this session"})
+        if (
+            record["kind"] == "permission"
+            and subject is not None
+            and any(covers(rule, subject) for rule in self.session_rules)
+        ):
+            # covered by what was allowed for this session: recorded, answered at once (for this
+            # request only: nothing wider is granted), nobody is nudged
+            self._resolve(pending, Answer("allowed"), {"rule": "allowed for this session"})
         else:
             manager.announce("approval", self, record)
             pending.timer = manager.reactor.callLater(timeout, self._expire, record["id"])  # type: ignore[attr-defined]
@@ -282,15 +304,29 @@ class Session:
             answer = Answer("cancelled", message=why if tell_agent else "withdrawn")
             self._resolve(pending, answer, {"rule": why})
 
-    def answer(self, approval_id: str, body: object, by: dict | None) -> dict[str, Any]:
-        """A person answers: validate, tell the agent, record who and when (409 if not pending)."""
+    def answer(
+        self, approval_id: str, body: object, by: dict | None, may_edit: bool = False
+    ) -> dict[str, Any]:
+        """A person answers: validate, tell the agent, record who and when (409 if not pending).
+
+        ``may_edit``: the answer may change the tool input (``updatedInput``: the token has the
+        ``prompt`` scope too); the record then shows the input that runs, and ``originalInput``.
+        """
         pending = self.pending.get(approval_id)
         if pending is None:
             record = self.manager.approvals.records.get(approval_id)
             if record is None or record.get("sessionId") != self.id:
                 raise ApprovalError(404, f"no approval {approval_id!r} in this session")
             raise ApprovalError(409, f"the approval is {record['status']}, no longer pending")
-        answer = check_answer(pending.record, body)
+        answer = check_answer(pending.record, body, may_edit)
+        if answer.updated_input is not None:
+            record = pending.record
+            ran = {**record["input"], **answer.updated_input}
+            record["originalInput"], record["input"] = record["input"], ran
+            summarize = pending.extra.get("summarize")
+            if summarize is not None:
+                record["summary"] = summarize(ran)
+            answer.updated_input = ran
         return self._resolve(pending, answer, by)
 
     def _resolve(self, pending: Pending, answer: Answer, by: dict | None) -> dict[str, Any]:
@@ -307,8 +343,9 @@ class Session:
             "answers": answer.answers,
             "updatedInput": answer.updated_input,
         }
-        if answer.allowed and answer.scope == "session" and record["kind"] == "permission":
-            self.allowed_tools.add(record["tool"])
+        grant = pending.extra.get("grant")
+        if answer.allowed and answer.scope == "session" and grant is not None:
+            self.session_rules.extend(grant.rules)
         try:
             pending.reply(answer)
         except Exception:

@@ -543,7 +543,7 @@ class ApprovalDetail(JsonResource):
         session = self.manager.get(self.session_id)
         body = self.json_body(request)
         try:
-            record = session.answer(self.approval_id, body, grant.actor())
+            record = session.answer(self.approval_id, body, grant.actor(), grant.allows("prompt"))
         except ApprovalError as e:
             raise ApiError(e.status, e.message)
         log.info(

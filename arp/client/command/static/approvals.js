@@ -143,6 +143,7 @@ function paintCard(card, record, canAnswer, link) {
     buttons = [allow, deny, always].filter(Boolean);
     allow.addEventListener("click", () => send({ decision: "allow" }, buttons));
     if (always) always.addEventListener("click", () => send({ decision: "allow", scope: "session" }, buttons));
+    if (always && typeof record.sessionScope === "string") parts.push(h("p", { class: "session-scope" }, "For this session: " + record.sessionScope));
     parts.push(h("div", { class: "approval-actions" }, allow, always, deny));
   }
   denyForm.addEventListener("submit", (ev) => {
