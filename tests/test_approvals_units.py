@@ -27,7 +27,14 @@ from arp.client.command.approvals import (
     subject,
     unified_diff,
 )
-from arp.client.command.channels import CODEX_POLICY, AcpChannel, ClaudeChannel, CodexChannel, acp_summary
+from arp.client.command.channels import (
+    CODEX_POLICY,
+    AcpChannel,
+    ClaudeChannel,
+    CodexChannel,
+    acp_summary,
+    error_text,
+)
 from arp.client.command.executors import EXECUTORS, acp_agent, digest
 from arp.client.command.notify import Webhook, check_url, is_ntfy, ntfy_message
 from arp.client.tap import Options
@@ -159,6 +166,22 @@ class SummaryTests(unittest.TestCase):
         self.assertIn("-a\n+b\n", diff["diff"])
         run = acp_summary({"title": "Run", "kind": "execute", "rawInput": {"command": ["ls", "-l"]}}, "/p")
         self.assertEqual((run["command"], run["cwd"]), ("ls -l", "/p"))
+
+
+class ErrorTextTests(unittest.TestCase):
+    """What the phone sees of a JSON-RPC error."""
+
+    def test_details_kept(self):
+        """``data.details`` (or a string ``data``) follows the message, unless it repeats it."""
+        self.assertEqual(error_text({"code": 1, "message": "quota"}), "quota")
+        self.assertEqual(
+            error_text({"message": "Internal error", "data": {"details": "bad id"}}), "Internal error: bad id"
+        )
+        self.assertEqual(
+            error_text({"message": "Internal error", "data": "disk full"}), "Internal error: disk full"
+        )
+        self.assertEqual(error_text({"message": "bad id here", "data": {"details": "bad id"}}), "bad id here")
+        self.assertEqual(error_text({"code": -32603, "data": {"details": 7}}), "-32603")
 
 
 class GrantTests(unittest.TestCase):
@@ -489,8 +512,13 @@ class ChannelTests(unittest.TestCase):
             self.assertEqual(writer.lines[-1], {"jsonrpc": "2.0", "id": 7, "result": {"outcome": outcome}})
         channel.cancel()
         self.assertEqual(writer.lines[-1]["method"], "session/cancel")
-        channel.handle({"jsonrpc": "2.0", "id": 3, "error": {"code": -32000, "message": "quota"}})
-        self.assertEqual(host.failures, ["quota"])
+        error = {
+            "code": -32603,
+            "message": "Internal error",
+            "data": {"details": "Invalid session identifier"},
+        }
+        channel.handle({"jsonrpc": "2.0", "id": 3, "error": error})
+        self.assertEqual(host.failures, ["Internal error: Invalid session identifier"])
         self.assertTrue(writer.closed)
         self.assertEqual(host.turns_over, [False])  # an ACP agent does not: the session stops it
         resumed, host, writer = self._channel(AcpChannel, resume="s0")

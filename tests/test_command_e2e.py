@@ -183,7 +183,7 @@ class CommandModeTests(unittest.TestCase):
         self.assertEqual(results["FAIL now"]["status"], "failed")
         self.assertEqual(results["FAIL now"]["error"], "fake failure requested")
         self.assertEqual(results["FAIL too"]["status"], "failed")
-        self.assertEqual(results["FAIL too"]["error"], "quota exceeded")
+        self.assertEqual(results["FAIL too"]["error"], "Internal error: quota exceeded")  # data.details kept
         chatty = results["STDERR lots"]
         self.assertEqual(chatty["status"], "completed")
         stderr = [e["text"] for e in chatty["events"] if e["kind"] == "stderr"]

@@ -232,7 +232,9 @@ def acp_main(name, argv, exit_at_eof=True):
                 return 9
             write_told(name, argv, prompt, told, {"resume": resume})
             if "FAIL" in prompt:
-                rpc({"id": rid, "error": {"code": -32000, "message": "quota exceeded"}})
+                # as Gemini 0.61 answers: the reason only in data.details
+                error = {"code": -32603, "message": "Internal error", "data": {"details": "quota exceeded"}}
+                rpc({"id": rid, "error": error})
                 continue
             emit(acp_chunk(params["sessionId"], f"{name.capitalize()} says: "))
             emit(acp_chunk(params["sessionId"], text))

@@ -193,6 +193,17 @@ class ClaudeChannel(Channel):
         )
 
 
+def error_text(error: dict[str, Any]) -> str:
+    """A JSON-RPC error for people: its message and the reason in ``data.details`` (Gemini's
+    "Internal error" says nothing without it)."""
+    message = text_of(error.get("message") or error.get("code") or "error", 500)
+    data = error.get("data")
+    details = data.get("details") if isinstance(data, dict) else data
+    if isinstance(details, str) and details.strip() and details.strip() not in message:
+        message = f"{message}: {text_of(details.strip(), 1500)}"
+    return message
+
+
 class JsonRpcChannel(Channel):
     """JSON-RPC 2.0 over stdio (Codex omits ``"jsonrpc"``; ACP has it): our requests and their
     answers, the agent's requests, which must be answered once."""
@@ -242,7 +253,7 @@ class JsonRpcChannel(Channel):
         if "id" in obj and ("result" in obj or "error" in obj):
             then = self._waiting.pop(obj["id"], None) if isinstance(obj["id"], int) else None
             if isinstance(obj.get("error"), dict):
-                self.host.note_failure(str(obj["error"].get("message") or obj["error"]))
+                self.host.note_failure(error_text(obj["error"]))
                 self.finish()
             elif then is not None:
                 then(obj.get("result") if isinstance(obj.get("result"), dict) else {})
