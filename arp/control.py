@@ -78,6 +78,10 @@ class Register(amp.Command):
         (b"public_url", amp.Unicode()),
         (b"remote_port", amp.Integer()),
         (b"heartbeat", amp.Float()),
+        # whether the relay's control and proxy ports use TLS, so that arpc can refuse a proxy
+        # endpoint every tunnel would fail on (arp/mismatch.py); optional: older peers ignore them
+        (b"control_tls", amp.Boolean(optional=True)),
+        (b"proxy_tls", amp.Boolean(optional=True)),
     ]
     errors = {
         AuthFailed: b"AUTH_FAILED",

@@ -20,6 +20,53 @@ from zope.interface import implementer
 
 from arp import tls
 
+#: The listen queue of every port arps and arpc listen on (Twisted's default is 50): 1,000 arpc
+#: clients registering at once overflow a queue of 50 thousands of times, each a lost SYN that
+#: the client resends a second or more later.  An explicit ``backlog=`` in an endpoint string wins.
+LISTEN_BACKLOG = 1024
+
+#: Where ``backlog`` is among the positional arguments of each endpoint kind that has one (so a
+#: string that gives it by position, e.g. ``tcp6:80:100``, is left as it is).
+_BACKLOG_POSITION = {"tcp": 2, "tcp6": 1, "ssl": 5, "unix": 2}
+
+
+def endpoint_arguments(description: str) -> tuple[str, list[str], dict[str, str]]:
+    """An endpoint string as (kind, positional arguments, keyword arguments), split the way
+    Twisted's own parser splits it: ``\\`` escapes the next character, ``:`` separates arguments,
+    and the first unescaped ``=`` of an argument makes it a keyword (a repeated one: the last wins)."""
+    fields: list[tuple[str, str | None]] = []  # (text, None) or (key, value)
+    text, key, chars = "", None, iter(description)
+    for char in chars:
+        if char == "\\":
+            text += next(chars, "")
+        elif char == ":":
+            fields.append((text, None) if key is None else (key, text))
+            text, key = "", None
+        elif char == "=" and key is None:
+            key, text = text, ""
+        else:
+            text += char
+    fields.append((text, None) if key is None else (key, text))
+    kind = fields[0][0] if fields[0][1] is None else ""
+    positional = [text for text, value in fields[1:] if value is None]
+    keywords = {name: value for name, value in fields[1:] if value is not None}
+    return kind, positional, keywords
+
+
+def with_backlog(description: str, backlog: int = LISTEN_BACKLOG) -> str:
+    """``description`` (a server endpoint string) listening with a queue of ``backlog`` connections.
+
+    For ``tcp:``, ``tcp6:``, ``ssl:`` and ``unix:`` strings that do not give a backlog themselves
+    (``backlog=N``, or by position); anything else is returned as it is.  So every port gets the
+    same queue whether it was given as ``--control-port 17001`` or ``--control-endpoint
+    tcp:17001:interface=10.0.0.5``, ``ssl:...`` (the TLS recipe) or a client's own port.
+    """
+    kind, positional, keywords = endpoint_arguments(description)
+    position = _BACKLOG_POSITION.get(kind)
+    if position is None or "backlog" in keywords or len(positional) > position:  # given already
+        return description
+    return f"{description}:backlog={backlog}"
+
 
 def describe(port: IListeningPort) -> str:
     """``host:port`` of a listening port."""
@@ -88,7 +135,8 @@ class Listener(Service):
 
     Unlike ``StreamServerEndpointService`` it listens in ``privilegedStartService``
     and turns a failure (port taken, bad certificate) into a clean exit with a
-    message, rather than running half-listening.
+    message, rather than running half-listening.  Every port gets a listen queue
+    of ``LISTEN_BACKLOG`` unless its string gives one (:func:`with_backlog`).
     """
 
     log = Logger()
@@ -104,7 +152,7 @@ class Listener(Service):
         super().privilegedStartService()
         outcome: list = []
         try:
-            endpoint = serverFromString(self.reactor, self.description)
+            endpoint = serverFromString(self.reactor, with_backlog(self.description))
             chosen = tls.negotiate(endpoint, tls.protocols_of(self.factory))  # ALPN, see arp/tls.py
             d: Deferred = endpoint.listen(tls.ChoiceMade(self.factory) if chosen else self.factory)
         except Exception as e:

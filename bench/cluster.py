@@ -152,7 +152,7 @@ def main() -> None:
                 "5",
             ]
             for name in ("control", "proxy", "public"):
-                argv += [f"--{name}-endpoint", f"tcp:{ports[name]}:interface={host}:backlog=1024"]
+                argv += [f"--{name}-endpoint", f"tcp:{ports[name]}:interface={host}"]  # as users give it
             relay = procs.start(f"arps-{host}", argv, nofile=nofile)
             relay.wait_for("sharing state in Redis", 30)
             relays.append(relay)

@@ -62,7 +62,7 @@ PYPY_DEFAULT = REPO / ".venv-pypy" / "bin" / "python"
 #: seconds of keep-alive load before arp-pypy's figures (full run): PyPy's JIT compiles the hot path
 PYPY_WARMUP_S = 10
 NOFILE_WANT = 65536
-ARPS_ENDPOINT_EXTRA = ""  # e.g. ":backlog=1024" (--backlog)
+ARPS_ENDPOINT_EXTRA = ""  # e.g. ":backlog=4096" (--backlog; it wins over arps's own 1,024)
 HIDDEN: set[str] = set()  # tools to treat as missing (--without), to exercise the fallbacks
 
 
@@ -733,6 +733,8 @@ def start_arps(
     python: str | None = None,
 ) -> tuple:
     args = [python or TWISTD[0], *TWISTD[1:], "arps"]
+    # endpoint strings, as the README's recipes give them (an interface binding, the TLS recipe):
+    # the listen backlog measured is the one users get, not the --*-port options' own
     for name in ("control", "proxy", "public"):
         args += [f"--{name}-endpoint", "tcp:0:interface=127.0.0.1" + ARPS_ENDPOINT_EXTRA]
     if _arps_has_option("admin-endpoint"):
@@ -1557,7 +1559,9 @@ def main() -> int:
         help="PyPy (a venv's bin/python with ARP installed) for the arp-pypy target (default: .venv-pypy)",
     )
     parser.add_argument("--no-scale", action="store_true", help="skip the scale section")
-    parser.add_argument("--backlog", type=int, help="listen backlog of arps's endpoints (default: its own)")
+    parser.add_argument(
+        "--backlog", type=int, help="listen backlog of arps's endpoints (default: arps's own, 1024)"
+    )
     parser.add_argument(
         "--clients",
         type=lambda v: [int(x) for x in v.split(",") if x],

@@ -16,6 +16,7 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 from twisted.web.server import Site
 
+from arp.client.command import history as history_module
 from arp.client.command import sessions as sessions_module
 from arp.client.command.access import AccessStore
 from arp.client.command.executors import (
@@ -33,6 +34,7 @@ from arp.client.command.history import (
     GeminiHistory,
     claude_roots,
     gemini_root,
+    lines_within,
     sanitize_path,
 )
 from arp.client.command.sessions import ApiError, SessionManager
@@ -393,6 +395,25 @@ class CodexGeminiHistoryTests(unittest.TestCase):
         detail = history.messages(CODEX_ID)
         self.assertEqual([m["role"] for m in detail["messages"]], ["user", "assistant", "tool", "assistant"])
         self.assertEqual(detail["messages"][1]["toolCalls"][0]["input"], {"command": ["ls"]})
+
+    def test_codex_first_prompt_past_32_kib(self):
+        """Today's rollouts start with long session_meta and turn_context lines: the first prompt
+        (here past byte 40,000) and the model are still found, and reading stops at a cap."""
+        home = Path(self.mktemp())
+        write_codex_history(home)
+        [path] = (home / "sessions").glob("*/*/*/rollout-*.jsonl")
+        lines = path.read_text().splitlines(keepends=True)
+        meta = json.loads(lines[0])
+        meta["payload"]["base_instructions"] = {"text": "You are Codex. " * 3000}
+        lines[0] = json.dumps(meta) + "\n"
+        path.write_text("".join(lines))
+        self.assertGreater(path.read_text().index("Fix the README typo"), 40_000)
+        [s] = CodexHistory(home).sessions()["sessions"]
+        self.assertEqual((s["title"], s["model"]), ("Fix the README typo", "gpt-5-codex"))
+        self.patch(history_module, "CODEX_HEAD_MAX", 30_000)  # a prompt beyond the cap is not read
+        [s] = CodexHistory(home).sessions()["sessions"]
+        self.assertIsNone(s["title"])
+        self.assertEqual(list(lines_within(path, 10)), [])
 
     def test_gemini(self):
         """JSONL chats: metadata line, $rewindTo and $set, project path from the marker file."""

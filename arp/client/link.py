@@ -18,7 +18,7 @@ from twisted.application.internet import backoffPolicy
 from twisted.application.service import MultiService
 from twisted.internet.defer import CancelledError, Deferred, gatherResults
 from twisted.internet.error import ConnectingCancelledError
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IHandshakeListener, ISSLTransport, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -41,6 +41,7 @@ from arp.control import (
     Release,
     Unavailable,
 )
+from arp.mismatch import proxy_mismatch, registration_hint
 from arp.splice import tune
 
 #: Most tunnels arpc holds open or is opening at once, whatever the relay asks for (its own
@@ -53,10 +54,12 @@ class RegistrationRefused(Exception):
     """The relay refused this client for a reason that retrying cannot fix."""
 
 
+@implementer(IHandshakeListener)
 class ControlClientProtocol(BoundedBoxes, amp.AMP, TimeoutMixin):
     """arpc's end of the control channel."""
 
     log = Logger()
+    handshake_done = False  # over TLS: whether the handshake completed (a plain relay aborts it)
 
     def __init__(self, link: RelayLink) -> None:
         super().__init__()
@@ -72,6 +75,9 @@ class ControlClientProtocol(BoundedBoxes, amp.AMP, TimeoutMixin):
 
     def box_completed(self) -> None:
         self.resetTimeout()  # a whole box from the relay, not a trickle, shows it is alive
+
+    def handshakeCompleted(self) -> None:
+        self.handshake_done = True
 
     def timeoutConnection(self) -> None:
         self.log.warn("relay silent for too long; reconnecting")
@@ -143,6 +149,7 @@ class RelayLink(MultiService):
         control_endpoint: IStreamClientEndpoint,
         control_description: str = "the control port",
         proxy_endpoint: IStreamClientEndpoint,
+        proxy_description: str = "",
         tunnel_protocol: callable,  # type: ignore[valid-type]
         client_id: str,
         identity: object,
@@ -162,6 +169,7 @@ class RelayLink(MultiService):
         self.clock = clock
         self.endpoint = LoggedEndpoint(control_endpoint, control_description)
         self.proxy_endpoint = proxy_endpoint
+        self.proxy_description = proxy_description  # its endpoint string: checked at registration
         self.tunnel_protocol = tunnel_protocol
         self.client_id = client_id
         self.identity = identity
@@ -235,6 +243,7 @@ class RelayLink(MultiService):
         self._retry = self.clock.callLater(delay, self._connect)
 
     async def _register(self, proto: ControlClientProtocol) -> None:
+        hello: dict | None = None
         try:
             hello = await proto.callRemote(Hello, version=wire.PROTOCOL_VERSION)
             nonce = hello["nonce"]
@@ -288,9 +297,21 @@ class RelayLink(MultiService):
             raise
         except Exception as e:
             if not self.stopping:
-                why = tls.explain(e) or str(e) or repr(e)  # a TLS failure in words: untrusted, wrong name...
+                why = tls.explain(e)  # a TLS failure in words: untrusted, wrong name...
+                if why is None and hello is None:  # closed before any answer: plain TCP against TLS?
+                    secure = ISSLTransport.providedBy(proto.transport)
+                    why = registration_hint(e, self.endpoint.description, secure, proto.handshake_done)
+                why = why or str(e) or repr(e)
                 self.log.warn("could not register with the relay: {why}", why=why)
             raise
+        mismatch = proxy_mismatch(
+            self.proxy_description,
+            result.get("proxy_tls"),
+            result.get("control_tls"),
+            ISSLTransport.providedBy(proto.transport),
+        )
+        if mismatch is not None:  # every tunnel would fail: say so now rather than as 504s
+            raise RegistrationRefused(mismatch)
         self.tunnel_secret = tunnel_secret
         self.control = proto
         self.failures = 0
@@ -328,6 +349,8 @@ class RelayLink(MultiService):
 
     def open_tunnels(self, count: int) -> None:
         """Open ``count`` tunnel connections to the proxy port, each with its own one-time header."""
+        if self.refused:  # e.g. a proxy port of the wrong transport: arpc is stopping
+            return
         client_id, key = self.client_id, self.tunnel_secret
 
         def build() -> Protocol:

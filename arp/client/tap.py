@@ -353,6 +353,7 @@ def makeService(config: Options) -> MultiService:
             control_endpoint=clientFromString(reactor, control),
             control_description=control,
             proxy_endpoint=clientFromString(reactor, proxy),
+            proxy_description=proxy,
             tunnel_protocol=tunnel_protocol,
             client_id=client_id,
             identity=identity,

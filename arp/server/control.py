@@ -22,7 +22,7 @@ from __future__ import annotations
 from hmac import compare_digest as secrets_equal
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, ISSLTransport
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -43,6 +43,7 @@ from arp.control import (
     Register,
     Release,
 )
+from arp.mismatch import MismatchLog, looks_like_tls
 from arp.server.registry import ClientRecord, Registry
 from arp.splice import tune
 
@@ -81,6 +82,8 @@ class ControlServerProtocol(BoundedBoxes, amp.AMP, TimeoutMixin):
         self._box_timer: object | None = None
         self._unread_timer: object | None = None
         self._beat: LoopingCall | None = None
+        self._spoke = False  # whether the peer has sent anything yet
+        self._here: object | None = None  # over TLS: the port's address, for a mismatch line
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -88,10 +91,20 @@ class ControlServerProtocol(BoundedBoxes, amp.AMP, TimeoutMixin):
             self.refuse(self.closing)
             return
         tune(self.transport, keepalive=True)
+        if self.factory is not None and ISSLTransport.providedBy(self.transport):
+            self._here = self.transport.getHost()  # a closed TLS transport cannot tell it
         self.transport.registerProducer(self, True)  # told when our answers go unread
         self.setTimeout(RELAY_REGISTRATION_WINDOW)
 
     def dataReceived(self, data: bytes) -> None:
+        if not self._spoke:
+            self._spoke = True
+            if looks_like_tls(data) and not ISSLTransport.providedBy(self.transport):
+                self._box_refused = True  # an arpc told tls: on this plain port
+                if self.factory is not None:
+                    self.factory.mismatch.tls_on_plain("control", self.transport)
+                self.transport.abortConnection()
+                return
         if self._box_timer is None:  # the first bytes of a box: it must end in time
             self._box_timer = self.clock.callLater(self.box_timeout, self._box_expired)
         super().dataReceived(data)
@@ -225,12 +238,18 @@ class ControlServerProtocol(BoundedBoxes, amp.AMP, TimeoutMixin):
         self._beat.start(interval, now=False)
         # after the answer (from which arpc derives the tunnel key) has gone out
         self.clock.callLater(0, self.registry.start_pool, record)
-        return {
+        answer = {
             "exchange": record.relay_exchange,
             "public_url": self.registry.public_url(client_id),
             "remote_port": record.remote_port,
             "heartbeat": interval,
+            # so that arpc can check its endpoints' transports (see arp/mismatch.py)
+            "control_tls": ISSLTransport.providedBy(self.transport),
         }
+        proxy_tls = self.factory.proxy_tls if self.factory is not None else None
+        if proxy_tls is not None:
+            answer["proxy_tls"] = proxy_tls
+        return answer
 
     @Heartbeat.responder
     def heartbeat(self) -> dict:
@@ -255,6 +274,8 @@ class ControlServerProtocol(BoundedBoxes, amp.AMP, TimeoutMixin):
         self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure) -> None:
+        if not self.boxes and self._here is not None:  # a TLS handshake that failed on plain bytes?
+            self.factory.mismatch.lost("control", self.transport, self._here, reason)
         self.setTimeout(None)
         if self._box_timer is not None and self._box_timer.active():
             self._box_timer.cancel()
@@ -281,11 +302,14 @@ class ControlFactory(Factory):
 
     noisy = False
     log = Logger()
+    #: Whether the relay's proxy port uses TLS (told to arpc at registration); None: unknown.
+    proxy_tls: bool | None = None
 
     def __init__(self, registry: Registry, clock: object) -> None:
         self.registry = registry
         self.clock = clock
         self.pending: dict[str, set[ControlServerProtocol]] = {}
+        self.mismatch = MismatchLog(clock)  # TLS on a plain port, or the reverse
 
     def buildProtocol(self, addr: object) -> ControlServerProtocol:
         host = source_of(addr)

@@ -15,6 +15,7 @@ from twisted.python import usage
 
 from arp import files, options
 from arp.listen import DrainingListener, LazyFactory, Listener
+from arp.mismatch import endpoint_is_tls
 from arp.reactor import install_unless_chosen
 from arp.server.control import ControlFactory
 from arp.server.public import PublicConfig, PublicFactory
@@ -398,10 +399,11 @@ def makeService(config: Options) -> MultiService:
         hsts=config["hsts"],
     )
     public_factory = PublicFactory(registry, public_config, reactor)
-    Listener(
-        "control", config["control-endpoint"], ControlFactory(registry, reactor), reactor
-    ).setServiceParent(top)
-    proxy = Listener("proxy", config["proxy-endpoint"], TunnelFactory(registry, reactor), reactor)
+    control_factory, tunnel_factory = ControlFactory(registry, reactor), TunnelFactory(registry, reactor)
+    control_factory.proxy_tls = endpoint_is_tls(config["proxy-endpoint"])  # told to arpc
+    tunnel_factory.mismatch = control_factory.mismatch  # one log limit for both ports
+    Listener("control", config["control-endpoint"], control_factory, reactor).setServiceParent(top)
+    proxy = Listener("proxy", config["proxy-endpoint"], tunnel_factory, reactor)
     proxy.setServiceParent(top)
     public = DrainingListener("public", public_endpoint, public_factory, reactor, config["grace"])
     public.setServiceParent(top)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, ISSLTransport
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from arp import wire
+from arp.mismatch import MismatchLog, looks_like_tls
 from arp.server.registry import ClientRecord, Registry
 from arp.splice import tune
 
@@ -37,15 +38,19 @@ class TunnelServerProtocol(Protocol):
     record: ClientRecord | None = None
     idle_since = 0.0
     uses = 0
+    mismatch: MismatchLog | None = None  # logs TLS on this plain port, or the reverse
 
     def __init__(self, registry: Registry, clock: object) -> None:
         self.registry = registry
         self.clock = clock
         self._buf = b""
         self._timer = None
+        self._here: object | None = None  # over TLS: the port's address, for a mismatch line
 
     def connectionMade(self) -> None:
         tune(self.transport, keepalive=True)
+        if self.mismatch is not None and ISSLTransport.providedBy(self.transport):
+            self._here = self.transport.getHost()  # a closed TLS transport cannot tell it
         self._timer = self.clock.callLater(HANDSHAKE_TIMEOUT, self._handshake_timeout)
 
     def _handshake_timeout(self) -> None:
@@ -67,6 +72,11 @@ class TunnelServerProtocol(Protocol):
             self.transport.abortConnection()
 
     def _handshake(self, data: bytes) -> None:
+        if not self._buf and looks_like_tls(data) and not ISSLTransport.providedBy(self.transport):
+            if self.mismatch is not None:  # an arpc told tls: on this plain port
+                self.mismatch.tls_on_plain("proxy", self.transport)
+            self.transport.abortConnection()
+            return
         self._buf += data
         end = self._buf.find(b"\n")
         if end < 0:
@@ -131,6 +141,8 @@ class TunnelServerProtocol(Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+            if self._here is not None:  # no header yet: a TLS handshake that failed on plain bytes?
+                self.mismatch.lost("proxy", self.transport, self._here, reason)
         if self.record is not None:
             self.record.pool.forget(self)
         owner, self.owner = self.owner, None
@@ -146,6 +158,9 @@ class TunnelFactory(Factory):
     def __init__(self, registry: Registry, clock: object) -> None:
         self.registry = registry
         self.clock = clock
+        self.mismatch = MismatchLog(clock)
 
     def buildProtocol(self, addr: object) -> TunnelServerProtocol:
-        return TunnelServerProtocol(self.registry, self.clock)
+        proto = TunnelServerProtocol(self.registry, self.clock)
+        proto.mismatch = self.mismatch
+        return proto

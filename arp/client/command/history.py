@@ -18,6 +18,9 @@ from pathlib import Path
 from typing import Any
 
 HEAD_BYTES = 32 * 1024
+#: How far into a Codex rollout its first prompt is looked for: today's ``session_meta`` and
+#: ``turn_context`` lines are long (the first prompt started at byte 34,493: approvals.md §5).
+CODEX_HEAD_MAX = 1024 * 1024
 TAIL_BYTES = 32 * 1024
 COUNT_LIMIT = 8 * 1024 * 1024  # files above this get messageCount null in listings
 TITLE_MAX = 200
@@ -53,6 +56,26 @@ def head_lines(path: Path, limit: int = HEAD_BYTES) -> list[dict]:
     if len(data) == limit:
         lines = lines[:-1]  # maybe cut short
     return [obj for obj in map(_parse, lines) if obj is not None]
+
+
+def lines_within(path: Path, limit: int) -> Iterator[dict]:
+    """The complete, parsable JSON-object lines within the first ``limit`` bytes, read one line
+    at a time (stop early and the rest is never read)."""
+    try:
+        with open(path, "rb") as f:
+            read = 0
+            while read < limit:
+                line = f.readline(limit - read)
+                if not line:
+                    return
+                read += len(line)
+                if not line.endswith(b"\n") and read >= limit:
+                    return  # cut short by the limit
+                obj = _parse(line)
+                if obj is not None:
+                    yield obj
+    except OSError:
+        return
 
 
 def tail_lines(path: Path, size: int, limit: int = TAIL_BYTES) -> list[dict]:
@@ -500,7 +523,9 @@ class CodexHistory:
         match = _UUID_TAIL_RE.search(path.stem)
         info: dict[str, Any] = {"id": match.group(1) if match else path.stem, "cwd": None}
         info.update(firstPrompt=None, startedAt=None, cliVersion=None, model=None)
-        for line in head_lines(path):
+        for line in lines_within(path, CODEX_HEAD_MAX):
+            if info["firstPrompt"] is not None and info["model"] is not None:
+                break
             payload = line.get("payload")
             if not isinstance(payload, dict):
                 continue
