@@ -126,3 +126,56 @@ class AdminCrossSiteBrowserTests(browser.BrowserTestCase):
         self.assertEqual(refusals, 3, relay.proc.output[-2000:])
         await arpc.wait_for("the relay dropped this client")
         self.assertEqual(arpc.output.count("the relay dropped this client"), 1)  # only the panel's click
+
+
+FRAMING_PAGE = """<!doctype html>
+<title>a tenant's page</title>
+<p>Win a prize: click the button!</p>
+<iframe id="panel" src="{target}" style="width:800px;height:600px;opacity:0.1"></iframe>
+"""
+
+
+class AdminFramingBrowserTests(browser.BrowserTestCase):
+    """Clickjacking: a page the operator opens cannot show the admin panel in a frame."""
+
+    timeout = 120
+
+    async def test_panel_refuses_to_be_framed(self):
+        """A page on another port frames the panel (with the operator's token in the URL, as a
+        bookmark would have it): Chromium refuses to render it, so no client list shows and no
+        Disconnect can be clicked through; the panel opened directly still works."""
+        relay = await start_arps(self, "--admin-token", "panel-secret")
+        arpc = await start_arpc(self, relay, local_port=listen_backend(self))
+        panel = f"{relay.admin}/?token=panel-secret"
+        attacker = Data(FRAMING_PAGE.format(target=panel).encode(), "text/html; charset=utf-8")
+        attacker.isLeaf = True
+        port = reactor.listenTCP(0, Site(attacker), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        attack_url = f"http://localhost:{port.getHost().port}/"
+        token = arpc.token
+
+        def drive(page):
+            refusal = page.expect_console_message(lambda m: "frame" in m.text and "ancestor" in m.text)
+            with refusal as refused, page.expect_response(lambda r: r.url.startswith(relay.admin)) as framed:
+                page.goto(attack_url)
+            headers = framed.value.headers
+            # a refused frame is Chromium's error page: none of the panel's rows are in it
+            rows = page.frame_locator("#panel").locator(f'tr[data-client="{token}"]').count()
+            child = [f for f in page.frames if f is not page.main_frame]
+            seen = {
+                "rows": rows,
+                "child_url": child[0].url if child else "",
+                "xfo": headers.get("x-frame-options"),
+                "csp": headers.get("content-security-policy"),
+                "refused": refused.value.text,
+            }
+            page.goto(panel)
+            page.locator(f'tr[data-client="{token}"]').wait_for()
+            return seen
+
+        seen = await browser.in_browser(drive)
+        self.assertEqual(seen["xfo"], "DENY")
+        self.assertEqual(seen["csp"], "frame-ancestors 'none'")
+        self.assertEqual(seen["rows"], 0)
+        self.assertFalse(seen["child_url"].startswith(relay.admin), seen["child_url"])
+        self.assertIn("frame-ancestors 'none'", seen["refused"])

@@ -347,6 +347,14 @@ class Health(RelayView):
         return send_json(request, 200 if body["ok"] else 503, body)
 
 
+#: Headers on every admin answer: no page may frame the panel (CSP for today's browsers,
+#: X-Frame-Options for older ones).
+NO_FRAMING = (
+    (b"content-security-policy", b"frame-ancestors 'none'"),
+    (b"x-frame-options", b"DENY"),
+)
+
+
 class AdminRoot(resource.Resource):
     """The admin tree; checks the admin token (if any) before anything else."""
 
@@ -376,6 +384,10 @@ class AdminRoot(resource.Resource):
         return hmac.compare_digest(given, self.token.encode())
 
     def getChildWithDefault(self, path: bytes, request: server.Request) -> resource.Resource:
+        # never inside another page's frame (clickjacking: a page the operator opens must not
+        # show the panel under its own buttons), whatever is answered below
+        for name, value in NO_FRAMING:
+            request.setHeader(name, value)
         if path == b"healthz" and not request.postpath:
             return self.health  # for load balancers and readiness probes: no token, no data
         if not self.token and not loopback_host(request):
