@@ -349,6 +349,27 @@ class ApprovalTests(unittest.TestCase):
             },
         )
 
+    async def test_acp_agent_modes(self):
+        """``--acp-agent`` honours ``permissionMode`` with ``session/set_mode`` (the agent lists
+        its modes, as codex-acp does): ``default`` asks, ``acceptEdits`` runs in the agent's auto
+        mode (where it runs commands without asking), a follow-up sets the mode again."""
+        api = await self._setup()
+        sid, [asked] = await self._asked("ASK_BASH in default", "Helper")
+        await self._answer(sid, asked["id"], {"decision": "allow"})
+        await api.wait_status(sid, FINAL)
+        self.assertEqual(self.ws.recorded_for("ASK_BASH in default")[0]["mode"], "read-only")
+        body = self._new("ASK_BASH in acceptEdits", "Helper", permissionMode="acceptEdits")
+        code, session = await api.post("/api/sessions", body)
+        done = await api.wait_status(session["id"], FINAL)
+        self.assertEqual(done["output"], "Acpagent says: ran without asking: Run rm -rf build")
+        self.assertEqual(self.ws.recorded_for("ASK_BASH in acceptEdits")[0]["mode"], "auto")
+        code, body = await api.post(f"/api/sessions/{sid}/messages", {"prompt": "ASK_BASH again"})
+        self.assertEqual(code, 202, body)
+        [again] = await self._pending(sid, 2)
+        await self._answer(sid, again["id"], {"decision": "deny"})
+        await api.wait_status(sid, FINAL)
+        self.assertEqual(self.ws.recorded_for("ASK_BASH again")[0]["mode"], "read-only")
+
     async def _pending(self, sid: str, n: int) -> list[dict]:
         """Wait until session ``sid`` has had ``n`` approvals; the pending ones."""
         found: list[dict] = []

@@ -32,6 +32,7 @@ from arp.client.command.channels import (
     AcpChannel,
     ClaudeChannel,
     CodexChannel,
+    acp_mode,
     acp_summary,
     error_text,
 )
@@ -560,6 +561,26 @@ class ChannelTests(unittest.TestCase):
         titled = acp_summary({"title": "rm -rf build", "kind": "execute"}, "/p")  # Gemini
         self.assertEqual((titled["command"], titled["cwd"]), ("rm -rf build", "/p"))
         self.assertNotIn("command", acp_summary({"title": "Read a.txt", "kind": "read"}, "/p"))
+
+    def test_acp_modes(self):
+        """The permission mode becomes the agent's mode with session/set_mode before the prompt
+        when it lists one that fits (not when it is current already, or none fits)."""
+        modes = {"currentModeId": "auto", "availableModes": [{"id": "read-only"}, {"id": "auto"}]}
+        host, writer = FakeHost(), FakeWriter()
+        channel = AcpChannel(host, writer, "do it", None, {"rank": 1, "mode": "default"})
+        channel.start()
+        channel.handle({"jsonrpc": "2.0", "id": 1, "result": {}})
+        channel.handle({"jsonrpc": "2.0", "id": 2, "result": {"sessionId": "s1", "modes": modes}})
+        self.assertEqual(writer.lines[-1]["method"], "session/set_mode")
+        self.assertEqual(writer.lines[-1]["params"], {"sessionId": "s1", "modeId": "read-only"})
+        channel.handle({"jsonrpc": "2.0", "id": 3, "result": {}})
+        self.assertEqual(writer.lines[-1]["method"], "session/prompt")
+        self.assertEqual(acp_mode("acceptEdits", modes["availableModes"]), "auto")
+        claude_acp = [{"id": i} for i in ("default", "acceptEdits", "plan", "bypassPermissions")]
+        self.assertEqual(acp_mode("dontAsk", claude_acp), "default")
+        self.assertEqual(acp_mode("bypassPermissions", claude_acp), "bypassPermissions")
+        self.assertIsNone(acp_mode("plan", [{"id": "yolo"}]))
+        self.assertIsNone(acp_mode("default", None))
 
     def test_digest_of_the_new_formats(self):
         """App-server and ACP notifications give text, ids and failures like the one-shot formats."""

@@ -207,7 +207,16 @@ def acp_main(name, argv, exit_at_eof=True):
                 "",
                 {"acp": method, "cwd_param": params.get("cwd"), "resume": params.get("sessionId")},
             )
-            rpc({"id": rid, "result": {"sessionId": sid} if method == "session/new" else None})
+            result = {"sessionId": sid} if method == "session/new" else None
+            if name == "acpagent":  # modes as codex-acp lists them; it starts in "auto"
+                result = {**(result or {}), "modes": {"currentModeId": MODE[0], "availableModes": MODES}}
+            rpc({"id": rid, "result": result})
+        elif method == "session/set_mode" and name == "acpagent":
+            if params.get("sessionId") != sid or params.get("modeId") not in [m["id"] for m in MODES]:
+                rpc({"id": rid, "error": {"code": -32602, "message": "Invalid params"}})
+            else:
+                MODE[0] = params["modeId"]
+                rpc({"id": rid, "result": {}})
         elif method == "session/prompt":
             prompt = " ".join(b.get("text", "") for b in params.get("prompt", []) if isinstance(b, dict))
             prelude(prompt)
@@ -230,7 +239,7 @@ def acp_main(name, argv, exit_at_eof=True):
             text = acp_turn(name, argv, prompt, params["sessionId"], told, pending_id, resume)
             if text is None:
                 return 9
-            write_told(name, argv, prompt, told, {"resume": resume})
+            write_told(name, argv, prompt, told, {"resume": resume, "mode": MODE[0]})
             if "FAIL" in prompt:
                 # as Gemini 0.61 answers: the reason only in data.details
                 error = {"code": -32603, "message": "Internal error", "data": {"details": "quota exceeded"}}
@@ -307,6 +316,14 @@ def acp_calls(name, prompt):
     return calls
 
 
+MODES = [  # codex-acp's modes: in "auto" and "full-access" it runs commands without asking
+    {"id": "read-only", "name": "Read Only"},
+    {"id": "auto", "name": "Auto"},
+    {"id": "full-access", "name": "Full Access"},
+]
+MODE = ["auto"]
+
+
 def acp_turn(name, argv, prompt, sid, told, pending_id, resume=None):
     """Run the tool calls the markers ask for; the text to answer with (None: die)."""
     if not asks(prompt):
@@ -315,6 +332,9 @@ def acp_turn(name, argv, prompt, sid, told, pending_id, resume=None):
     for first, call in acp_calls(name, prompt):
         update(sid, {"sessionUpdate": "tool_call", **first, "status": "pending"})
         what = first["title"]
+        if name == "acpagent" and MODE[0] != "read-only":
+            results.append(f"ran without asking: {what}")
+            continue
         exact = json.dumps([first.get("kind"), first.get("rawInput") or first["title"]], sort_keys=True)
         if exact in ALWAYS:
             results.append(f"allowed by the agent's rule: {what}")

@@ -418,6 +418,15 @@ class AcpChannel(JsonRpcChannel):
             self.finish()
             return
         self.host.note_agent_session(self.acp_session)
+        modes = result.get("modes") if isinstance(result.get("modes"), dict) else {}
+        mode = acp_mode(self.options.get("mode"), modes.get("availableModes"))
+        if mode is not None and mode != modes.get("currentModeId"):
+            # without it codex-acp runs commands in its own default mode, without asking
+            self.call("session/set_mode", {"sessionId": self.acp_session, "modeId": mode}, self._prompt)
+        else:
+            self._prompt({})
+
+    def _prompt(self, result: dict) -> None:
         prompt = {"sessionId": self.acp_session, "prompt": [{"type": "text", "text": self.prompt}]}
         self.call("session/prompt", prompt, self._ended)
 
@@ -492,6 +501,31 @@ class AcpChannel(JsonRpcChannel):
         """Ask the agent to stop the turn (``session/cancel``)."""
         if self.acp_session:
             self.notify("session/cancel", {"sessionId": self.acp_session})
+
+
+#: The ACP mode ids that stand for each permission mode, best first: the mode's own name
+#: (claude-code-acp: default, acceptEdits, plan, bypassPermissions), then codex-acp's
+#: (read-only asks before running anything, auto runs commands in the workspace, full-access).
+ACP_MODES = {
+    "plan": ("plan", "read-only"),
+    "default": ("default", "read-only"),
+    "dontAsk": ("dontAsk", "default", "read-only"),
+    "acceptEdits": ("acceptEdits", "auto"),
+    "auto": ("auto", "acceptEdits"),
+    "bypassPermissions": ("bypassPermissions", "full-access"),
+}
+
+
+def acp_mode(permission_mode: object, available: object) -> str | None:
+    """The id of the agent's mode for ``permission_mode`` among its ``availableModes`` (None if
+    it lists none that fits: then the agent keeps its own)."""
+    ids = [m.get("id") for m in available if isinstance(m, dict)] if isinstance(available, list) else []
+    ids = [i for i in ids if isinstance(i, str)]
+    for wanted in ACP_MODES.get(permission_mode, ()) if isinstance(permission_mode, str) else ():
+        for mode_id in ids:
+            if mode_id.lower() == wanted.lower():
+                return mode_id
+    return None
 
 
 def acp_summary(call: dict[str, Any], cwd: str) -> dict[str, Any]:

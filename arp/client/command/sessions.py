@@ -457,6 +457,7 @@ class Session:
             options = {
                 "model": record.get("model"),
                 "rank": PERMISSION_RANK[record["permissionMode"]],
+                "mode": record["permissionMode"],
                 "version": manager.version,
             }
             self.channel = CHANNELS[executor.protocol](self, process, prompt, resume, options)
