@@ -272,6 +272,10 @@ _CRLF_BLOCK_RE = re.compile(rb"(?:" + _TOKEN + rb":[\t\x20-\x7e\x80-\xff]*\r\n)*
 _KEEP_ALIVE_LINE = b"\r\nConnection: keep-alive"
 
 
+_VERSIONS = frozenset((b"HTTP/1.0", b"HTTP/1.1"))
+_REASON_RE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
+
+
 def scan_response_head(raw: bytes) -> Head:
     """The part of a response head the relay needs: status, framing and hop-by-hop headers.
 
@@ -293,7 +297,14 @@ def _response_head(raw: bytes, full: bool) -> Head:
         raise HTTPError(502, "backend sent a " + e.message)
     version, _, rest = line.partition(b" ")
     status, _, reason = rest.partition(b" ")
-    if not version.startswith(b"HTTP/1.") or len(status) != 3 or not status.isdigit():
+    if (
+        version not in _VERSIONS
+        or len(status) != 3
+        or not status.isdigit()
+        or (reason and _REASON_RE.fullmatch(reason) is None)
+    ):
+        # RFC 9112 4: a reason phrase is tabs, spaces and visible characters; a bare CR in it
+        # would end the line for a browser and smuggle header lines past the relay
         raise HTTPError(502, "malformed response status line")
     if full:
         return Head((version, status, reason), headers)

@@ -94,6 +94,56 @@ class HopByHopTests(FrontFixture, unittest.TestCase):
         self.assertEqual(transport.value(), b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 
 
+class HostileResponseTests(FrontFixture, unittest.TestCase):
+    """A service's answer that a client would read differently than the relay (issue #21)."""
+
+    def test_bare_cr_in_the_reason_phrase(self):
+        """``200 OK\\rSet-Cookie: arp_…=EVIL``: a browser ends the line at the CR and would take the
+        rest as a header the relay never saw (an ARP cookie, a hidden Transfer-Encoding, an HSTS
+        ahead of --hsts). The status line is refused: 502, the tunnel aborted, nothing passed on."""
+        for hidden in (
+            b"Set-Cookie: arp_0123456789abcdef0123=EVIL",
+            b"Transfer-Encoding: chunked",
+            b"Strict-Transport-Security: max-age=0",
+        ):
+            t = self.tunnel()
+            public, transport = self.public()
+            public.dataReceived(b"GET / HTTP/1.1\r\nHost: relay\r\nX-ARP-Token: client1\r\n\r\n")
+            t.dataReceived(b"HTTP/1.1 200 OK\r" + hidden + b"\r\nContent-Length: 2\r\n\r\nok")
+            out = transport.value()
+            self.assertTrue(out.startswith(b"HTTP/1.1 502 "), out)
+            self.assertNotIn(hidden, out)
+            self.assertTrue(t.transport.disconnected)
+
+    def test_reason_phrase_rules(self):
+        """Tabs, spaces, visible and non-ASCII octets pass; other control characters do not; an
+        empty reason is allowed; the version must be HTTP/1.0 or HTTP/1.1."""
+        for good in (b"HTTP/1.1 200 OK", b"HTTP/1.1 200 ", b"HTTP/1.0 404 Not\tFound \xe9"):
+            http.scan_response_head(good + b"\r\n\r\n")
+        bad_lines = (b"HTTP/1.1 200 O\x00K", b"HTTP/1.1 200 O\x1bK", b"HTTP/1.1\rX 200", b"HTTP/1.12 200 OK")
+        for bad in bad_lines:
+            with self.assertRaises(http.HTTPError):
+                http.scan_response_head(bad + b"\r\n\r\n")
+
+    def test_unrequested_101(self):
+        """A service that answers a plain GET (or an ``Upgrade: h2c`` offer the relay took out) with
+        ``101``: 502 and the tunnel aborted, so the ``200`` it sends next answers nobody (a client
+        that took the 101 as final would read it as the answer to its next request)."""
+        h2c = b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n"
+        for extra in (b"", h2c):
+            t = self.tunnel()
+            public, transport = self.public()
+            public.dataReceived(b"GET / HTTP/1.1\r\nHost: relay\r\nX-ARP-Token: client1\r\n%s\r\n" % extra)
+            self.assertNotIn(b"h2c", t.transport.value())
+            t.dataReceived(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n")
+            out = transport.value()
+            self.assertTrue(out.startswith(b"HTTP/1.1 502 "), out)
+            self.assertNotIn(b"101", out.split(b"\r\n", 1)[0])
+            self.assertTrue(t.transport.disconnected)
+            t.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged")
+            self.assertNotIn(b"forged", transport.value())
+
+
 class InformationalFloodTests(FrontFixture, unittest.TestCase):
     """A hostile service answers with thousands of 1xx responses in one read."""
 

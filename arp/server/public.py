@@ -506,8 +506,14 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
             status = head.status
             if status >= 200 or status == 101:
                 self._count(status)
-            if status == 101 and self._head.get(b"upgrade") is not None:
-                self._switch_protocols(head, rest)
+            if status == 101:
+                if self._head.get(b"upgrade") is not None:
+                    self._switch_protocols(head, rest)
+                    return
+                # not asked for (or the relay took the Upgrade out, h2c): a client would take it
+                # as final and its next request, maybe for another client, would read what
+                # this service sends next
+                self._fail(502, "the service switched protocols (101) on a request that asked for no upgrade")
                 return
             if not 100 <= status < 200:
                 break
