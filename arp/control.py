@@ -105,6 +105,18 @@ class Heartbeat(amp.Command):
     response: list = []
 
 
+class Leave(amp.Command):
+    """arpc -> arps: the owner is stopping this client on purpose (arpc disconnects next).
+
+    The relay then tells browsers "stopped by its owner" instead of "reconnecting", and still
+    keeps the id for the retention time.  A relay older than this command answers with an
+    unknown-command error, which arpc ignores.
+    """
+
+    arguments: list = []
+    response: list = []
+
+
 class Release(amp.Command):
     """arps -> arpc: the relay is dropping this client (admin action or shutdown)."""
 

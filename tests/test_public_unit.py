@@ -128,6 +128,31 @@ class FrontFixture:
         return proto, transport
 
 
+class FirstHeadTests(FrontFixture, unittest.TestCase):
+    """A connection that holds a descriptor without asking anything is closed early (issue #21.2)."""
+
+    def test_first_head_deadline(self):
+        """Nothing sent: closed after the first head's deadline, not the idle timeout; a head
+        still incomplete then: 408. Later requests on the connection get the usual head timeout."""
+        config = self.factory.config
+        public, transport = self.public()
+        self.clock.advance(config.first_head_timeout + 1)
+        public.check_deadlines(self.clock.seconds())
+        self.assertTrue(transport.disconnecting)
+        public, transport = self.public()
+        public.dataReceived(b"GET / HTTP/1.1\r\nHost: x")
+        self.clock.advance(config.first_head_timeout + 1)
+        public.check_deadlines(self.clock.seconds())
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 408 "), transport.value())
+
+    def test_half_close_with_a_partial_head_closes(self):
+        """EOF after part of a head: nothing will complete it, so close at once."""
+        public, transport = self.public()
+        public.dataReceived(b"GET / HTTP/1.1\r\nX-Pad: " + b"a" * 1000)
+        public.readConnectionLost()
+        self.assertTrue(transport.disconnecting)
+
+
 class PublicFrontTests(FrontFixture, unittest.TestCase):
     """Requests are rewritten, streamed with flow control, and tunnels go back to the pool."""
 

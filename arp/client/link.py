@@ -1,7 +1,9 @@
 """arpc's link to the relay: registration on the control channel, then tunnels on demand.
 
 The link keeps one control connection: connect, register, and after any loss
-reconnect with exponential backoff (reset by a successful registration).  A
+reconnect with exponential backoff (reset by a successful registration); for five
+minutes after losing a registration, retries come about every second instead (the
+relay is restarting: a phone is waiting), spread at random.  A
 refusal that retrying cannot fix (wrong auth key, a request the relay does not
 accept) ends the link and calls ``on_fatal`` with one line saying what to do;
 ``ClientIdInUse``, ``Unavailable`` and network failures are retried.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import random
 import sys
 from collections.abc import Callable
 
@@ -36,6 +39,7 @@ from arp.control import (
     ClientIdInUse,
     Heartbeat,
     Hello,
+    Leave,
     OpenTunnels,
     Register,
     Release,
@@ -48,6 +52,15 @@ from arp.splice import tune
 #: ``--max-tunnels`` is 200 by default): a relay (or whoever speaks for it on a plaintext control
 #: channel) that asks for 2**31 tunnels gets at most this many connection attempts.
 MAX_TUNNELS = 10_000
+
+
+#: After losing a registration, retries come every FAST_RETRY_MIN + [0, FAST_RETRY_SPREAD) s for
+#: FAST_RETRY_WINDOW s (a relay that restarts is back within seconds), then the usual backoff.
+FAST_RETRY_MIN = 0.25
+FAST_RETRY_SPREAD = 1.0
+FAST_RETRY_WINDOW = 300.0
+#: How long a stopping arpc waits for the relay to take note that it leaves on purpose.
+LEAVE_TIMEOUT = 2.0
 
 
 class RegistrationRefused(Exception):
@@ -181,6 +194,8 @@ class RelayLink(MultiService):
         self.grace = grace
         self.on_fatal = on_fatal
         self.retry_delay = backoffPolicy(0.5, max_backoff)
+        self.max_backoff = max_backoff
+        self.lost_at: float | None = None  # when a registration was last lost (fast retries after it)
         self.failures = 0
         self.tunnel_secret = ""
         self.public_url = ""
@@ -239,7 +254,13 @@ class RelayLink(MultiService):
             return
         self.failures += 1
         delay = self.retry_delay(self.failures)
-        self.log.info("connecting to the relay again in {delay:.1f}s", delay=delay)
+        if self.lost_at is not None and self.clock.seconds() - self.lost_at < FAST_RETRY_WINDOW:
+            # we were registered a moment ago: the relay is restarting, or the network blinked.
+            # Come back within about a second of it, not after a long backoff (the phone is
+            # watching); random spread keeps a thousand clients from arriving in one instant.
+            delay = min(delay, FAST_RETRY_MIN + random.random() * FAST_RETRY_SPREAD)
+        if self.failures <= 3 or self.failures % 60 == 0:  # fast retries: not a line a second
+            self.log.info("connecting to the relay again in {delay:.1f}s", delay=delay)
         self._retry = self.clock.callLater(delay, self._connect)
 
     async def _register(self, proto: ControlClientProtocol) -> None:
@@ -285,6 +306,7 @@ class RelayLink(MultiService):
         except BadRegistration as e:
             raise RegistrationRefused(f"the relay refused the registration: {e}") from None
         except ClientIdInUse:
+            self.lost_at = None  # the relay is up and answering: back to the usual backoff
             self.log.error(
                 "client id {client_id} is held by another arpc instance (another identity key); "
                 "retrying (use another --client-id, or this instance's --data-dir, or wait for "
@@ -293,6 +315,7 @@ class RelayLink(MultiService):
             )
             raise
         except Unavailable as e:
+            self.lost_at = None
             self.log.warn("the relay cannot take us now: {why}; retrying", why=str(e))
             raise
         except Exception as e:
@@ -315,6 +338,7 @@ class RelayLink(MultiService):
         self.tunnel_secret = tunnel_secret
         self.control = proto
         self.failures = 0
+        self.lost_at = None
         self.registrations += 1
         proto.start_heartbeat(result["heartbeat"])
         base = result["public_url"].replace("{host}", self.public_host)
@@ -342,6 +366,7 @@ class RelayLink(MultiService):
             if self.stopping:
                 self.log.info("left the relay (shutting down)")
             else:
+                self.lost_at = self.clock.seconds()
                 self.log.warn("lost the control connection to the relay; reconnecting")
         self._schedule_retry()
 
@@ -384,6 +409,17 @@ class RelayLink(MultiService):
 
     # -- stopping -----------------------------------------------------------------
 
+    def _leave(self, proto: ControlClientProtocol) -> None:
+        """Tell the relay we stop on purpose (it then says "stopped by its owner", not
+        "reconnecting"), then close; at most ``LEAVE_TIMEOUT`` s for its answer."""
+        if self.control is not proto:
+            proto.transport.loseConnection()
+            return
+        said = proto.callRemote(Leave)
+        said.addTimeout(LEAVE_TIMEOUT, self.clock)
+        said.addErrback(lambda failure: None)  # an older relay, or one that is gone: close anyway
+        said.addCallback(lambda _: proto.transport.loseConnection())
+
     def stopService(self) -> Deferred:
         """Leave the relay; let tunnels that are carrying traffic finish for up to ``grace`` s."""
         self.stopping = True
@@ -398,7 +434,7 @@ class RelayLink(MultiService):
         waits = [stopped] if stopped is not None else []
         if self.connection is not None:
             waits.append(self.connection.lost)
-            self.connection.transport.loseConnection()
+            self._leave(self.connection)
         for tunnel in list(self.tunnels):
             if not tunnel.in_use:
                 tunnel.transport.loseConnection()

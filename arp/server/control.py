@@ -39,6 +39,7 @@ from arp.control import (
     BoundedBoxes,
     Heartbeat,
     Hello,
+    Leave,
     OpenTunnels,
     Register,
     Release,
@@ -253,6 +254,12 @@ class ControlServerProtocol(BoundedBoxes, amp.AMP, TimeoutMixin):
 
     @Heartbeat.responder
     def heartbeat(self) -> dict:
+        return {}
+
+    @Leave.responder
+    def leave(self) -> dict:
+        if self.record is not None:
+            self.registry.stopping(self.record, self)
         return {}
 
     def _heartbeat(self) -> None:

@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from arp import http, wire
+from arp.server.budget import ConnectionBudget, Refused
 from arp.server.exchange import R_BODY, R_DONE, R_HEAD, R_WAIT, S_BODY, S_DECODE, S_HEAD, S_NONE
 from arp.server.framing import rewrite_request_head, with_hsts
 from arp.server.origins import DomainOrigins, Origins, access_cookie_name
@@ -68,6 +69,7 @@ class PublicConfig:
     max_head: int = 64 * 1024
     max_body: int = 0  # 0: no limit
     head_timeout: float = 30.0
+    first_head_timeout: float = 10.0  # from the connection's start to its first complete head
     idle_timeout: float = 75.0
     response_timeout: float = 300.0
     body_timeout: float = 60.0
@@ -148,6 +150,8 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         self._body_progress = 0.0  # when request body bytes last arrived
         self._own: OwnAnswers | None = None  # registered while the relay's own answers are written
         self.bound: ClientRecord | None = None  # set on a client's own port: the only client served here
+        self._budget_key: str | None = None  # what this connection counts under in the factory's budget
+        self._first = True  # no complete request head yet: the first head's deadline runs
 
     # -- connection life
     def connectionMade(self) -> None:
@@ -155,11 +159,16 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         peer = self.transport.getPeer()
         self._peer = getattr(peer, "host", str(peer))
         self.factory.connections.add(self)
-        self._set_timer(self.config.idle_timeout, self._idle_timeout)
+        # a new connection has its own short deadline for its first request head: an idle
+        # connection holds a descriptor, and a peer that opens thousands must not keep them
+        self._set_timer(self.config.first_head_timeout, self._idle_timeout)
 
     def connectionLost(self, reason: Failure = ConnectionDone()) -> None:  # noqa: B008
         self._closed = True
         self.factory.connections.discard(self)
+        key, self._budget_key = self._budget_key, None
+        if key is not None:
+            self.factory.budget.release(key)
         self._cancel_timers()
         if self._waiting is not None:
             waiting, self._waiting = self._waiting, None
@@ -184,8 +193,14 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
         if self._upgraded:
             if self._splice is not None:
                 self._splice.read_lost(0)
-        elif self._req == R_HEAD and not self._buf and self._resp == S_NONE:
-            self._close()
+        elif (
+            self._req == R_HEAD
+            and self._resp == S_NONE
+            and self._tunnel is None
+            and self._waiting is None
+            and http.find_head_end(self._buf) < 0
+        ):
+            self._close()  # nothing more can come: not even a partial head is worth its buffer
         elif self._req == R_BODY:
             self._public_close = True  # this request's body will never be complete
         # otherwise: answer every request already received, then close (see _finished)
@@ -262,7 +277,7 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
             if self._record is not None:
                 self._record.bytes_in += len(data)
             return
-        if self._req == R_HEAD and not self._buf:
+        if self._req == R_HEAD and not self._buf and not self._first:
             self._set_timer(self.config.head_timeout, self._head_timeout)
         self._buf += data
         if self._req == R_HEAD:
@@ -283,6 +298,7 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
             if end > self.config.max_head:
                 self._refuse(431, "request head too large", limit=self.config.max_head)
                 return
+            self._first = False
             raw = bytes(buf[:end])
             del buf[:end]
             try:
@@ -784,11 +800,18 @@ class PublicFactory(NegotiatesHTTP11, Factory):
     noisy = False
 
     def __init__(
-        self, registry: Registry, config: PublicConfig, clock: object, origins: Origins | None = None
+        self,
+        registry: Registry,
+        config: PublicConfig,
+        clock: object,
+        origins: Origins | None = None,
+        budget: ConnectionBudget | None = None,
     ) -> None:
+        """``budget``: the caps on open public connections (:mod:`arp.server.budget`), if any."""
         self.registry = registry
         self.config = config
         self.clock = clock
+        self.budget = budget
         self.limiter = GuessLimiter(config.guess_limit, config.guess_window, clock)
         self.scheme = config.scheme.encode()
         self.hsts = b"max-age=%d" % config.hsts if config.hsts and config.scheme == "https" else None
@@ -824,10 +847,17 @@ class PublicFactory(NegotiatesHTTP11, Factory):
         """Public connections open now."""
         return len(self.connections)
 
-    def buildProtocol(self, addr: object) -> PublicHTTPProtocol:
+    def buildProtocol(self, addr: object) -> PublicHTTPProtocol | Refused:
+        key = None
+        if self.budget is not None:
+            key = self.budget.admit(getattr(addr, "host", ""))
+            if key is None:
+                return Refused()  # over a cap: closed at once, the listener keeps accepting
         if not self._sweeper.running:
             self._sweeper.start(SWEEP_INTERVAL, now=False)
-        return PublicHTTPProtocol(self)
+        proto = PublicHTTPProtocol(self)
+        proto._budget_key = key
+        return proto
 
     def drain(self) -> None:
         """Shutting down: close idle connections, close the others after their current response."""

@@ -184,6 +184,22 @@ class Options(options.TwistdOptions):
             options.positive_int,
         ],
         [
+            "max-connections",
+            None,
+            0,
+            "Public connections (public port and clients' own ports) open at once; more are closed "
+            "at once (0: three quarters of the descriptor limit, the rest kept for control and proxy).",
+            options.count_or_zero,
+        ],
+        [
+            "max-connections-per-address",
+            None,
+            0,
+            "Public connections one source address (an IPv6 /64) may hold open (0: a quarter of "
+            "--max-connections).",
+            options.count_or_zero,
+        ],
+        [
             "grace",
             None,
             10.0,
@@ -202,7 +218,13 @@ class Options(options.TwistdOptions):
             None,
             "Token the admin endpoint requires (env ARP_ADMIN_TOKEN); required unless it is loopback-only.",
         ],
-        ["data-dir", None, None, "Where arps keeps its generated auth key (default: ~/.local/share/arps)."],
+        [
+            "data-dir",
+            None,
+            None,
+            "Where arps keeps its generated auth key and the client ids it serves, so that after a "
+            "restart it answers them as reconnecting (default: ~/.local/share/arps).",
+        ],
         [
             "redis",
             None,
@@ -378,7 +400,7 @@ def makeService(config: Options) -> MultiService:
         public_url=(public_url.rstrip("/") if public_url else ""),
         tcp_ports=config["tcp-ports"],
     )
-    registry = Registry(relay_config, auth_keys or auth_key, reactor)
+    registry = Registry(relay_config, auth_keys or auth_key, reactor, known=_known_clients(config))
     registry.setServiceParent(top)
     if config["tcp-ports"]:
         from arp.server.tcp import TCPPorts
@@ -398,7 +420,7 @@ def makeService(config: Options) -> MultiService:
         secure_cookies=browser_scheme == "https",
         hsts=config["hsts"],
     )
-    public_factory = PublicFactory(registry, public_config, reactor)
+    public_factory = PublicFactory(registry, public_config, reactor, budget=_budget(config, reactor))
     control_factory, tunnel_factory = ControlFactory(registry, reactor), TunnelFactory(registry, reactor)
     control_factory.proxy_tls = endpoint_is_tls(config["proxy-endpoint"])  # told to arpc
     tunnel_factory.mismatch = control_factory.mismatch  # one log limit for both ports
@@ -443,6 +465,42 @@ def makeService(config: Options) -> MultiService:
 
     registry.public_url = public_url_of  # type: ignore[method-assign]
     return top
+
+
+def _budget(config: Options, reactor: object) -> object:
+    """The caps on open public connections, from the options or the descriptor limit (whose soft
+    value is raised to the hard one here)."""
+    from arp.server.budget import ConnectionBudget, default_caps, raise_descriptor_limit
+
+    limit = raise_descriptor_limit()
+    total, per_source = default_caps(limit)
+    total = config["max-connections"] or total
+    per_source = config["max-connections-per-address"] or max(1, total // 4)
+    log.info(
+        "up to {total} public connections at once, {per_source} per source address "
+        "(descriptor limit {limit})",
+        total=total,
+        per_source=per_source,
+        limit=limit,
+    )
+    return ConnectionBudget(total, per_source, reactor)
+
+
+def _known_clients(config: Options) -> object:
+    """The log of the ids this relay served, opened (see :mod:`arp.server.known`); exits with the
+    reason in words if the data dir cannot be read or written."""
+    from arp.server.known import KnownClients, KnownClientsError
+
+    try:
+        known = KnownClients(files.ensure_dir(config["data-dir"] or files.default_data_dir("arps")))
+        known.open()
+    except (KnownClientsError, OSError) as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise SystemExit(
+            f"arps: {why} (the relay keeps the client ids it serves in its data dir, so that a "
+            "restart does not forget them: fix its permissions or give another --data-dir)"
+        ) from None
+    return known
 
 
 def _origins(
