@@ -612,7 +612,8 @@ class ChannelTests(unittest.TestCase):
 
     def test_interactive_command_lines(self):
         """Claude keeps its flags plus the stdio channel and no prompt argument; Codex runs
-        app-server; Gemini --experimental-acp with its approval mode; an --acp-agent its command."""
+        app-server; Gemini --experimental-acp (or --acp) with its approval mode; an --acp-agent its
+        command."""
         claude = EXECUTORS["Claude"].interactive_argv("claude", "opus", "default", None)
         self.assertEqual(claude[claude.index("--permission-prompt-tool") + 1], "stdio")
         self.assertEqual(claude[claude.index("--input-format") + 1], "stream-json")
@@ -622,6 +623,8 @@ class ChannelTests(unittest.TestCase):
         )
         gemini = EXECUTORS["Gemini"].interactive_argv("gemini", None, "default", None)
         self.assertEqual(gemini, ["gemini", "--experimental-acp", "--approval-mode", "default"])
+        gemini = EXECUTORS["Gemini"].interactive_argv("gemini", None, "plan", None, acp_flag="--acp")
+        self.assertEqual(gemini, ["gemini", "--acp", "--approval-mode", "plan"])
         agent = acp_agent("Goose=goose acp --debug")
         self.assertEqual(
             agent.interactive_argv("/bin/goose", None, "default", None), ["/bin/goose", "acp", "--debug"]

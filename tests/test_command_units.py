@@ -25,6 +25,7 @@ from arp.client.command.executors import (
     acp_agent,
     digest,
     executor_named,
+    gemini_acp_flag,
     permission_mode,
     strip_ansi,
 )
@@ -37,6 +38,7 @@ from arp.client.command.history import (
     lines_within,
     sanitize_path,
 )
+from arp.client.command.process import probe_output
 from arp.client.command.sessions import ApiError, SessionManager
 from arp.client.command.store import SessionStore
 from arp.client.command.tunnel import SiteTunnel
@@ -713,6 +715,42 @@ class ManagerTests(unittest.TestCase):
         await wait_until(lambda: not session.running, timeout=15)
         self.assertEqual(session.status, "completed", session.record)
         self.assertFalse(process_running(ws.recorded_for("LINGER")[0]["pid"]))
+
+    async def test_gemini_acp_flag_detected(self):
+        """Gemini's ``--version`` says which ACP flag it takes: ``--acp`` from 0.61 (no deprecation
+        warning), ``--experimental-acp`` before, and until the version is known."""
+        for version, flag in (("0.61.0", "--acp"), ("0.60.3", "--experimental-acp")):
+            ws = Workspace(self)
+            manager = self._manager(ws)
+            manager.environ["ARP_FAKE_GEMINI_VERSION"] = version
+            gemini = manager.executor("Gemini")
+            binary = fake("gemini")
+            self.assertEqual(manager.acp_flag(gemini, binary), "--experimental-acp")  # not known yet
+            self.assertEqual(await manager.detect_acp_flag(gemini, binary), flag)
+            self.assertEqual(manager.acp_flag(gemini, binary), flag)
+            session = manager.create({"executor": "Gemini", "prompt": "hi", "projectPath": str(ws.project)})
+            await wait_until(lambda s=session: not s.running, timeout=15)
+            self.assertEqual(session.status, "completed", session.record)
+            self.assertIn(flag, ws.recorded_for("hi")[0]["argv"])
+            stderr = "".join(e["text"] for e in session.events() if e["kind"] == "stderr")
+            self.assertNotIn("deprecated", stderr)
+        self.assertEqual(gemini_acp_flag(b"0.61.0\n"), "--acp")
+        self.assertEqual(gemini_acp_flag(b"1.2.3"), "--acp")
+        self.assertEqual(gemini_acp_flag(b"0.9.99"), "--experimental-acp")
+        self.assertEqual(gemini_acp_flag(None), "--experimental-acp")
+
+    async def test_probe_output_is_bounded(self):
+        """A probe that hangs is killed after its timeout (None), one that fails gives None, one
+        that talks too much is cut."""
+        import sys
+
+        env = dict(os.environ)
+        hang = [sys.executable, "-c", "import time; time.sleep(60)"]
+        self.assertIsNone(await probe_output(reactor, hang, env, timeout=0.3))
+        self.assertIsNone(await probe_output(reactor, [sys.executable, "-c", "raise SystemExit(3)"], env))
+        self.assertIsNone(await probe_output(reactor, ["/nonexistent/gemini", "--version"], env))
+        chatty = [sys.executable, "-c", "print('x' * 100000)"]
+        self.assertEqual(len(await probe_output(reactor, chatty, env)), 4096)
 
     async def test_cancel_escalates_to_sigkill(self):
         """An agent and child that ignore SIGINT and SIGTERM are still ended, by SIGKILL to the group."""

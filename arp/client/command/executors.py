@@ -126,9 +126,17 @@ class Executor:
             args.append(f"--resume={resume}")
         return [*args, f"--prompt={prompt}"]
 
-    def interactive_argv(self, binary: str, model: str | None, mode: str, resume: str | None) -> list[str]:
+    def interactive_argv(
+        self,
+        binary: str,
+        model: str | None,
+        mode: str,
+        resume: str | None,
+        acp_flag: str = "--experimental-acp",
+    ) -> list[str]:
         """The command line of an interactive run: the prompt, and for Codex and ACP agents the
-        model and the session to resume, go over the channel, not on the command line."""
+        model and the session to resume, go over the channel, not on the command line.
+        ``acp_flag``: Gemini's (:func:`gemini_acp_flag`)."""
         if resume is not None and not self.valid_session_id(resume):
             raise UnsafeSessionId(f"{self.name} session id {resume[:80]!r} does not look like a UUID")
         rank = PERMISSION_RANK[mode]
@@ -142,7 +150,7 @@ class Executor:
         if self.protocol == "codex":
             return [binary, "app-server"]
         if self.name == "Gemini":
-            return [binary, "--experimental-acp", *model_args, "--approval-mode", _GEMINI_APPROVAL[rank]]
+            return [binary, acp_flag, *model_args, "--approval-mode", _GEMINI_APPROVAL[rank]]
         return [binary, *self.command]
 
     def environment(self, base: dict[str, str]) -> dict[str, str]:
@@ -152,6 +160,22 @@ class Executor:
             env.setdefault("GEMINI_CLI_TRUST_WORKSPACE", "true")  # projectPath is under --project-root
         env.setdefault("NO_COLOR", "1")
         return env
+
+
+#: The first Gemini CLI version known to take ``--acp`` (0.61.0 calls ``--experimental-acp``
+#: deprecated: reference/approvals.md §5); older ones, and one whose version is not known yet, get
+#: ``--experimental-acp``, which 0.61 still takes.
+GEMINI_ACP_SINCE = (0, 61, 0)
+_VERSION_RE = re.compile(r"(\d+)\.(\d+)\.(\d+)")
+
+
+def gemini_acp_flag(version_output: bytes | str | None) -> str:
+    """Gemini's ACP flag for what its ``--version`` printed (None: not known)."""
+    text = version_output.decode("utf-8", "replace") if isinstance(version_output, bytes) else version_output
+    found = _VERSION_RE.search(text or "")
+    if found and tuple(int(n) for n in found.groups()) >= GEMINI_ACP_SINCE:
+        return "--acp"
+    return "--experimental-acp"
 
 
 EXECUTORS = {

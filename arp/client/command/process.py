@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 
 from twisted.internet import error
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -31,6 +31,7 @@ os.setsid()
 os.execvp(sys.argv[2], sys.argv[2:])
 """
 MAX_LINE = 8 * 1024 * 1024
+MAX_PROBE_OUTPUT = 4096  # bytes kept of a ``--version`` answer
 LINGER = 5.0  # after the agent exits, how long grandchildren may keep its pipes open
 
 
@@ -215,3 +216,47 @@ class AgentProcess(ProcessProtocol):
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             d.callback(None)
+
+
+class _Probe(ProcessProtocol):
+    """Collects the start of a short command's stdout; fires ``done`` with it (None on failure)."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.done: Deferred[bytes | None] = Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        room = MAX_PROBE_OUTPUT - len(self.data)
+        if room > 0:
+            self.data += data[:room]
+
+    def processEnded(self, reason: Failure) -> None:
+        if not self.done.called:
+            ok = reason.check(error.ProcessDone) is not None
+            self.done.callback(bytes(self.data) if ok else None)
+
+
+def probe_output(
+    reactor: object, argv: list[str], env: dict[str, str], timeout: float = 15.0
+) -> Deferred[bytes | None]:
+    """What ``argv`` (say ``gemini --version``) prints on stdout, at most :data:`MAX_PROBE_OUTPUT`
+    bytes; None if it cannot start, fails, or is not done within ``timeout`` seconds (then it is
+    killed).  Never fails."""
+    probe = _Probe()
+    try:
+        reactor.spawnProcess(probe, argv[0], argv, env=env, usePTY=False, childFDs={0: "w", 1: "r", 2: "r"})  # type: ignore[attr-defined]
+    except OSError:
+        return succeed(None)
+    probe.transport.closeStdin()
+
+    def late() -> None:
+        if not probe.done.called:
+            probe.done.callback(None)
+            try:
+                probe.transport.signalProcess("KILL")
+            except error.ProcessExitedAlready:
+                pass
+
+    call = reactor.callLater(timeout, late)  # type: ignore[attr-defined]
+    probe.done.addBoth(lambda result: (call.cancel() if call.active() else None, result)[1])
+    return probe.done

@@ -32,10 +32,11 @@ from arp.client.command.executors import (
     UnsafeSessionId,
     digest,
     executor_named,
+    gemini_acp_flag,
     strip_ansi,
     valid_model,
 )
-from arp.client.command.process import AgentProcess, group_alive
+from arp.client.command.process import AgentProcess, group_alive, probe_output
 from arp.client.command.store import SessionStore
 
 MAX_PROMPT = 100_000  # characters
@@ -429,7 +430,9 @@ class Session:
         manager = self.manager
         interactive = manager.mode(executor) == "interactive"
         if interactive:
-            argv = executor.interactive_argv(binary, record.get("model"), record["permissionMode"], resume)
+            mode = record["permissionMode"]
+            flag = manager.acp_flag(executor, binary)
+            argv = executor.interactive_argv(binary, record.get("model"), mode, resume, acp_flag=flag)
         else:
             argv = executor.argv(binary, prompt, record.get("model"), record["permissionMode"], resume)
         record["turns"].append({"prompt": prompt, "startedAt": now_iso(), "resume": resume, "by": by})
@@ -588,8 +591,63 @@ class SessionManager(Service):
         self.environ = dict(os.environ if environ is None else environ)
         self.sessions: dict[str, Session] = {}
         self.retiring: set[AgentProcess] = set()  # agents of finished turns, being stopped
+        self._acp_flags: dict[tuple, Any] = {}  # Gemini binary -> its ACP flag (or the Deferred)
         self.stopping = False
         self._load()
+
+    def startService(self) -> None:
+        super().startService()
+        gemini = self.executors.get("Gemini")
+        binary = gemini.resolve(self.binaries.get("Gemini")) if gemini is not None else None
+        if gemini is not None and binary is not None and self.mode(gemini) == "interactive":
+            self.detect_acp_flag(gemini, binary)
+
+    def _binary_key(self, binary: str) -> tuple[str, int, int] | None:
+        try:
+            st = os.stat(binary)
+        except OSError:
+            return None
+        return (binary, st.st_mtime_ns, st.st_size)
+
+    def detect_acp_flag(self, executor: Executor, binary: str) -> Deferred[str]:
+        """Ask Gemini's ``binary --version`` (once per binary file: again when it is replaced)
+        which ACP flag it takes; fires with the flag."""
+        key = self._binary_key(binary)
+        if key is None:
+            return succeed("--experimental-acp")
+        known = self._acp_flags.get(key)
+        if isinstance(known, str):
+            return succeed(known)
+        if known is None:
+            env = executor.environment(self.environ)
+            probe = probe_output(self.reactor, [binary, "--version"], env)
+
+            def learned(output: bytes | None) -> str:
+                flag = gemini_acp_flag(output)
+                self._acp_flags[key] = flag
+                self.log.info("{binary} --version: {out!r}, so it runs with {flag}", binary=binary,
+                              out=(output or b"").strip()[:80], flag=flag)  # fmt: skip
+                return flag
+
+            probe.addCallback(learned)
+            self._acp_flags[key] = probe
+            known = probe
+        waiting: Deferred[str] = Deferred()
+        known.addCallback(lambda flag: (waiting.callback(flag), flag)[1])
+        return waiting
+
+    def acp_flag(self, executor: Executor, binary: str) -> str:
+        """Gemini's ACP flag for ``binary``: ``--acp`` from 0.61 on, else (and until its version
+        is known: the first check runs when arpc starts) ``--experimental-acp``."""
+        if executor.name != "Gemini":
+            return "--experimental-acp"
+        key = self._binary_key(binary)
+        known = self._acp_flags.get(key) if key is not None else None
+        if isinstance(known, str):
+            return known
+        if known is None:
+            self.detect_acp_flag(executor, binary)
+        return "--experimental-acp"
 
     def executor(self, name: object) -> Executor | None:
         """The executor for an API name: a built-in one (aliases too) or an ``--acp-agent``."""
