@@ -560,6 +560,23 @@ def json_response(
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
 
+#: The header the command-mode console adds to its own API calls.  A page of another origin
+#: cannot send it without a CORS preflight (which nothing answers), so, where a browser sends no
+#: fetch metadata (plain HTTP on a host name that is not localhost), it marks a same-origin call.
+CONSOLE_HEADER = b"x-arp-console"
+
+
+def referer_is_host(referer: bytes | None, host: bytes | None) -> bool:
+    """Whether a ``Referer`` names a page of ``host`` (the request's own origin, scheme aside)."""
+    if not referer or not host:
+        return False
+    rest = referer.partition(b"://")[2]
+    if not rest:
+        return False
+    authority = rest.split(b"/", 1)[0].split(b"?", 1)[0].split(b"#", 1)[0]
+    return authority.lower() == host.lower()
+
+
 #: The content type and headers of :func:`html_page`: nothing on it runs or loads.
 HTML_TYPE = b"text/html; charset=utf-8"
 HTML_HEADERS = [

@@ -485,9 +485,14 @@ class ScopeMatrixTests(unittest.TestCase):
         ws = Workspace(self)
         api = ApiFixture(self, ws)
         owner = api.store.owner_token
+        console = {"X-ARP-Console": "1"}  # a GET with a cookie only: the console's own call says so
         ok = {
-            "cookie": {"Cookie": f"other=1; {cookie_name('client1')}={owner}"},
-            "basic+cookie": {"Authorization": "Basic eDp5", "Cookie": f"{cookie_name('client1')}={owner}"},
+            "cookie": {"Cookie": f"other=1; {cookie_name('client1')}={owner}", **console},
+            "basic+cookie": {
+                "Authorization": "Basic eDp5",
+                "Cookie": f"{cookie_name('client1')}={owner}",
+                **console,
+            },
         }
         for label, headers in ok.items():
             response, answer = await api.call("GET", "/api/me", headers=headers)

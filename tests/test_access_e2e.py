@@ -97,10 +97,10 @@ class OwnerTokenTests(unittest.TestCase):
         self.assertIn("HttpOnly", access)
         self.assertIn("SameSite=Strict", access)
         both = f"{routing}; {access.split(';')[0]}"
-        api = await get("/api/me", both, "application/json")
+        api = await get("/api/me", both, "application/json\r\nX-ARP-Console: 1")  # the console's own call
         self.assertEqual(status_of(api), 200)
         self.assertTrue(json.loads(api.split(b"\r\n\r\n", 1)[1])["owner"])
-        alone = await get("/api/me", routing, "application/json")
+        alone = await get("/api/me", routing, "application/json\r\nX-ARP-Console: 1")
         self.assertEqual(status_of(alone), 401)
         page = await get("/", routing)  # the console's files are public; its data is not
         self.assertEqual(status_of(page), 200)

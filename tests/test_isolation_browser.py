@@ -206,3 +206,79 @@ class IsolationBrowserTests(browser.BrowserTestCase):
         self.assertEqual(seen["jar_before"][cookie_of(b2.token)], b2.token)
         self.assertTrue(seen["b1_works"].startswith(origin_of(b1.url)))
         self.assertTrue(seen["b2_works"].startswith(origin_of(b2.url)))
+
+
+PLAIN_HOST_ATTACK = """<!doctype html><title>innocent app</title>
+<img id="img" src="%(victim)s/api/sessions">
+<script src="%(victim)s/api/me"></script>
+<script>
+(async () => {
+  const r = {};
+  try {
+    await fetch(%(victim_json)s + "/api/sessions", {mode: "no-cors", credentials: "include"});
+    r.noCorsGet = "sent";
+  } catch (e) { r.noCorsGet = "error: " + e.name; }
+  window.results = r;
+})();
+</script>"""
+
+
+class PlainHTTPHostNameTests(browser.BrowserTestCase):
+    """Per-port isolation where Chromium sends no fetch metadata: plain HTTP on a host name that
+    is not localhost (``http://relay.test:<port>``, the README quick start's shape)."""
+
+    timeout = 180
+
+    async def test_no_cors_get_image_script_and_frame_of_another_port(self):
+        """The victim's console works on ``http://relay.test:<B>``; then a page on another
+        client's port of the same host name loads B's API as a no-cors fetch, an image and a
+        script (no Sec-Fetch-*, no Origin: only B's cookies): none reaches B (the relay answers
+        403); a frame of B's console is refused by the console's frame-ancestors."""
+        relay = await start_arps(self)
+        ws = Workspace(_ShortTemp(self))
+        write_claude_history(ws.claude, str(ws.project))
+        victim_proc = await start_command_arpc(self, relay, ws)
+        app = HostileApp()
+        a = await start_arpc(self, relay, local_port=listen_backend(self, server.Site(app)))
+
+        def named(url: str) -> str:
+            return url.replace("127.0.0.1", "relay.test")
+
+        victim = origin_of(named(victim_proc.url))
+        app.pages[b"/"] = (
+            PLAIN_HOST_ATTACK % {"victim": victim, "victim_json": json.dumps(victim)}
+        ).encode()
+        app.pages[b"/frame"] = f'<!doctype html><iframe id="f" src="{victim}/"></iframe>'.encode()
+
+        def drive(page):
+            seen: dict = {"statuses": [], "asked": []}
+            page.goto(named(victim_proc.url))
+            # the console's own GETs carry X-ARP-Console: without fetch metadata they still work
+            page.locator(f'#projects a[data-project="{ws.project}"]').wait_for()
+            before = client_requests(relay.admin, victim_proc.token)
+            page.on(
+                "response",
+                lambda r: seen["statuses"].append((r.url, r.status)) if r.url.startswith(victim) else None,
+            )
+            page.on("request", lambda r: seen["asked"].append(r.url) if r.url.startswith(victim) else None)
+            page.goto(named(a.url))
+            page.wait_for_function("window.results !== undefined", timeout=30000)
+            page.wait_for_function("document.getElementById('img').complete")
+            seen["results"] = page.evaluate("window.results")
+            seen["reached"] = client_requests(relay.admin, victim_proc.token) - before
+            refusal = page.expect_console_message(lambda m: "frame-ancestors" in m.text)
+            with refusal as refused:
+                page.goto(origin_of(named(a.url)) + "/frame")
+            seen["frame"] = refused.value.text
+            return seen
+
+        seen = await run_in_browser(drive, extra_args=["--host-resolver-rules=MAP relay.test 127.0.0.1"])
+        self.assertEqual(seen["results"], {"noCorsGet": "sent"})
+        self.assertEqual(seen["reached"], 0, seen["statuses"])
+        # the browser asked three times (fetch, image, script) and the relay passed on none of them
+        self.assertEqual(len([url for url in seen["asked"] if "/api/" in url]), 3, seen["asked"])
+        api = [status for url, status in seen["statuses"] if "/api/" in url]
+        self.assertTrue(api, seen["statuses"])
+        self.assertEqual(set(api), {403}, seen["statuses"])
+        self.assertIn("frame-ancestors", seen["frame"])
+        self.assertEqual(ws.recorded(), [])

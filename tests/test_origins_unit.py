@@ -130,7 +130,11 @@ class PortOriginTests(FrontFixture, unittest.TestCase):
             b"Sec-Fetch-Site: cross-site\r\nSec-Fetch-Mode: navigate\r\nSec-Fetch-Dest: document\r\n",
             b"Sec-Fetch-Site: none\r\nSec-Fetch-Mode: navigate\r\n",
             b"Origin: http://relay:20000\r\n",  # a browser without fetch metadata, same origin
-            b"",
+            # without fetch metadata and Origin (plain HTTP on a host name), a GET says it is
+            # same-origin with a Referer of this host, the console's header, or is a page load
+            b"Referer: http://relay:20000/some/page?x=1\r\n",
+            b"X-ARP-Console: 1\r\n",
+            b"Accept: text/html,application/xhtml+xml\r\n",
         ):
             t = self.tunnel()
             public, transport = self.own()
@@ -159,6 +163,10 @@ class PortOriginTests(FrontFixture, unittest.TestCase):
             b"GET / HTTP/1.1\r\nSec-Fetch-Site: same-site\r\nSec-Fetch-Mode: navigate\r\n"
             b"Sec-Fetch-Dest: iframe\r\n",
             b"POST /api HTTP/1.1\r\nOrigin: http://relay:20001\r\nContent-Length: 0\r\n",  # no fetch metadata
+            # no fetch metadata, no Origin (a no-cors GET, an image from another port's page)
+            b"GET /api HTTP/1.1\r\nReferer: http://relay:20001/\r\n",
+            b"GET /api HTTP/1.1\r\nAccept: image/avif,image/webp,*/*\r\n",
+            b"GET /api HTTP/1.1\r\n",
         ):
             public, transport = self.own()
             public.dataReceived(headers + b"Host: relay:20000\r\nCookie: " + C1 + b"=client1\r\n\r\n")

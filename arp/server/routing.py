@@ -212,10 +212,25 @@ def _origin_is_host(head: http.Head) -> bool:
 def cookie_may_route(head: http.Head) -> bool:
     """Whether a request whose only credential is a cookie may use it: same-origin requests and
     top-level page loads, not what another origin's page sends (fetch, form POST, WebSocket,
-    frames), even from the same site (every port of the relay's host is the same site)."""
+    frames), even from the same site (every port of the relay's host is the same site).
+
+    Without fetch metadata (Chromium sends none to an origin that is not potentially
+    trustworthy: plain HTTP on a host name other than localhost) a request is taken as
+    same-origin only if it says so: an ``Origin`` of this host, or, with no ``Origin`` (a GET:
+    browsers send one with every other method), a ``Referer`` of this host or the console's own
+    header; else only a page load may use the cookie (a no-cors GET, an image or a script from
+    another port's page may not; nor may a non-browser client that sends none of these)."""
     site = head.get(b"sec-fetch-site")
-    if site is None:  # a browser without fetch metadata: Origin, when sent, must be this origin
-        return _origin_is_host(head)
+    if site is None:
+        if head.get(b"origin") is not None:
+            return _origin_is_host(head)
+        if head.method not in _READ_ONLY:  # browsers send Origin with every other method
+            return True
+        return (
+            http.referer_is_host(head.get(b"referer"), head.get(b"host"))
+            or head.get(http.CONSOLE_HEADER) is not None
+            or is_navigation(head)
+        )
     if site in _SAME:  # the browser vouches for it (a proxy in front may have rewritten Host)
         return True
     return (

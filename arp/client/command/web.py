@@ -59,7 +59,7 @@ from arp.client.command.history import ClaudeHistory, CodexHistory, GeminiHistor
 from arp.client.command.sessions import ApiError, Session, SessionManager
 from arp.client.command.store import valid_id
 from arp.client.command.tunnel import SiteTunnel
-from arp.http import error_body
+from arp.http import CONSOLE_HEADER, error_body, referer_is_host
 from arp.logs import access_log_formatter
 from arp.twisted_private import request_disconnected
 
@@ -153,7 +153,8 @@ def _is_https(request: server.Request) -> bool:
 def _first_party(request: server.Request) -> bool:
     """Whether a request comes from the console's own origin (or from no web page at all), so that
     the browser's access cookie may count: ``Sec-Fetch-Site`` says so, or, for browsers without
-    fetch metadata, ``Origin`` is absent or names this host.
+    fetch metadata, ``Origin`` names this host; a GET without either must carry the console's
+    ``X-ARP-Console`` header or a ``Referer`` of this host, or be a page load.
 
     Not for origins that ``--cors-origin`` lists: CORS lets them read answers to requests they make
     with a Bearer token, but a "simple" request (a ``no-cors`` POST, a text/plain form) needs no
@@ -164,11 +165,23 @@ def _first_party(request: server.Request) -> bool:
     if site is not None:
         return site in (b"same-origin", b"none")
     origin = request.getHeader(b"origin")
-    if origin is None:
+    if origin is not None:
+        return _same_origin(
+            origin.decode("latin-1"), _header(request, b"host"), _header(request, b"x-forwarded-host")
+        )
+    # no fetch metadata and no Origin: a non-browser client, or a GET (browsers send Origin with
+    # every other method) on plain HTTP under a host name. For a GET, the console's own calls say
+    # so with a header another origin's page cannot send without a preflight; else a Referer of
+    # this host, or a page load (the console's pages are not framed by others)
+    if request.method not in (b"GET", b"HEAD") or request.getHeader(CONSOLE_HEADER) is not None:
         return True
-    return _same_origin(
-        origin.decode("latin-1"), _header(request, b"host"), _header(request, b"x-forwarded-host")
-    )
+    host = request.getHeader(b"x-forwarded-host") or request.getHeader(b"host")
+    if referer_is_host(request.getHeader(b"referer"), host) or referer_is_host(
+        request.getHeader(b"referer"), request.getHeader(b"host")
+    ):
+        return True
+    accept = request.getHeader(b"accept") or b""
+    return request.method in (b"GET", b"HEAD") and b"text/html" in accept
 
 
 class Guard:

@@ -44,7 +44,10 @@ export function onUnauthorized(handler) {
 
 /** A JSON request; resolves to the parsed body, or rejects with an ApiError whose message is words. */
 export async function api(path, { method = "GET", body } = {}) {
-  const init = { method, credentials: "same-origin", cache: "no-store", headers: { Accept: "application/json" } };
+  // X-ARP-Console: where the browser sends no fetch metadata (plain HTTP on a host name), the
+  // relay and arpc take a cookie-carrying call as the console's own only with this header, which
+  // a page of another origin cannot add without a CORS preflight
+  const init = { method, credentials: "same-origin", cache: "no-store", headers: { Accept: "application/json", "X-ARP-Console": "1" } };
   if (body !== undefined) {
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
