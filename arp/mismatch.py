@@ -150,6 +150,19 @@ class MismatchLog:
             peer=address_text(transport.getPeer()),
         )
 
+    def noise(self, role: str, transport: ITransport, what: str) -> None:
+        """A connection to the ``role`` port that never registered sent something invalid, timed
+        out or was refused: one line (no traceback), within the same limits as the mismatches,
+        so that connections which send nothing valid cannot fill the relay's log."""
+        if not self._may_log(role + " noise", transport):
+            return
+        self.log.info(
+            "{role} connection from {peer}: {what} (logged once a minute per address)",
+            role=role,
+            peer=address_text(transport.getPeer()),
+            what=what,
+        )
+
     def lost(self, role: str, transport: ITransport, here: object, reason: Failure) -> None:
         """A TLS connection to the ``role`` port at address ``here`` closed before it sent anything
         of ARP's: if its handshake failed on plain bytes, say so.  (``here`` is taken while the

@@ -108,7 +108,20 @@ class ControlServerProtocol(BoundedBoxes, amp.AMP, TimeoutMixin):
                 return
         if self._box_timer is None:  # the first bytes of a box: it must end in time
             self._box_timer = self.clock.callLater(self.box_timeout, self._box_expired)
-        super().dataReceived(data)
+        try:
+            super().dataReceived(data)
+        except Exception as e:  # a box AMP cannot take (no command, an answer to nothing...)
+            self.refuse(f"not an ARP control message ({type(e).__name__})")
+
+    def refuse(self, why: str) -> None:
+        """Stop parsing and abort; logged as usual for a registered client, within the per-address
+        limits (:class:`arp.mismatch.MismatchLog`) for a connection that never registered."""
+        if self.record is not None or self.factory is None:
+            super().refuse(why)
+            return
+        self._box_refused = True
+        self.factory.mismatch.noise("control", self.transport, f"closed: {why}")
+        self.transport.abortConnection()
 
     def box_completed(self) -> None:
         if self._box_timer is not None:
@@ -151,7 +164,10 @@ class ControlServerProtocol(BoundedBoxes, amp.AMP, TimeoutMixin):
     def timeoutConnection(self) -> None:
         who = wire.redact(self.record.client_id) if self.record else self.peer_address()
         if self.record is None:
-            self.log.info("control connection of {who} did not register in time", who=who)
+            if self.factory is not None:
+                self.factory.mismatch.noise("control", self.transport, "did not register in time")
+            else:
+                self.log.info("control connection of {who} did not register in time", who=who)
         else:
             self.log.info("control connection of {who} timed out", who=who)
         self.transport.abortConnection()
