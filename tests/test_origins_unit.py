@@ -8,7 +8,8 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.trial import unittest
 
-from arp.control import BadRegistration
+from arp import wire
+from arp.control import Unavailable
 from arp.server.origins import (
     DomainOrigins,
     PortOrigins,
@@ -329,12 +330,30 @@ class PortOriginTests(FrontFixture, unittest.TestCase):
         self.assertIn(b"no longer registered", transport.value())
 
     def test_exhaustion_is_a_clear_registration_error(self):
-        """With every port of the range handed out, registering one more client fails clearly."""
+        """With every port of the range handed out, registering one more client fails clearly,
+        as a refusal arpc retries (Unavailable: ports come free as registrations end), not one
+        that makes it exit."""
         for i in range(8):
             register(self.registry, f"more{i}")
-        e = self.assertRaises(BadRegistration, register, self.registry, "one-too-many")
+        e = self.assertRaises(Unavailable, register, self.registry, "one-too-many")
         self.assertIn("no free public port for this client in 20000-20009", str(e))
         self.assertNotIn("one-too-many", self.registry.clients)
+
+    def test_tenant_quota_of_client_ports(self):
+        """With a per-tenant quota (arps --auth-keys: half the range), one key holder cannot take
+        the ports of the others: its next id is refused for now (Unavailable), another tenant's
+        id still gets a port."""
+        origins = self.port_origins()
+        held = len(origins.used)  # the fixture's clients: tenant default's too
+        origins.tenant_quota = held + 2
+        self.registry.keys["other"] = wire.key_bytes("another-tenant-key-0123")
+        for i in range(2):
+            register(self.registry, f"mine{i}")
+        e = self.assertRaises(Unavailable, register, self.registry, "mine-too-many")
+        self.assertIn(f"already holds {held + 2} of the relay's client ports", str(e))
+        theirs, _ = register(self.registry, "theirs", key="another-tenant-key-0123")
+        self.assertEqual(theirs.tenant, "other")
+        self.assertTrue(theirs.origin_port)
 
     def test_same_port_for_the_same_id(self):
         """A client's port follows from its id, so the printed URL survives a relay restart (a

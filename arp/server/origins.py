@@ -27,7 +27,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
 from arp import wire
-from arp.control import BadRegistration
+from arp.control import Unavailable
 from arp.listen import Listener
 from arp.tls import NegotiatesHTTP11
 
@@ -119,7 +119,7 @@ class Origins:
     domain: bytes | None = None
 
     def open_for(self, record: object) -> None:
-        """Give a newly registered HTTP client its origin; raise BadRegistration if none is left."""
+        """Give a newly registered HTTP client its origin; raise Unavailable if none is left."""
 
     def close_for(self, record: object) -> None:
         """The client's registration ended: release its origin."""
@@ -212,9 +212,11 @@ class PortOrigins(Origins):
         reactor: object,
         scheme: str,
         host: str | None = None,
+        tenant_quota: int = 0,
     ) -> None:
         """``endpoint(port)`` is the endpoint string to listen on; ``host`` the public host name
-        (from ``--public-url``), else arpc fills in the address it used."""
+        (from ``--public-url``), else arpc fills in the address it used; ``tenant_quota``: the
+        most ports one tenant (auth key) may hold at once (0: no limit)."""
         self.first = first
         self.last = last
         self.endpoint = endpoint
@@ -222,6 +224,7 @@ class PortOrigins(Origins):
         self.reactor = reactor
         self.scheme = scheme
         self.host = host
+        self.tenant_quota = tenant_quota
         self.used: dict[int, object] = {}
 
     def _candidates(self, client_id: str) -> list[int]:
@@ -232,6 +235,23 @@ class PortOrigins(Origins):
     def open_for(self, record: object) -> None:
         if record.origin_listener is not None:
             return
+        tenant = getattr(record, "tenant", "")
+        if self.tenant_quota:
+            held = sum(1 for other in self.used.values() if getattr(other, "tenant", "") == tenant)
+            if held >= self.tenant_quota:
+                self.log.warn(
+                    "client {client_id} refused a public port: tenant {tenant} holds {held} of "
+                    "{first}-{last} (its share)",
+                    client_id=wire.redact(record.client_id),
+                    tenant=tenant,
+                    held=held,
+                    first=self.first,
+                    last=self.last,
+                )
+                raise Unavailable(
+                    f"this auth key already holds {held} of the relay's client ports (its share of "
+                    f"{self.first}-{self.last}); retrying until one of them is released"
+                )
         for port in self._candidates(record.client_id):
             if port in self.used:
                 continue
@@ -256,8 +276,8 @@ class PortOrigins(Origins):
             first=self.first,
             last=self.last,
         )
-        raise BadRegistration(
-            f"no free public port for this client in {self.first}-{self.last}: "
+        raise Unavailable(  # arpc retries: ports come free as other registrations end
+            f"no free public port for this client in {self.first}-{self.last} (retrying): "
             "the relay's operator can widen --client-ports or use --domain"
         )
 

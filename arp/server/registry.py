@@ -172,7 +172,7 @@ class Registry(Service):
                 if entry.mode == "http" and self.origins is not None:
                     try:
                         self.origins.open_for(record)
-                    except BadRegistration:
+                    except (BadRegistration, Unavailable):
                         self.known.gone(entry.client_id)
                         continue
                 record.offline_since = since

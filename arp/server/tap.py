@@ -244,9 +244,19 @@ class Options(options.TwistdOptions):
             None,
             30.0,
             "With --redis: seconds a relay may go without Redis before it drops its clients; also how "
-            "long a dead relay counts as holding its clients.",
+            "long a dead relay counts as holding its clients, and the settle window after Redis "
+            "lost its data (give every relay the same).",
             options.seconds,
         ],
+        [
+            "relay-key",
+            None,
+            None,
+            "With --redis (and required by it): the secret the relays of one group share for their "
+            "connections to each other, at least 16 characters, not a tenant's auth key "
+            "(env ARP_RELAY_KEY).",
+        ],
+        ["relay-key-file", None, None, "With --redis: read --relay-key from this file."],
         [
             "log-level",
             None,
@@ -322,6 +332,33 @@ class Options(options.TwistdOptions):
                 raise usage.UsageError("--advertise must be HOST:PORT, e.g. 10.0.0.5:17002")
         if self["redis-timeout"] < 3:
             raise usage.UsageError("--redis-timeout must be at least 3 seconds")
+        self._relay_key()
+
+    def _relay_key(self) -> None:
+        """--relay-key, --relay-key-file or ARP_RELAY_KEY: required with --redis, only with it."""
+        if self["relay-key"] and self["relay-key-file"]:
+            raise usage.UsageError("give --relay-key or --relay-key-file, not both")
+        if not self["redis"]:
+            if self["relay-key"] or self["relay-key-file"]:
+                raise usage.UsageError("--relay-key is for relays sharing state: it needs --redis")
+            return
+        if self["relay-key-file"]:
+            try:
+                with open(self["relay-key-file"], encoding="utf-8") as f:
+                    self["relay-key"] = f.read().strip()
+            except (OSError, UnicodeDecodeError) as e:
+                raise usage.UsageError(f"cannot read --relay-key-file {self['relay-key-file']}: {e}") from e
+        elif self["relay-key"] is None:
+            self["relay-key"] = options.env_default("ARP_RELAY_KEY")
+        if not self["relay-key"]:
+            raise usage.UsageError(
+                "--redis needs --relay-key KEY (or --relay-key-file PATH, or ARP_RELAY_KEY): a secret "
+                "the relays of the group share for their connections to each other, not an auth key"
+            )
+        if len(self["relay-key"]) < 16:
+            raise usage.UsageError("--relay-key must be at least 16 characters (openssl rand -hex 24)")
+        if self["relay-key"] == self["auth-key"]:
+            raise usage.UsageError("--relay-key must not be the auth key: every arpc knows that one")
 
 
 def read_auth_keys(path: str) -> dict[str, str]:
@@ -448,6 +485,7 @@ def makeService(config: Options) -> MultiService:
             timeout=config["redis-timeout"],
             advertise=config["advertise"],
             proxy_address=lambda: advertised_address(proxy.port),
+            relay_key=_relay_key_of_its_own(config["relay-key"], auth_keys or {"default": auth_key}),
         ).setServiceParent(top)
 
     def listening_port() -> int:  # known once listening (it may be tcp:0)
@@ -465,6 +503,16 @@ def makeService(config: Options) -> MultiService:
 
     registry.public_url = public_url_of  # type: ignore[method-assign]
     return top
+
+
+def _relay_key_of_its_own(relay_key: str, auth_keys: dict[str, str]) -> str:
+    """``relay_key``, unless a tenant knows it (it is one of the ``--auth-keys``): SystemExit."""
+    tenant = next((name for name, key in auth_keys.items() if key == relay_key), None)
+    if tenant is not None:
+        raise SystemExit(
+            f"arps: --relay-key is tenant {tenant}'s auth key: give the relays a secret of their own"
+        )
+    return relay_key
 
 
 def _budget(config: Options, reactor: object) -> object:
@@ -530,4 +578,6 @@ def _origins(
     def endpoint_for(port: int) -> str:
         return endpoint_with_port(endpoint, port)
 
-    return PortOrigins(first, last, endpoint_for, front, reactor, browser_scheme, host)
+    # with several tenants, none may take more than half of the ports (the others' share)
+    quota = max(1, (last - first + 1) // 2) if config["auth-keys"] else 0
+    return PortOrigins(first, last, endpoint_for, front, reactor, browser_scheme, host, tenant_quota=quota)
