@@ -585,9 +585,10 @@ HTML_HEADERS = [
 ]
 
 
-def html_page(status: int, message: str, refresh: int | None = None) -> bytes:
+def html_page(status: int, message: str, refresh: int | None = None, by: str = "the ARP relay") -> bytes:
     """A small page for a browser's page load that ARP answers itself (an error, a client that
-    is away): the same words as the JSON, and a reload after ``refresh`` seconds if given."""
+    is away): the same words as the JSON, and a reload after ``refresh`` seconds if given;
+    ``by`` names who answered (arpc says "arpc on the service's machine")."""
     import html
 
     reason = REASONS.get(status, b"Error").decode()
@@ -600,7 +601,7 @@ def html_page(status: int, message: str, refresh: int | None = None) -> bytes:
         "<style>body{font:16px/1.5 system-ui,sans-serif;max-width:36em;margin:3em auto;padding:0 1em}"
         "small{color:#666}</style></head><body>"
         f"<h1>{status} {html.escape(reason)}</h1><p>{html.escape(message)}</p>{again}"
-        "<p><small>Answered by the ARP relay.</small></p></body></html>"
+        f"<p><small>Answered by {html.escape(by)}.</small></p></body></html>"
     )
     return page.encode()
 

@@ -135,7 +135,8 @@ class Listener(Service):
 
     Unlike ``StreamServerEndpointService`` it listens in ``privilegedStartService``
     and turns a failure (port taken, bad certificate) into a clean exit with a
-    message, rather than running half-listening.  Every port gets a listen queue
+    message, rather than running half-listening; it says it listens only once started, so under
+    twistd no port is reported before every port is bound.  Every port gets a listen queue
     of ``LISTEN_BACKLOG`` unless its string gives one (:func:`with_backlog`).
     """
 
@@ -166,12 +167,15 @@ class Listener(Service):
                 f"{self.label}: cannot listen on {self.description!r}: {result.getErrorMessage()}"
             )
         self.port = result
-        self.log.info("{label} listening on {address}", label=self.label, address=describe(result))
 
     def startService(self) -> None:
         if self.port is None:
             self.privilegedStartService()
         super().startService()
+        # said here, not on listening: twistd binds every port (privilegedStartService) before it
+        # starts any service, so a port that cannot be had stops the process before any
+        # "listening on" line, which would tell the user (and scripts) it was up
+        self.log.info("{label} listening on {address}", label=self.label, address=describe(self.port))
 
     def stopService(self) -> Deferred | None:
         super().stopService()

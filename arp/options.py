@@ -224,6 +224,19 @@ def is_loopback(description: str) -> bool:
     return bool(found) and all(_loopback_ip(info[4][0]) for info in found)
 
 
+def require_extra(module: str, option: str, extra: str) -> None:
+    """Exit with one line naming the extra to install if ``module`` (which ``option`` needs) is
+    missing: ``--redis needs the [redis] extra: pip install 'arp-relay[redis]'``."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # ValueError: sys.modules[module] is None
+        found = False
+    if not found:
+        raise SystemExit(f"{option} needs the [{extra}] extra: pip install 'arp-relay[{extra}]'")
+
+
 # -- the command lines under twistd ---------------------------------------------------------
 
 
@@ -295,6 +308,7 @@ class TwistdOptions(usage.Options):
             message = str(e)
             if message.startswith(_TYPE_ENFORCEMENT):
                 message = message[len(_TYPE_ENFORCEMENT) :]
+            message += did_you_mean(message, self.longOpt)
             sys.stderr.write(
                 f"twistd {self.command}: {message}\nTry 'twistd {self.command} --help' for the options.\n"
             )
@@ -305,3 +319,51 @@ class TwistdOptions(usage.Options):
         parent = self.parent
         if parent is not None and parent.get("pidfile") == self.TWISTD_PIDFILE:
             parent["pidfile"] = f"{self.command}.pid"
+        if parent is not None and parent.get("pidfile"):
+            running = pidfile_owner(parent["pidfile"])
+            if running is not None:
+                sys.stderr.write(pidfile_message(self.command, os.path.abspath(parent["pidfile"]), running))
+                sys.exit(1)
+
+
+_UNKNOWN_OPTION = re.compile(r"^option (--[\w-]+) not recognized$")
+
+
+def did_you_mean(message: str, long_options: list[str]) -> str:
+    """`` (did you mean --NAME?)`` when ``message`` is getopt's "option --X not recognized" and
+    a known long option is close to X (``--server-adr``: ``--server-addr``); else ``""``."""
+    import difflib
+
+    match = _UNKNOWN_OPTION.match(message)
+    if not match:
+        return ""
+    names = [name.rstrip("=") for name in long_options]
+    typed = match.group(1)[2:].split("=", 1)[0]
+    close = difflib.get_close_matches(typed, names, n=1, cutoff=0.75)
+    return f" (did you mean --{close[0]}?)" if close else ""
+
+
+def pidfile_owner(path: str) -> int | None:
+    """The pid in the pid file ``path`` if that process is alive (twistd would refuse to start)."""
+    try:
+        with open(path) as f:
+            pid = int(f.read().strip())
+    except (OSError, ValueError):
+        return None  # no file, or twistd's own message about its contents
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None  # stale: twistd removes it
+    except OSError:
+        return pid  # alive, another user's
+    return pid
+
+
+def pidfile_message(command: str, path: str, pid: int) -> str:
+    """What a second ``twistd <command>`` with the same pid file says, and what to do."""
+    return (
+        f"twistd {command}: another process (pid {pid}) holds the pid file {path}: a {command} "
+        "already runs from this directory.  Stop it, start this one from another directory, or give "
+        f"this one its own pid file before the plugin name: twistd -n --pidfile {command}-2.pid "
+        f"{command} ... (--pidfile= for none; then give it other ports too).\n"
+    )

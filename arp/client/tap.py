@@ -33,6 +33,13 @@ def _permission_mode(value: str) -> str:
     return permission_mode(value)
 
 
+def _host_header(value: str) -> str:
+    from arp.client.forward import host_header
+
+    return host_header(value)
+
+
+_host_header.coerceDoc = ""  # type: ignore[attr-defined]
 _permission_mode.coerceDoc = (  # type: ignore[attr-defined]
     "One of plan, default, dontAsk, acceptEdits, auto, bypassPermissions."
 )
@@ -92,6 +99,15 @@ class Options(options.TwistdOptions):
         ["auth-key", None, None, "The relay's auth key (env ARP_AUTH_KEY)."],
         ["local-addr", None, "127.0.0.1", "Address of the local service to expose."],
         ["local-port", None, None, "Port of the local service to expose.", options.port_number],
+        [
+            "host-header",
+            None,
+            None,
+            "Forward mode: the Host header the service gets: 'rewrite' (--local-addr:--local-port, "
+            "for Jupyter, Vite, Django), a NAME, or the browser's when not given; X-Forwarded-Host "
+            "keeps the public name.",
+            _host_header,
+        ],
         [
             "remote-port",
             None,
@@ -230,6 +246,10 @@ class Options(options.TwistdOptions):
             raise usage.UsageError("--rotate-owner-token is for --command-mode (access tokens)")
         elif self["local-port"] is None:
             raise usage.UsageError("give the local service's port: --local-port PORT")
+        if self["remote-port"] is not None and not self["tcp"]:
+            raise usage.UsageError("--remote-port is the public port of a --tcp service: add --tcp")
+        if self["host-header"] and (self["tcp"] or self["command-mode"]):
+            raise usage.UsageError("--host-header is for forwarding HTTP: not with --tcp or --command-mode")
         if self["client-id"] is not None and not wire.CLIENT_ID_RE.match(self["client-id"]):
             raise usage.UsageError(
                 "--client-id must be 1-64 characters of A-Z a-z 0-9 _ . - starting with a letter or digit"
@@ -329,9 +349,14 @@ def makeService(config: Options) -> MultiService:
         from arp.client.forward import ForwardTunnel, backend_endpoint
 
         backend = backend_endpoint(reactor, local_addr, local_port)
+        reactor.callWhenRunning(backend.check)  # "nothing listens on ..." at start
+        host = config["host-header"]
+        if host == "rewrite":
+            host = backend.address
+        host = host.encode() if host else None
 
         def tunnel_protocol(header: bytes, tunnels: set) -> ForwardTunnel:
-            return ForwardTunnel(header, backend, raw_tcp, tunnels, reactor)
+            return ForwardTunnel(header, backend, raw_tcp, tunnels, reactor, host)
 
         log.info(
             "arpc {version} starting: client id {client_id}, forwarding to {addr}:{port}{tcp}",

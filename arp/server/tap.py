@@ -6,7 +6,7 @@ from arp.lean import release_startup_memory, skip_tls_if_unused
 
 skip_tls_if_unused()  # before anything imports Twisted's endpoints (see arp/lean.py)
 
-import socket
+import os
 
 from twisted.application.service import MultiService
 from twisted.internet.interfaces import IProtocolFactory
@@ -17,7 +17,9 @@ from arp import files, options
 from arp.listen import DrainingListener, LazyFactory, Listener
 from arp.mismatch import endpoint_is_tls
 from arp.reactor import install_unless_chosen
+from arp.server.arpc_line import ArpcLine, KeySource
 from arp.server.control import ControlFactory
+from arp.server.origins import public_url_parts
 from arp.server.public import PublicConfig, PublicFactory
 from arp.server.registry import Registry, RelayConfig
 from arp.server.tunnel import TunnelFactory
@@ -408,20 +410,19 @@ def makeService(config: Options) -> MultiService:
         auth_keys.setdefault("default", auth_key)
     if auth_keys:
         log.info("auth keys of {n} tenants from {path}", n=len(auth_keys), path=config["auth-keys"])
+    key_source = KeySource(value=auth_key) if auth_key else None
+    if auth_keys and not auth_key:
+        key_source = KeySource(path=os.path.abspath(config["auth-keys"]), tenant=next(iter(auth_keys)))
     if not auth_key and not auth_keys:
         data_dir = files.ensure_dir(config["data-dir"] or files.default_data_dir("arps"))
         path = data_dir / "auth-key"
         auth_key, created = files.read_or_create_secret(path, lambda: random_hex(24))
-        if created:
-            log.info(
-                "generated an auth key in {path}; start clients with:\n"
-                "    twistd -n arpc --server-addr {host} --auth-key {key} --local-port PORT",
-                path=str(path),
-                host=socket.gethostname(),
-                key=auth_key,
-            )
+        if created:  # the arpc command line below shows it this once
+            log.info("generated an auth key in {path}", path=str(path))
+            key_source = KeySource(value=auth_key)
         else:
             log.info("using the auth key kept in {path} (give it to arpc as --auth-key)", path=str(path))
+            key_source = KeySource(path=str(path.absolute()))
     public_endpoint = config["public-endpoint"]
     public_url = config["public-url"]
     scheme = public_scheme(public_endpoint, public_url)
@@ -461,11 +462,18 @@ def makeService(config: Options) -> MultiService:
     control_factory, tunnel_factory = ControlFactory(registry, reactor), TunnelFactory(registry, reactor)
     control_factory.proxy_tls = endpoint_is_tls(config["proxy-endpoint"])  # told to arpc
     tunnel_factory.mismatch = control_factory.mismatch  # one log limit for both ports
-    Listener("control", config["control-endpoint"], control_factory, reactor).setServiceParent(top)
+    control = Listener("control", config["control-endpoint"], control_factory, reactor)
+    control.setServiceParent(top)
     proxy = Listener("proxy", config["proxy-endpoint"], tunnel_factory, reactor)
     proxy.setServiceParent(top)
     public = DrainingListener("public", public_endpoint, public_factory, reactor, config["grace"])
     public.setServiceParent(top)
+    ArpcLine(
+        public_url_parts(public_url)[1] if public_url else None,
+        (config["control-endpoint"], lambda: control.port),
+        (config["proxy-endpoint"], lambda: proxy.port),
+        key_source,
+    ).setServiceParent(top)  # after the listeners: logs the ports they hold
     if config["admin-endpoint"]:
 
         def admin() -> IProtocolFactory:
@@ -476,6 +484,7 @@ def makeService(config: Options) -> MultiService:
         admin_factory = LazyFactory(admin, (HTTP_1_1,))  # the admin site speaks HTTP/1.1 (TLS ALPN)
         Listener("admin", config["admin-endpoint"], admin_factory, reactor).setServiceParent(top)
     if config["redis"]:
+        options.require_extra("txredisapi", "--redis", "redis")
         from arp.server.cluster import Cluster, advertised_address
 
         Cluster(
