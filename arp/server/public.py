@@ -56,8 +56,11 @@ UNREAD_ANSWERS_TIMEOUT = 15.0
 #: early), the relay half-closes and reads and drops what the client still sends for this
 #: long, up to LINGER_MAX_BYTES, before closing: closing at once would make the kernel answer
 #: the client's next bytes with a reset that can destroy the answer before the client reads it.
+#: Dropping costs no memory and little CPU; a fast client on a short path can push more than a
+#: MiB before it gets round to reading the answer (seen on loopback under load), so the byte
+#: bound is generous and the time bound is what ends a client that never stops.
 LINGER_CLOSE_TIMEOUT = 2.0
-LINGER_MAX_BYTES = 1024 * 1024
+LINGER_MAX_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
