@@ -142,6 +142,11 @@ class TCPPorts:
                 raise BadRegistration(
                     f"port {record.remote_port} is outside the relay's TCP range {self.first}-{self.last}"
                 )
+            if record.remote_port in used:
+                raise Unavailable(
+                    f"TCP port {record.remote_port} is held by another client: ask for another "
+                    f"--remote-port in {self.first}-{self.last}, or leave it out for any free one"
+                )
             candidates = [record.remote_port]
         else:
             candidates = [p for p in range(self.first, self.last + 1) if p not in used]
@@ -159,6 +164,11 @@ class TCPPorts:
                 listener.startService()
             except SystemExit as e:
                 self.log.info("{why}", why=str(e))
+                if record.remote_port:
+                    raise Unavailable(
+                        f"TCP port {port} is in use on the relay's host by another program: ask for "
+                        f"another --remote-port in {self.first}-{self.last}, or leave it out"
+                    ) from None
                 continue
             record.tcp_listener = listener
             record.remote_port = port
