@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 from hashlib import sha256
 
@@ -185,17 +186,31 @@ class DomainTests(unittest.TestCase):
     timeout = 60
 
     async def test_domain_url_printed_and_routed_by_host(self):
-        """arpc prints ``http://<id>.<domain>:<port>/``; the Host routes without a token; a page
-        load on the relay's own name goes to the client's host."""
+        """arpc prints ``http://<label>.<domain>:<port>/?token=<id>`` with a label that is a hash
+        of the id, never the id (host names travel to third parties in Origin, Referer, DNS and
+        SNI); the host alone opens nothing, the id once does; a page load on the relay's own name
+        goes to the client's host with the id."""
+        from arp.server.origins import dns_label
+
         relay = await start_arps(self, "--domain", "relay.test")
         a = await start_arpc(self, relay, "--client-id", "my-box", local_port=listen_backend(self))
         public = relay.ports["public"]
-        self.assertEqual(a.url, f"http://my-box.relay.test:{public}/?token=my-box")
-        raw = await raw_exchange(public, request("/echo/h", f"my-box.relay.test:{public}"))
+        host = f"{dns_label('my-box')}.relay.test:{public}"
+        self.assertEqual(a.url, f"http://{host}/?token=my-box")
+        self.assertNotIn("my-box", a.url.split("?")[0])
+        raw = await raw_exchange(public, request("/echo/h", host))
+        self.assertEqual(status_of(raw), 401)
+        raw = await raw_exchange(public, request("/echo/h", host, "X-ARP-Token: my-box"))
+        self.assertEqual(status_of(raw), 200)
+        raw = await raw_exchange(public, request("/echo/h?token=my-box", host, "Accept: text/html"))
+        self.assertEqual(status_of(raw), 302)
+        cookie = re.search(rb"Set-Cookie: (arp_[0-9a-f]+=my-box);", raw).group(1).decode()
+        raw = await raw_exchange(public, request("/echo/h", host, f"Cookie: {cookie}\r\nAccept: text/html"))
         self.assertEqual(status_of(raw), 200)
         raw = await raw_exchange(
             public, request("/echo/h?token=my-box", f"relay.test:{public}", "Accept: text/html")
         )
-        self.assertIn(f"Location: http://my-box.relay.test:{public}/echo/h\r\n".encode(), raw)
-        raw = await raw_exchange(public, request("/echo/h", f"nobody.relay.test:{public}"))
+        self.assertIn(f"Location: http://{host}/echo/h?token=my-box\r\n".encode(), raw)
+        nobody = request("/echo/h", f"nobody.relay.test:{public}", "X-ARP-Token: my-box")
+        raw = await raw_exchange(public, nobody)
         self.assertEqual(status_of(raw), 404)

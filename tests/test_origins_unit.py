@@ -50,13 +50,13 @@ class HelperTests(unittest.TestCase):
             self.assertEqual(access_cookie_name(client_id).decode(), arpc_cookie_name(client_id))
 
     def test_dns_labels(self):
-        """An id that is a DNS label is its own label (lower-cased, as browsers send hosts); others
-        get a hashed label that is still a DNS label."""
-        self.assertEqual(dns_label("my-laptop"), "my-laptop")
-        self.assertEqual(dns_label("MyLaptop"), "mylaptop")
-        for odd in ("my_laptop", "a.b", "-x", "x" * 64):
+        """Every id gets a hashed label that is a DNS label and never contains the id (host names
+        travel to third parties); ids that differ only in case get different labels."""
+        for odd in ("my-laptop", "MyLaptop", "my_laptop", "a.b", "-x", "x" * 64):
             label = dns_label(odd)
             self.assertRegex(label, r"^c-[0-9a-f]{40}$")
+            self.assertNotIn(odd.lower(), label)
+        self.assertNotEqual(dns_label("MyLaptop"), dns_label("mylaptop"))
 
     def test_endpoint_with_port(self):
         """The public endpoint string is copied with the client's port (TLS options kept)."""
@@ -385,46 +385,61 @@ class DomainOriginTests(unittest.TestCase):
         proto.dataReceived(request)
         return transport.value()
 
+    def host(self, record) -> bytes:
+        return record.label.encode() + b".relay.test"
+
     def test_urls(self):
-        """arpc prints the client's host URL; an id that is no DNS label gets a hashed label."""
-        self.assertEqual(self.origins.url_for(self.record), "https://client1.relay.test:8443")
+        """arpc prints the client's host URL: a hashed label, never the id."""
+        self.assertRegex(self.origins.url_for(self.record), r"^https://c-[0-9a-f]{40}\.relay\.test:8443$")
+        self.assertNotIn("client1", self.origins.url_for(self.record))
         self.assertRegex(self.origins.url_for(self.odd), r"^https://c-[0-9a-f]{40}\.relay\.test:8443$")
 
-    def test_host_routes_without_a_token_and_unknown_hosts_get_404(self):
-        """The host name routes (no token needed); an unknown label is a 404 counted as a guess."""
+    def test_host_alone_opens_nothing_the_id_once_does(self):
+        """The host name says which client, but does not open it (host names travel to third
+        parties): without the id, 401; with the id (query, header or cookie), forwarded; a label of
+        nobody is a 404 counted as a guess."""
         from arp import wire
         from arp.server.tunnel import TunnelServerProtocol
 
         t = TunnelServerProtocol(self.registry, self.clock)
         t.makeConnection(StringTransport())
         t.dataReceived(wire.tunnel_header("client1", self.record.tunnel_secret))
-        self.public(b"GET /x HTTP/1.1\r\nHost: CLIENT1.relay.test:8443\r\n\r\n")
+        host = self.host(self.record).upper()
+        out = self.public(b"GET /x HTTP/1.1\r\nHost: " + host + b":8443\r\n\r\n")
+        self.assertTrue(out.startswith(b"HTTP/1.1 401 "), out)
+        self.assertEqual(t.transport.value(), b"")
+        self.public(b"GET /x HTTP/1.1\r\nHost: " + host + b":8443\r\nX-ARP-Token: client1\r\n\r\n")
         self.assertTrue(t.transport.value().startswith(b"GET /x HTTP/1.1\r\n"))
-        out = self.public(b"GET /x HTTP/1.1\r\nHost: nobody.relay.test\r\n\r\n")
+        out = self.public(b"GET /x HTTP/1.1\r\nHost: nobody.relay.test\r\nX-ARP-Token: client1\r\n\r\n")
         self.assertTrue(out.startswith(b"HTTP/1.1 404 "))
 
-    def test_token_dropped_from_address_bar_without_cookie(self):
-        """``?token=<id>`` on the client's host: a page load is redirected to the clean URL; the host
-        is the route, so no cookie is set."""
+    def test_token_moves_into_a_host_only_cookie(self):
+        """``?token=<id>`` on the client's host: a page load is redirected to the clean URL and the
+        id kept in a cookie of that host alone (no Domain attribute: no other host gets it)."""
         out = self.public(
-            b"GET /a?token=client1 HTTP/1.1\r\nHost: client1.relay.test\r\nAccept: text/html\r\n\r\n"
+            b"GET /a?token=client1 HTTP/1.1\r\nHost: "
+            + self.host(self.record)
+            + b"\r\nAccept: text/html\r\n\r\n"
         )
         self.assertTrue(out.startswith(b"HTTP/1.1 302 "))
         self.assertIn(b"\r\nLocation: /a\r\n", out)
-        self.assertNotIn(b"Set-Cookie", out)
+        cookie = [line for line in out.split(b"\r\n") if line.startswith(b"Set-Cookie: ")][0]
+        self.assertIn(b"=client1; Path=/; HttpOnly", cookie)
+        self.assertNotIn(b"Domain", cookie)
 
     def test_shared_host_page_load_goes_to_the_client_host(self):
         """A page load with ?token= on the relay's own name goes to ``<label>.<domain>``."""
         out = self.public(
             b"GET /p?token=client1 HTTP/1.1\r\nHost: relay.test:8443\r\nSec-Fetch-Mode: navigate\r\n\r\n"
         )
-        self.assertIn(b"\r\nLocation: https://client1.relay.test:8443/p\r\n", out)
+        self.assertIn(b"\r\nLocation: https://" + self.host(self.record) + b":8443/p?token=client1\r\n", out)
 
     def test_labels_released(self):
         """A removed client's label routes nothing any more."""
+        host = self.host(self.record)
         self.registry.disconnect("client1")
-        self.assertNotIn(b"client1", self.origins.labels)
-        out = self.public(b"GET / HTTP/1.1\r\nHost: client1.relay.test\r\n\r\n")
+        self.assertNotIn(self.record.label.encode(), self.origins.labels)
+        out = self.public(b"GET / HTTP/1.1\r\nHost: " + host + b"\r\nX-ARP-Token: client1\r\n\r\n")
         self.assertTrue(out.startswith(b"HTTP/1.1 404 "))
 
 

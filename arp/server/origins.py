@@ -4,8 +4,9 @@ Browsers isolate pages by origin (scheme, host, port).  With one shared public
 origin, a page served by client A could call client B's API with the browser's
 cookie for B.  So each HTTP client gets an origin of its own:
 
-- with ``arps --domain D``: ``<label>.D`` (the label is the client id when it is
-  a DNS label, see :func:`dns_label`), routed by the ``Host`` header;
+- with ``arps --domain D``: ``<label>.D`` (the label is a hash of the client id,
+  see :func:`dns_label`), routed by the ``Host`` header; the id is still asked
+  for once, as on ports;
 - otherwise a dedicated public port from ``--client-ports`` (:class:`PortOrigins`),
   served by the same public HTTP front but bound to that one client.  Ports are
   guessable, so requests there must still carry the client id (query, header,
@@ -34,7 +35,6 @@ from arp.tls import NegotiatesHTTP11
 #: The legacy cookie of the shared origin (it routes nothing any more; it is stripped and expired).
 LEGACY_COOKIE = b"arp_token"
 _ARP_COOKIE_RE = re.compile(rb"arp_(?:token|[0-9a-f]{20})")
-_LABEL_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _HOST_RE = re.compile(rb"[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\]")
 
 
@@ -66,12 +66,10 @@ def is_arp_cookie(name: bytes) -> bool:
 
 
 def dns_label(client_id: str) -> str:
-    """The host label of a client under ``--domain``: its id if that is a DNS label (browsers
-    lower-case host names), else ``c-`` and 40 hex digits of a hash of the id."""
-    lowered = client_id.lower()
-    if _LABEL_RE.fullmatch(lowered):
-        return lowered
-    return "c-" + sha256(client_id.encode()).hexdigest()[:40]
+    """The host label of a client under ``--domain``: ``c-`` and 40 hex digits of a hash of its
+    id.  Never the id itself: browsers send host names to third parties (``Origin``, ``Referer``,
+    DNS, SNI), and the id is what opens the client."""
+    return "c-" + sha256(b"arp-label\0" + client_id.encode()).hexdigest()[:40]
 
 
 def split_host(host: bytes | None) -> tuple[bytes | None, bytes]:
@@ -148,9 +146,6 @@ class DomainOrigins(Origins):
 
     def open_for(self, record: object) -> None:
         label = dns_label(record.client_id)
-        holder = self.labels.get(label.encode())
-        if holder is not None and holder is not record:  # two ids that differ only in case
-            label = "c-" + sha256(record.client_id.encode()).hexdigest()[:40]
         record.label = label
         self.labels[label.encode()] = record
 

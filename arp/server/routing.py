@@ -35,7 +35,6 @@ from arp.server.origins import (
     ACCESS_COOKIE_PREFIX,
     LEGACY_COOKIE,
     Origins,
-    PortOrigins,
     access_cookie_name,
     cookie_name,
     is_arp_cookie,
@@ -312,9 +311,10 @@ class Router:
         cid = record.client_id.encode()
         tokens = take_query_tokens(head, cid) if b"token=" in head.target else ()
         name = cookie_name(record.client_id)
-        if by_host:
-            via = "host"  # the host name is the client's
-        elif cid in tokens:
+        # the host name (under --domain) or the port says which client; the id must still be
+        # shown once (then it is kept in a cookie): a host label travels to third parties in
+        # Origin, Referer, DNS and SNI, and must not open the client by itself
+        if cid in tokens:
             via = "query"
         elif header == cid:
             via = "header"
@@ -327,6 +327,7 @@ class Router:
                 401,
                 "this address serves one client: open the URL arpc printed (it ends in ?token=...) "
                 "once in this browser, or send the X-ARP-Token header",
+                extra={"reason": "missing"},
             )
         if not record.online:
             return self._offline(record)
@@ -338,10 +339,9 @@ class Router:
             )
         if cid in tokens and is_navigation(head):  # take the token out of the address bar
             location = path_of(head.target)
-            headers = [(b"Location", location)]
-            if not by_host:
-                cookie = name + b"=" + cid + b"; Path=/; HttpOnly; SameSite=Lax" + self.secure
-                headers.append((b"Set-Cookie", cookie))
+            # host-only (no Domain): under --domain it reaches this client's host name alone
+            cookie = name + b"=" + cid + b"; Path=/; HttpOnly; SameSite=Lax" + self.secure
+            headers = [(b"Location", location), (b"Set-Cookie", cookie)]
             return Answer(302, "", headers, body=redirect_body(location, "the token moved into a cookie"))
         if via == "cookie" and not cookie_may_route(head):
             return Answer(
@@ -360,8 +360,8 @@ class Router:
         if base is None:
             return None
         location = base + path_of(head.target)
-        if isinstance(origins, PortOrigins):  # the own port trades it for its cookie
-            location += (b"&" if b"?" in location else b"?") + b"token=" + record.client_id.encode()
+        # the own origin (a port, or a host name) trades it for its cookie
+        location += (b"&" if b"?" in location else b"?") + b"token=" + record.client_id.encode()
         return Answer(
             302,
             "",
