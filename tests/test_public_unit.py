@@ -336,10 +336,13 @@ class TwoClientRoutingTests(TwoClientsFixture, unittest.TestCase):
     """Host-based routing, and a tunnel that claims another client's id."""
 
     def test_host_routing(self):
-        """With --domain, <token>.<domain> routes to that client."""
+        """With --domain, <label>.<domain> routes to that client (with its id shown)."""
+        from arp.server.origins import dns_label
+
         t = self.tunnel("client1", self.record.tunnel_secret)
         public, transport = self.public(domain="relay.test")
-        public.dataReceived(b"GET /x HTTP/1.1\r\nHost: client1.relay.test:8080\r\n\r\n")
+        host = dns_label("client1").encode() + b".relay.test:8080"
+        public.dataReceived(b"GET /x HTTP/1.1\r\nHost: " + host + b"\r\nX-ARP-Token: client1\r\n\r\n")
         self.assertTrue(t.transport.value().startswith(b"GET /x HTTP/1.1\r\n"))
         public2, transport2 = self.public(domain="relay.test")
         public2.dataReceived(b"GET /x HTTP/1.1\r\nHost: nobody.relay.test\r\n\r\n")
