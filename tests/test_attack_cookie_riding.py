@@ -180,3 +180,53 @@ class CookieRidingBrowserTests(browser.BrowserTestCase):
         self.assertIn(cookie_name(CLIENT), cookies)  # the owner's browser holds the cookie
         self.assertEqual(own_status, 201)
         self.assertEqual(site.made(), 1)  # only the console's own request
+
+
+class CookieTossingTests(unittest.TestCase):
+    """Under ``--domain`` a sibling host (``a.D``) can set a cookie for the whole domain (``D``):
+    with the name of B's access cookie, the browser sends B two of them (issue #21.7)."""
+
+    def setUp(self) -> None:
+        ws = Workspace(self)
+        data = Path(ws.data)
+        data.mkdir(parents=True, exist_ok=True)
+        clock = Clock()
+        clock.advance(1_700_000_000.0)
+        self.store = AccessStore(data, clock)
+        self.guard = Guard(self.store, CLIENT)
+        self.owner = self.store.owner_token
+
+    def request(self, cookie: str, https: bool = False):
+        from twisted.web.test.requesthelper import DummyRequest
+
+        request = DummyRequest([b"api", b"me"])
+        request.requestHeaders.addRawHeader(b"cookie", cookie.encode())
+        request.requestHeaders.addRawHeader(b"sec-fetch-site", b"same-origin")
+        request.isSecure = lambda: False  # what a tunnel-carried channel says; the relay tells https
+        if https:
+            request.requestHeaders.addRawHeader(b"x-forwarded-proto", b"https")
+        return request
+
+    def test_tossed_cookie_first_is_skipped_and_not_a_guess(self):
+        """A tossed value ahead of the owner's own: the owner's counts, and the tossed one is not
+        counted as a guess from the victim's address (past the limit the victim would get 429)."""
+        name = cookie_name(CLIENT)
+        for _ in range(100):
+            request = self.request(f"{name}=arpa_tossed_x; {name}={self.owner}")
+            self.assertEqual(self.guard.credential(request), self.owner)
+            self.assertTrue(self.store.authorize(self.guard.credential(request), None, "127.0.0.1").owner)
+        self.assertFalse(self.store.limiter.blocked("127.0.0.1"))
+
+    def test_https_cookie_is_a_host_cookie(self):
+        """Over https the access cookie is ``__Host-``: only its own host can set one (no Domain),
+        so a sibling cannot toss it; it is read back first."""
+        request = self.request("", https=True)
+        grant = self.store.authorize(self.owner, None, "127.0.0.1")
+        self.guard.set_cookie(request, grant, self.owner)
+        [cookie] = request.responseHeaders.getRawHeaders(b"set-cookie")
+        name = cookie_name(CLIENT)
+        self.assertTrue(cookie.startswith(f"__Host-{name}={self.owner}; Path=/;".encode()), cookie)
+        self.assertIn(b"; Secure", cookie)
+        self.assertNotIn(b"Domain", cookie)
+        tossed = self.request(f"{name}=arpa_tossed_x; __Host-{name}={self.owner}")
+        self.assertEqual(self.guard.credential(tossed), self.owner)

@@ -155,7 +155,7 @@ def take_arp_cookies(head: http.Head, cookies: Sequence[bytes]) -> dict[bytes, l
                 continue
             name, _, val = part.partition(b"=")
             name = name.strip()
-            if is_arp_cookie(name) or name.startswith(ACCESS_COOKIE_PREFIX):
+            if is_arp_cookie(name) or _is_access_cookie(name):
                 jar.setdefault(name, []).append(val.strip())
             else:
                 kept.append(part)
@@ -174,7 +174,8 @@ def strip_arp_set_cookies(raw: bytes, own_access: bytes = b"") -> bytes:
         name, colon, value = line.partition(b":")
         if colon and name.strip().lower() == b"set-cookie":
             cookie = value.split(b";", 1)[0].partition(b"=")[0].strip()
-            if is_arp_cookie(cookie) or (cookie.startswith(ACCESS_COOKIE_PREFIX) and cookie != own_access):
+            theirs = _is_access_cookie(cookie) and cookie.removeprefix(HOST_PREFIX) != own_access
+            if is_arp_cookie(cookie) or theirs:
                 continue
         kept.append(line)
     return b"\n".join(kept)
@@ -183,10 +184,20 @@ def strip_arp_set_cookies(raw: bytes, own_access: bytes = b"") -> bytes:
 def pass_own_access(head: http.Head, record: object, jar: dict[bytes, list[bytes]]) -> object:
     """Give back the routed client's own access cookie (taken out with the others); ``record``."""
     name = access_cookie_name(record.client_id)
-    values = jar.get(name)
-    if values:
-        head.add(b"Cookie", b"; ".join(name + b"=" + value for value in values))
+    for own in (HOST_PREFIX + name, name):  # arpc's __Host- cookie (over https) and the plain one
+        values = jar.get(own)
+        if values:
+            head.add(b"Cookie", b"; ".join(own + b"=" + value for value in values))
     return record
+
+
+#: The prefix of arpc's access cookie over https: a ``__Host-`` cookie can only be set by its own
+#: host (Secure, Path=/, no Domain), so no sibling host under ``--domain`` can toss one.
+HOST_PREFIX = b"__Host-"
+
+
+def _is_access_cookie(name: bytes) -> bool:
+    return name.startswith(ACCESS_COOKIE_PREFIX) or name.startswith(HOST_PREFIX + ACCESS_COOKIE_PREFIX)
 
 
 def is_navigation(head: http.Head) -> bool:

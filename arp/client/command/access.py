@@ -382,6 +382,17 @@ class AccessStore:
             self._save_soon()
         return grant
 
+    def recognizes(self, token: str) -> bool:
+        """Whether ``token`` is an active token of this store (no guess is counted either way)."""
+        match = TOKEN_RE.match(token)
+        grant = self.grants.get(match.group(1)) if match else None
+        presented = digest(token) if match else ""
+        return (
+            grant is not None
+            and hmac.compare_digest(grant.hash, presented)
+            and grant.state(self.clock.seconds()) == "active"
+        )
+
     def authorize(self, token: str | None, scope: str | None, address: str) -> Grant:
         """:meth:`check`, then 403 unless the grant has ``scope`` (None: any valid token)."""
         grant = self.check(token, address)

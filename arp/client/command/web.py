@@ -211,8 +211,26 @@ class Guard:
             return query[0].decode("latin-1")
         if not _first_party(request):  # a foreign page's request: the browser's cookie is no credential
             return None
-        cookie = request.getCookie(self.cookie.encode())
-        return cookie.decode("latin-1") if cookie else None
+        values = self.cookie_values(request)
+        if len(values) > 1:
+            # several cookies of this name: a sibling host under --domain may have set one for the
+            # whole domain ("cookie tossing"); the first that is a valid token counts, and the
+            # others are not counted as guesses from the victim's address
+            for value in values:
+                if self.store.recognizes(value):
+                    return value
+        return values[0] if values else None
+
+    def cookie_values(self, request: server.Request) -> list[str]:
+        """Every value of this client's access cookie (``__Host-`` first) in the request."""
+        names = (b"__Host-" + self.cookie.encode(), self.cookie.encode())
+        found: dict[bytes, list[str]] = {name: [] for name in names}
+        for header in request.requestHeaders.getRawHeaders(b"cookie", []):
+            for part in header.split(b";"):
+                name, sep, value = part.strip().partition(b"=")
+                if sep and name in found:
+                    found[name].append(value.strip().decode("latin-1"))
+        return found[names[0]] + found[names[1]]
 
     @staticmethod
     def address(request: server.Request) -> str:
@@ -243,8 +261,8 @@ class Guard:
         if grant.expires is not None:
             lifetime = max(1, min(lifetime, int(grant.expires - self.store.clock.seconds())))
         value = f"{self.cookie}={token}; Path=/; Max-Age={lifetime}; HttpOnly; SameSite=Strict"
-        if _is_https(request):
-            value += "; Secure"
+        if _is_https(request):  # a __Host- cookie: no other host (a sibling under --domain) can set it
+            value = f"__Host-{value}; Secure"
         request.responseHeaders.addRawHeader(b"set-cookie", value.encode("latin-1"))
 
     def link_for(self, request: server.Request, token: str) -> str:
