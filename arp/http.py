@@ -249,9 +249,17 @@ def parse_request(raw: bytes) -> tuple[Head, BodyFramer]:
         if version.startswith(b"HTTP/"):
             raise HTTPError(505, "only HTTP/1.0 and HTTP/1.1 are supported")
         raise HTTPError(400, "malformed HTTP version")
+    if target[:1] != b"/" and not (target == b"*" and method == b"OPTIONS"):
+        # absolute-form is for proxies, authority-form for CONNECT: a relay and the service
+        # behind it would each take the host from somewhere else
+        raise HTTPError(400, "the request target must be a path starting with /")
     crlf = _check_head(raw, line, pos)  # a CRLF-only head can be passed on as received
     headers = _HEADER_RE.findall(raw, pos)
-    head = Head((method, target, version), headers, _index_of(headers), raw if crlf else b"", crlf=crlf)
+    index = _index_of(headers)
+    if len(index.get(b"host", _NONE)) > 1:
+        # RFC 9112 3.2: with two, the relay and the service could route by different ones
+        raise HTTPError(400, "more than one Host header")
+    head = Head((method, target, version), headers, index, raw if crlf else b"", crlf=crlf)
     return head, request_framing(head)  # framing is validated before anything is forwarded
 
 

@@ -178,9 +178,11 @@ class ForwardedResponseHeadTests(unittest.TestCase):
 
 
 def _framing_ok(headers: list[tuple[bytes, bytes]]) -> bool:
-    """Whether a request with these headers has valid framing (the parser checks it too)."""
+    """Whether a request with these headers is valid: its framing, at most one Host (the parser
+    checks both)."""
     lengths = {v.strip() for n, v in headers if n.lower() == b"content-length" for v in v.split(b",")}
-    return not lengths or (len(lengths) == 1 and next(iter(lengths)).isdigit())
+    hosts = [n for n, _ in headers if n.lower() == b"host"]
+    return len(hosts) <= 1 and (not lengths or (len(lengths) == 1 and next(iter(lengths)).isdigit()))
 
 
 def chunked(pieces: list[bytes], trailers: bytes = b"") -> bytes:

@@ -144,6 +144,49 @@ class HostileResponseTests(FrontFixture, unittest.TestCase):
             self.assertNotIn(b"forged", transport.value())
 
 
+class RequestTargetAndHostTests(FrontFixture, unittest.TestCase):
+    """Requests the relay and the service could read differently (issue #21.12)."""
+
+    def test_two_hosts_and_non_path_targets_are_refused(self):
+        """Two Host lines (the relay would route by one, the service by the other), an absolute or
+        authority-form target, or ``?token=`` with no path: 400, nothing forwarded."""
+        t = self.tunnel()
+        for request in (
+            b"GET / HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\nX-ARP-Token: client1\r\n\r\n",
+            b"GET http://other.example/ HTTP/1.1\r\nHost: relay\r\nX-ARP-Token: client1\r\n\r\n",
+            b"CONNECT other.example:443 HTTP/1.1\r\nHost: relay\r\nX-ARP-Token: client1\r\n\r\n",
+            b"GET ?token=client1 HTTP/1.1\r\nHost: relay\r\n\r\n",
+        ):
+            public, transport = self.public()
+            public.dataReceived(request)
+            self.assertTrue(transport.value().startswith(b"HTTP/1.1 400 "), (request, transport.value()))
+        self.assertEqual(t.transport.value(), b"")
+
+    def test_response_head_over_the_limit(self):
+        """A service's response head larger than --max-head-size is refused (502) even when it
+        arrives whole in one read."""
+        t = self.tunnel()
+        public, transport = self.public()
+        public.dataReceived(b"GET / HTTP/1.1\r\nHost: relay\r\nX-ARP-Token: client1\r\n\r\n")
+        big = b"X-Pad: " + b"a" * (self.factory.config.max_head + 10) + b"\r\n"
+        t.dataReceived(b"HTTP/1.1 200 OK\r\n" + big + b"Content-Length: 0\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 502 "), transport.value()[:200])
+        self.assertNotIn(b"X-Pad", transport.value())
+
+    def test_forwarded_and_x_real_ip_are_the_relays(self):
+        """A client's own ``Forwarded`` and ``X-Real-IP`` do not reach the service (only the relay
+        says where a request came from, in ``X-Forwarded-For``)."""
+        t = self.tunnel()
+        public, _ = self.public()
+        public.dataReceived(
+            b"GET / HTTP/1.1\r\nHost: relay\r\nX-ARP-Token: client1\r\nForwarded: for=6.6.6.6\r\n"
+            b"X-Real-IP: 6.6.6.6\r\n\r\n"
+        )
+        sent = t.transport.value()
+        self.assertTrue(sent.startswith(b"GET / HTTP/1.1\r\n"), sent)
+        self.assertNotIn(b"6.6.6.6", sent)
+
+
 class InformationalFloodTests(FrontFixture, unittest.TestCase):
     """A hostile service answers with thousands of 1xx responses in one read."""
 

@@ -34,10 +34,13 @@ class TokenRoutingTests(FrontFixture, unittest.TestCase):
         for target, where in (
             (b"//evil.example/x?token=client1", b"/evil.example/x"),
             (b"/\\evil.example/?token=client1&a=1", b"/evil.example/?a=1"),
-            (b"http://evil.example/p?token=client1", b"/p"),
             (b"/ok/?token=client1", b"/ok/"),
         ):
             public, transport = self.own()  # the client's own port trades the token for a cookie
             public.dataReceived(b"GET " + target + b" HTTP/1.1\r\nHost: relay\r\nAccept: text/html\r\n\r\n")
             self.assertTrue(transport.value().startswith(b"HTTP/1.1 302 "), transport.value())
             self.assertIn(b"\r\nLocation: " + where + b"\r\n", transport.value())
+        # an absolute-form target (for proxies) is no path: refused before anything else
+        public, transport = self.own()
+        public.dataReceived(b"GET http://evil.example/p?token=client1 HTTP/1.1\r\nHost: relay\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 400 "), transport.value())

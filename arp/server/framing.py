@@ -15,10 +15,13 @@ HSTS = b"strict-transport-security"
 #: relay frames by (dropping them would let the next hop read the body differently), and Host,
 #: which every HTTP/1.1 request must carry.
 _NOT_LISTED = frozenset({b"close", b"keep-alive", b"upgrade", b"host"}) | http.FRAMING
-#: Request headers replaced on the way to the client: hop-by-hop ones, X-Forwarded-*, the token.
+#: Request headers replaced on the way to the client: hop-by-hop ones, X-Forwarded-*, the token,
+#: and ``Forwarded``/``X-Real-IP`` (dropped: a client must not say where it comes from).
 #: ``HTTP2-Settings`` belongs to an ``Upgrade: h2c`` offer, which the relay never passes on (it
 #: speaks HTTP/1.1 to the service): both go, so the service never sees half an offer.
 _REWRITTEN = http.HOP_BY_HOP | {
+    b"forwarded",  # a client's own claims of where it is from: only the relay says that
+    b"x-real-ip",
     b"x-forwarded-for",
     b"x-forwarded-proto",
     b"x-forwarded-host",

@@ -512,6 +512,9 @@ class PublicHTTPProtocol(Protocol, TunnelOwner):
                     self._fail(502, "response head from the service too large")
                 return
             self._resp_buf = b""
+            if end > self.config.max_head:  # a whole head in one read is held to the limit too
+                self._fail(502, "response head from the service too large")
+                return
             if buf.find(b"arp", 0, end) >= 0:  # a service may not set (or overwrite) ARP's cookies
                 kept = strip_arp_set_cookies(buf[:end], access_cookie_name(self._record.client_id))
                 buf, end = kept + buf[end:], len(kept)
