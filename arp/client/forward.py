@@ -86,13 +86,18 @@ class LocalService:
             return True
 
         def failed(failure: Failure) -> bool:
-            self.failed(failure)
+            if failure.check(ConnectionRefusedError):
+                self.log.warn("{message}", message=nothing_listens(self.address))
+            else:
+                why = failure.getErrorMessage()
+                self.log.warn("local service {service} unreachable: {why}", service=self.address, why=why)
             return False
 
         return d.addCallbacks(reached, failed)
 
     def failed(self, failure: Failure) -> None:
-        """Log a failed connection: the first one in words, the others briefly."""
+        """Log a failed connection of a tunnel: the first since start or since the last good one
+        in words, the others briefly."""
         if failure.check(ConnectionRefusedError) and not self._warned:
             self._warned = True
             self.log.warn("{message}", message=nothing_listens(self.address))
@@ -136,10 +141,12 @@ _watched_factory = Factory.forProtocol(WatchedBackend)
 _watched_factory.noisy = False
 
 _HOST_LINE_RE = re.compile(rb"\r?\nhost[ \t]*:[^\r\n]*", re.IGNORECASE)
+_ORIGIN_LINE_RE = re.compile(rb"\r?\norigin[ \t]*:[^\r\n]*", re.IGNORECASE)
 
 
 class HostRewriter:
-    """Replaces the ``Host`` of each request head in a tunnel's stream with ``host``.
+    """Replaces the ``Host`` of each request head in a tunnel's stream with ``host``, and an
+    ``Origin`` that is the request's own (the public host) with ``http://`` ``host``.
 
     ``feed(data)`` returns what to send to the service.  Heads are read one after another;
     bodies are passed on as they come (:class:`arp.http.BodyFramer` finds their ends).  The
@@ -205,10 +212,16 @@ class HostRewriter:
         self.awaiting_answer = self._upgrading and framer.done
         newline = b"\r\n" if raw.endswith(b"\r\n\r\n") else b"\n"
         public = head.get(b"host")
-        rest = _HOST_LINE_RE.sub(b"", raw[: -len(newline)])
+        rest = _HOST_LINE_RE.sub(b"", raw[: -2 * len(newline)])  # the lines without the blank one
         extra = newline + b"Host: " + self.host
         if public is not None and head.get(b"x-forwarded-host") is None:
             extra += newline + b"X-Forwarded-Host: " + public
+        origin = head.get(b"origin") or b""
+        if public is not None and origin.partition(b"://")[2].lower() == public.lower():
+            # the page's own origin follows the Host (the service's CSRF and WebSocket origin
+            # checks compare the two); another origin's stays, so those checks still refuse it
+            rest = _ORIGIN_LINE_RE.sub(b"", rest)
+            extra += newline + b"Origin: http://" + self.host
         return rest + extra + newline + newline
 
     def answer(self, data: bytes) -> None:
