@@ -104,6 +104,32 @@ class StoreTests(unittest.TestCase):
         # and the next plain start keeps the rotated one
         self.assertEqual(AccessStore(store.path.parent, store.clock).owner_token, rotated.owner_token)
 
+    def test_rotation_says_what_stays_and_revoke_all_ends_everything(self):
+        """A leaked owner URL: tokens minted with it survive --rotate-owner-token (and arpc says
+        which); --revoke-all-tokens revokes them all, the owner's with them."""
+        from twisted.logger import globalLogPublisher
+
+        store = _store(self)
+        _, minted = store.create({"name": "minted with a leaked owner token", "scopes": ["admin"]})
+        lines: list[str] = []
+        from twisted.logger import formatEvent
+
+        def observe(event: dict) -> None:
+            lines.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        rotated = AccessStore(store.path.parent, store.clock, rotate_owner=True)
+        self.assertFalse(rotated.check(minted, "a").owner)  # still valid after a rotation
+        self.assertTrue(any("1 other access tokens stay valid" in line for line in lines), lines)
+        cleared = AccessStore(store.path.parent, store.clock, revoke_all=True)
+        for old in (minted, rotated.owner_token):
+            with self.assertRaises(AccessError) as e:
+                cleared.check(old, "a")
+            self.assertEqual(e.exception.reason, "revoked")
+        self.assertTrue(cleared.check(cleared.owner_token, "a").owner)
+        self.assertTrue(any("revoked every access token (2:" in line for line in lines), lines)
+
     def test_revoked_owner_token_is_replaced_at_next_start(self):
         """An owner token revoked through the API is replaced when arpc starts again."""
         store = _store(self)

@@ -564,12 +564,16 @@ class ApprovalTests(unittest.TestCase):
         self.assertEqual(generic[0]["approval"]["summary"]["command"], COMMAND)
         self.assertEqual(generic[1]["approval"]["summary"]["command"], "ls")  # what actually ran
         self.assertIn(f"#/session/{sid}", generic[0]["url"])
+        for body in generic:  # webhook bodies go to third parties: no client id, no access token
+            self.assertNotIn(self.arpc.token, json.dumps(body))
+            self.assertNotIn(self.arpc.access, json.dumps(body))
         await wait_until(lambda: any(p["path"] == "/arp-topic" for p in hook.posts), timeout=20)
         ntfy = [p for p in hook.posts if p["path"] == "/arp-topic"][0]
         self.assertEqual(ntfy["headers"]["title"], "Claude needs approval: Bash")
         self.assertEqual(ntfy["headers"]["priority"], "high")
         self.assertEqual(ntfy["headers"]["tags"], "question")
         self.assertIn(f"#/session/{sid}", ntfy["headers"]["click"])
+        self.assertNotIn(self.arpc.token, json.dumps(ntfy))
         self.assertEqual(ntfy["body"], COMMAND)
         self.assertEqual(self.arpc.output.count("Webhook#"), 2, self.arpc.output)  # failed once, works again
         self.assertNotIn("Starting factory", self.arpc.output)

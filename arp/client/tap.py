@@ -70,7 +70,14 @@ class Options(options.TwistdOptions):
         [
             "rotate-owner-token",
             None,
-            "Command mode: replace the owner's access token (the old Public URL stops working).",
+            "Command mode: replace the owner's access token (the old Public URL stops working; "
+            "tokens made with it stay valid).",
+        ],
+        [
+            "revoke-all-tokens",
+            None,
+            "Command mode: revoke every access token (the owner's and every share link or device "
+            "token made with it) and make a new owner token.",
         ],
         ["no-qr", None, "Command mode: do not show the Public URL as a QR code at start."],
     ]
@@ -242,8 +249,8 @@ class Options(options.TwistdOptions):
             self._check_command_mode()
         elif self["api-endpoint"]:
             raise usage.UsageError("--api-endpoint serves the agent API: it needs --command-mode")
-        elif self["rotate-owner-token"]:
-            raise usage.UsageError("--rotate-owner-token is for --command-mode (access tokens)")
+        elif self["rotate-owner-token"] or self["revoke-all-tokens"]:
+            raise usage.UsageError("--rotate-owner-token and --revoke-all-tokens are for --command-mode")
         elif self["local-port"] is None:
             raise usage.UsageError("give the local service's port: --local-port PORT")
         if self["remote-port"] is not None and not self["tcp"]:
@@ -455,6 +462,7 @@ def _command_mode(
         api_hosts=config["api-host"],
         client_id=client_id,
         rotate_owner_token=bool(config["rotate-owner-token"]),
+        revoke_all_tokens=bool(config["revoke-all-tokens"]),
         show_qr=not config["no-qr"],
         approval_timeout=config["approval-timeout"],
         oneshot=config["oneshot-agent"],

@@ -255,6 +255,7 @@ class AccessStore:
         clock: IReactorTime,
         *,
         rotate_owner: bool = False,
+        revoke_all: bool = False,
         guess_limit: int = GUESS_LIMIT,
         guess_window: float = GUESS_WINDOW,
     ) -> None:
@@ -265,7 +266,22 @@ class AccessStore:
         self.grants: dict[str, Grant] = {}
         self._flush_call: IDelayedCall | None = None
         self._load()
-        self.owner_token = self._owner(rotate_owner)
+        if revoke_all:
+            self._revoke_all()
+        self.owner_token = self._owner(rotate_owner or revoke_all)
+
+    def _revoke_all(self) -> None:
+        """Revoke every active token (``--revoke-all-tokens``): the owner's and all minted with it."""
+        now = self.clock.seconds()
+        revoked = [g for g in self.grants.values() if g.state(now) == "active"]
+        for grant in revoked:
+            grant.revoked = now
+        self.save()
+        self.log.info(
+            "revoked every access token ({n}: {names}); a new owner token follows",
+            n=len(revoked),
+            names=", ".join(f"{g.id} ({g.name})" for g in revoked) or "none",
+        )
 
     # -- storage ------------------------------------------------------------------------------
 
@@ -345,6 +361,14 @@ class AccessStore:
         _write_private(self.owner_path, token + "\n")
         why = "rotated" if rotate else ("revoked; made a new one" if grant is not None else "created")
         self.log.info("owner access token {id} {why}", id=token_id, why=why)
+        others = [g for g in self.grants.values() if not g.owner and g.state(now) == "active"]
+        if rotate and others:  # say plainly what a rotation does not revoke
+            self.log.warn(
+                "--rotate-owner-token replaced the owner token only: {n} other access tokens stay "
+                "valid ({names}); revoke them in Devices, or restart with --revoke-all-tokens",
+                n=len(others),
+                names=", ".join(f"{g.id} ({g.name})" for g in others),
+            )
         return token
 
     # -- checking -----------------------------------------------------------------------------

@@ -75,6 +75,7 @@ class CommandService(MultiService):
         cors_origins: list[str],
         client_id: str = "local",
         rotate_owner_token: bool = False,
+        revoke_all_tokens: bool = False,
         show_qr: bool = True,
         environ: dict[str, str] | None = None,
         history_anywhere: bool = False,
@@ -85,7 +86,9 @@ class CommandService(MultiService):
         notify: Sequence[str] = (),
     ) -> None:
         super().__init__()
-        self.access = AccessStore(Path(data_dir), reactor, rotate_owner=rotate_owner_token)  # type: ignore[arg-type]
+        self.access = AccessStore(  # type: ignore[arg-type]
+            Path(data_dir), reactor, rotate_owner=rotate_owner_token, revoke_all=revoke_all_tokens
+        )
         self.guard = Guard(self.access, client_id)
         self.show_qr = show_qr
         self._announced = False
@@ -129,7 +132,10 @@ class CommandService(MultiService):
         self.api_site: Site = check_host(bound_bodies(make_site(self.root)), api_hosts)
 
     def _session_link(self, session_id: str) -> str | None:
-        base = self.guard.route_url()
+        """The session's page on this client's own origin, without the client id: webhook and
+        ntfy bodies go to third parties (ntfy topics are public by default), and the id opens the
+        client.  A browser that opened the console once has the cookie that takes it there."""
+        base = self.guard.route_url().split("?", 1)[0]
         return f"{base}#/session/{session_id}" if base else None
 
     @property
