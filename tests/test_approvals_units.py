@@ -213,6 +213,23 @@ class GrantTests(unittest.TestCase):
                 self.assertEqual(self._covered(grant, "Bash", {"command": command}), expected, command)
             self.assertFalse(self._covered(grant, "Write", {"file_path": "/p/a"}))
 
+    def test_claude_accept_edits_only_for_edits(self):
+        """Claude 2.1 also suggests acceptEdits for a Bash command (with its exact rule): that mode
+        lets it run mkdir, touch, cp, mv, rm and sed in the project without asking, which a card
+        for one command never showed, so for a Bash request only the rule goes back; for an edit
+        the mode goes back and the card says which commands it lets through."""
+        rule = {"type": "addRules", "rules": [{"toolName": "Bash", "ruleContent": "touch s1.txt"}]}
+        rule.update(behavior="allow", destination="localSettings")
+        dirs = {"type": "addDirectories", "directories": ["/p"], "destination": "session"}
+        mode = {"type": "setMode", "mode": "acceptEdits", "destination": "session"}
+        grant = claude_grant("Bash", {"command": "touch s1.txt"}, [rule, dirs, mode], "/p")
+        self.assertEqual(grant.words, "the Bash command touch s1.txt; access to /p")
+        self.assertEqual([p["type"] for p in grant.permissions], ["addRules", "addDirectories"])
+        self.assertFalse(self._covered(grant, "Bash", {"command": "mkdir s2"}))
+        grant = claude_grant("Write", {"file_path": "/p/a.txt"}, [mode], "/p")
+        self.assertIn("mkdir, touch, cp, mv, rm and sed", grant.words)
+        self.assertEqual(grant.permissions, [mode])
+
     def test_claude_other_suggestions_and_none(self):
         """An exact rule covers that command only; a tool-wide suggestion the whole tool (and says
         so); acceptEdits covers edits inside the project; a rule only Claude can read covers nothing

@@ -133,6 +133,9 @@ def text_of(value: Any, limit: int = 2000) -> str:
 # -- "Allow for this session": what it covers, in words and as rules arpc can check ----------------
 
 EDIT_TOOLS = ("Edit", "MultiEdit", "Write", "NotebookEdit")
+#: The Bash commands Claude Code 2.1's acceptEdits mode runs in the project without asking
+#: (measured by tests/agents: chmod, ln, tee, git and others still ask)
+ACCEPT_EDITS_COMMANDS = "the commands mkdir, touch, cp, mv, rm and sed"
 #: A command with any of these is never covered by a prefix rule: ``npm test; curl x | sh`` starts
 #: with ``npm test`` but is not an ``npm test`` command.
 SHELL_SYNTAX = re.compile(r"[;&|<>`$(){}\[\]*?!~#\\'\"\n\r]")
@@ -197,8 +200,11 @@ def claude_grant(tool: str, data: dict[str, Any], suggestions: list[Any], cwd: s
                     words.append(f"{name}({content})")
                     rules.append({"tool": name, "pattern": content})
             sent.append({**suggestion, "rules": given, "destination": "session"})
-        elif kind == "setMode" and suggestion.get("mode") == "acceptEdits":
-            words.append("file edits in this project (Claude's acceptEdits mode)")
+        elif kind == "setMode" and suggestion.get("mode") == "acceptEdits" and tool in EDIT_TOOLS:
+            # Claude 2.1 suggests it for a Bash command too, where it would let the agent run
+            # mkdir, touch, cp, mv, rm and sed -i in the project unasked: offered for edits only
+            mode = "Claude's acceptEdits mode"
+            words.append(f"file edits in this project, and {ACCEPT_EDITS_COMMANDS} there ({mode})")
             rules.append({"tools": list(EDIT_TOOLS), "within": cwd})
             sent.append({**suggestion, "destination": "session"})
         elif kind == "addDirectories":
