@@ -47,3 +47,57 @@ def release_startup_memory() -> bool:
     trim.restype = ctypes.c_int
     trim(0)
     return True
+
+
+def rss_bytes() -> int:
+    """This process's resident set size, from ``/proc/self/statm`` (0 where there is none)."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+class MemoryTrimmer:
+    """Gives memory back after a flood: every ``interval`` s, if RSS is more than ``slack``
+    bytes over the lowest it has been seen at, collect cycles and trim the C heap.
+
+    A flood of connections (thousands of partial heads, see SECURITY.rst) leaves freed buffers
+    in the heap that glibc keeps for later: RSS stayed hundreds of MB up after the flood had
+    ended.  ``malloc_trim`` hands free pages back to the OS (also from the middle of the heap);
+    it costs a few milliseconds, and runs only when RSS is up.
+    """
+
+    def __init__(self, clock: object, interval: float = 20.0, slack: int = 8 * 1024 * 1024) -> None:
+        from twisted.internet.task import LoopingCall
+
+        self.interval = interval
+        self.slack = slack
+        self.floor = 0  # the lowest RSS seen at a check (the idle relay's)
+        self.trims = 0
+        self._loop = LoopingCall(self.check)
+        self._loop.clock = clock
+
+    def start(self) -> None:
+        self._loop.start(self.interval, now=False)
+
+    def stop(self) -> None:
+        if self._loop.running:
+            self._loop.stop()
+
+    def check(self) -> None:
+        rss = rss_bytes()
+        if not rss:
+            return
+        if not self.floor or rss < self.floor:
+            self.floor = rss
+            return
+        if rss - self.floor > self.slack:
+            import gc
+
+            gc.collect()
+            if release_startup_memory():
+                self.trims += 1
+            after = rss_bytes()
+            if after - self.floor > self.slack:  # memory in use (more clients): not a flood's leftovers
+                self.floor = after

@@ -139,3 +139,25 @@ class RestoreTests(unittest.TestCase):
         clock.advance(100)
         self.assertEqual(registry.clients, {})
         self.assertEqual(known.known, {})
+
+
+class MemoryTrimmerTests(unittest.TestCase):
+    """arps hands memory back after a flood (arp/lean.py)."""
+
+    def test_trims_only_when_rss_is_up(self):
+        """At the idle floor: nothing; RSS up by more than the slack: collect and trim once; memory
+        that stays in use (more clients) raises the floor instead of trimming every time."""
+        from arp import lean
+
+        readings = iter([100, 100, 200, 150, 150, 300, 300])
+        self.patch(lean, "rss_bytes", lambda: next(readings))
+        trims = []
+        self.patch(lean, "release_startup_memory", lambda: trims.append(1) or True)
+        trimmer = lean.MemoryTrimmer(Clock(), slack=10)
+        trimmer.check()  # 100: the floor
+        trimmer.check()  # 100: nothing
+        trimmer.check()  # 200 -> trimmed to 150: still up, so 150 is the new floor
+        self.assertEqual((len(trims), trimmer.floor), (1, 150))
+        trimmer.check()  # 150: nothing
+        trimmer.check()  # 300 -> 300
+        self.assertEqual((len(trims), trimmer.floor), (2, 300))

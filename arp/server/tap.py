@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from arp.lean import release_startup_memory, skip_tls_if_unused
+from arp.lean import MemoryTrimmer, release_startup_memory, skip_tls_if_unused
 
 skip_tls_if_unused()  # before anything imports Twisted's endpoints (see arp/lean.py)
 
@@ -403,6 +403,8 @@ def makeService(config: Options) -> MultiService:
 
     reactor.callWhenRunning(options.install_log_level, config["log-level"])
     reactor.callWhenRunning(release_startup_memory)
+    trimmer = MemoryTrimmer(reactor)  # memory back after a flood (see arp/lean.py)
+    reactor.callWhenRunning(trimmer.start)
     top = MultiService()
     auth_key = config["auth-key"]
     auth_keys = read_auth_keys(config["auth-keys"]) if config["auth-keys"] else {}
