@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shlex
+import socket
 import subprocess
 import sys
 
-from twisted.internet import reactor
+from twisted.internet import reactor, threads
 from twisted.trial import unittest
 
 from arp.client.forward import HostRewriter
@@ -26,7 +28,7 @@ from tests.helpers import (
     start_arpc,
     start_arps,
 )
-from tests.test_docs import readme
+from tests.test_docs import ROOT, readme
 
 SHELL_TWISTD = 'twistd() { exec "$ARP_PYTHON" -c "from twisted.scripts.twistd import run; run()" "$@"; }; '
 
@@ -286,6 +288,7 @@ class JupyterLabTests(browser.BrowserTestCase):
             "JUPYTER_RUNTIME_DIR": os.path.join(home, "runtime"),
             "JUPYTER_PLATFORM_DIRS": "1",
         }
+        argv += ["--allow-root"] if os.geteuid() == 0 else []  # CI containers run as root
         lab = CommandProcess("jupyter", [sys.executable, "-m", "jupyterlab", *argv[2:]], env, home).start()
         self.addCleanup(lab.stop)
         relay = await start_arps(self)
@@ -304,6 +307,8 @@ class JupyterLabTests(browser.BrowserTestCase):
             seen = {}
             plain = page.goto(no_rewrite.url.replace("127.0.0.1", "relay.test"))
             seen["pass-through"] = plain.status
+            relay_page = "Answered by the ARP relay" in page.content()
+            seen["refused by"] = "the ARP relay" if relay_page else "Jupyter"
             page.goto(url)
             page.wait_for_selector("input[type=password]")
             page.fill("input[type=password]", token)
@@ -316,7 +321,7 @@ class JupyterLabTests(browser.BrowserTestCase):
         seen = await browser.in_browser(
             drive, token, extra_args=["--host-resolver-rules=MAP relay.test 127.0.0.1"]
         )
-        self.assertEqual(seen["pass-through"], 403, seen)
+        self.assertEqual((seen["pass-through"], seen["refused by"]), (403, "Jupyter"), seen)
         self.assertIn("/lab", seen["lab"])
         self.assertEqual(seen["kernel"], "42", seen)
 
@@ -483,3 +488,253 @@ class ActionableErrorTests(unittest.TestCase):
         self.assertEqual(lines, ["--redis needs the [redis] extra: pip install 'arp-relay[redis]'"], out)
         self.assertNotIn("Traceback", out)
         self.assertNotIn("listening on", out)
+
+
+def quick_start_blocks() -> list[list[str]]:
+    """The lines of each literal block of the README from "Quick start" to "How requests are
+    routed" (the quick start and the walkthrough), continuation lines joined."""
+    text = readme()
+    section = text[text.index("Quick start\n===") : text.index("How requests are routed\n===")]
+    blocks = []
+    for block in section.split("::\n\n")[1:]:
+        lines = []
+        for line in block.splitlines():
+            if not line.startswith("    "):
+                break
+            lines.append(line.strip())
+        blocks.append(lines)
+    return blocks
+
+
+#: Each command line of the quick start and the walkthrough, and the test that runs it (or why
+#: none can).  A command added to those sections fails test_every_command_is_run until it is here.
+RUN_BY = {
+    "pip install . && arp-demo --check": "tests.test_demo.DemoTests.test_readme_quick_start_with_17004_held",
+    "pip install -e '.[test]' && python3 -m twisted.trial -j2 tests": (
+        "not run by a test: it is CI's own command (.ci/run), checked in test_every_command_is_run"
+    ),
+    "apt-get install pypy3 pypy3-venv pypy3-dev gcc": "not run: needs root; .ci/run installs the same",
+    "pypy3 -m venv /opt/arp-pypy && /opt/arp-pypy/bin/pip install .": "not run: .ci/run makes .venv-pypy",
+    "/opt/arp-pypy/bin/twistd -n arps --pool-size 5": "not run: the whole suite runs on that PyPy",
+    "twistd -n arps --pool-size 5": "ReadmeWalkthroughTests.test_relay_as_the_readme_starts_it",
+    "arpc command: ": "ReadmeWalkthroughTests.test_relay_as_the_readme_starts_it (the logged line)",
+    "twistd -n arpc --server-addr relay.example.com --auth-key KEY --local-port 3000": (
+        "tests.test_cli.ReadmeCommandsTests.test_arps_and_arpc_from_one_directory"
+    ),
+    "twistd -n arps --control-endpoint tcp:17001:interface=127.0.0.1": (
+        "ReadmeWalkthroughTests.test_laptop_form"
+    ),
+    'twistd -n arpc --server-addr 127.0.0.1 --auth-key "$(cat ~/.local/share/arps/auth-key)"': (
+        "ReadmeWalkthroughTests.test_laptop_form"
+    ),
+    "twistd -n arps --domain relay.example.com --public-endpoint ssl:443:": (
+        "ReadmeWalkthroughTests.test_domain_form"
+    ),
+    "jupyter lab --no-browser --ip 127.0.0.1 --port 8888": "JupyterLabTests.test_jupyterlab_in_chromium",
+    "twistd -n arpc --server-addr relay.example.com --auth-key KEY --local-port 8888 --host-header rewrite": (
+        "JupyterLabTests.test_jupyterlab_in_chromium"
+    ),
+    "twistd -n arpc --server-addr relay.example.com --auth-key KEY --local-port 5173 --host-header rewrite": (
+        "ReadmeWalkthroughTests.test_vite_and_django_lines"
+    ),
+    "twistd -n arpc --server-addr relay.example.com --auth-key KEY --local-port 8000 --host-header rewrite": (
+        "ReadmeWalkthroughTests.test_vite_and_django_lines"
+    ),
+}
+
+
+class ReadmeWalkthroughTests(unittest.TestCase):
+    """Every shell command of the README's quick start and walkthrough, taken from its text."""
+
+    timeout = 90
+
+    def test_every_command_is_run(self):
+        """Each command line of those sections is one :data:`RUN_BY` knows; the test command is
+        the one CI runs."""
+        lines = [line for block in quick_start_blocks() for line in block]
+        self.assertGreaterEqual(len(lines), 10)
+        for line in lines:
+            self.assertTrue(any(line.startswith(known) for known in RUN_BY), f"no test runs {line!r}")
+        with open(os.path.join(ROOT, ".ci", "run")) as f:
+            ci = f.read()
+        self.assertIn("python3 -m pip install -q -e '.[test]'", ci)
+        self.assertIn('"$python" -m twisted.trial "$@" tests', ci)
+        self.assertIn("run_suite \"CPython $(python3", ci)
+        self.assertIn("python3 -j2", ci)
+
+    def block_with(self, start: str) -> list[str]:
+        for block in quick_start_blocks():
+            if block[0].startswith(start):
+                return block
+        raise AssertionError(f"no README block starts with {start!r}")
+
+    async def test_relay_as_the_readme_starts_it(self):
+        """``twistd -n arps --pool-size 5`` from a fresh home: it keeps the key in
+        ``~/.local/share/arps/auth-key`` and logs the ``arpc command:`` line the README shows
+        (here with the ports of the loopback endpoints the test adds, as the command as written
+        binds every address); pasted, the line registers."""
+        (command,) = self.block_with("twistd -n arps --pool-size 5")
+        (example,) = self.block_with("arpc command: ")
+        work = workdir(self)
+        argv = shlex.split(command)[2:] + [
+            f"--{name}-endpoint=tcp:0:interface=127.0.0.1" for name in ("control", "proxy", "public", "admin")
+        ]
+        python = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n"]
+        first = CommandProcess("arps", python + argv, {"HOME": work}, work).start()
+        self.addCleanup(first.stop)
+        await first.wait_for(ARPC_LINE_RE)
+        await first.stop()
+        key_file = os.path.join(work, ".local", "share", "arps", "auth-key")
+        self.assertTrue(os.path.exists(key_file))
+        arps = CommandProcess("arps", python + argv, {"HOME": work}, work).start()  # a later start
+        self.addCleanup(arps.stop)
+        line = (await arps.wait_for(ARPC_LINE_RE)).group(1)
+        ports = [(await arps.wait_for(rf"{n} listening on \S+:(\d+)")).group(1) for n in ("control", "proxy")]
+        expected = example[len("arpc command: ") :].replace("/home/arp", work)
+        expected = expected.replace(
+            "--server-addr <relay-host>",
+            f"--server-addr <relay-host> --control-port {ports[0]} --proxy-port {ports[1]}",
+        )
+        self.assertEqual(line, expected)
+        await ArpcCommandLineTests.paste(self, line, "127.0.0.1", listen_backend(self))
+
+    async def test_laptop_form(self):
+        """The two loopback lines for a laptop, as written but for the port numbers (free ones
+        here) and the admin port (the test adds a free one: 17004 may be taken on a shared
+        machine): arpc registers with the key read from arps's key file and a request reaches
+        the service."""
+        arps_line, arpc_line = self.block_with("twistd -n arps --control-endpoint tcp:17001:")
+        self.assertNotIn("interface=", arps_line.replace("interface=127.0.0.1", ""))
+        work = workdir(self)
+        ports = {p: str(free_port()) for p in ("17001", "17002", "17003")}
+        for default, port in ports.items():
+            arps_line = arps_line.replace(f"tcp:{default}:", f"tcp:{port}:")
+        backend = listen_backend(self)
+        arps_line += " --admin-endpoint tcp:0:interface=127.0.0.1"
+        arps = ShellProcess("arps", arps_line, work, {"HOME": work}).start()
+        self.addCleanup(arps.stop)
+        await arps.wait_for("public listening on 127.0.0.1:")
+        arpc_line = arpc_line.replace("--local-port 3000", f"--local-port {backend}")
+        arpc_line += f" --control-port {ports['17001']} --proxy-port {ports['17002']}"
+        arpc = ShellProcess("arpc", arpc_line, work, {"HOME": work}).start()
+        self.addCleanup(arpc.stop)
+        url = (await arpc.wait_for(r"Public URL: (\S+)")).group(1)
+        self.assertTrue(url.startswith("http://127.0.0.1:"), url)
+        client = HTTPClient(self, persistent=False)
+        response, body = await client.request("GET", url.replace("/?", "/echo/x?"))
+        self.assertEqual(response.code, 200)
+        self.assertEqual(json.loads(body)["uri"], "/echo/x")
+        for proc in (arpc, arps):
+            await proc.stop()
+            self.assertTrue(proc.stopped_cleanly)
+
+    async def test_vite_and_django_lines(self):
+        """The Vite and Django lines, each in front of a stand-in service on a free port: the
+        service sees ``Host: 127.0.0.1:<port>``, its page's own Origin as ``http://127.0.0.1:<port>``
+        (what Vite's and Django's checks compare) and the public name in X-Forwarded-Host."""
+        relay = await start_arps(self, "--client-ports", "none")
+        public = f"127.0.0.1:{relay.ports['public']}"
+        vite = "twistd -n arpc --server-addr relay.example.com --auth-key KEY --local-port 5173"
+        for line in self.block_with(vite):
+            backend = listen_backend(self)
+            argv = shlex.split(re.sub(r"--local-port \d+", f"--local-port {backend}", line))
+            argv = [{"relay.example.com": "127.0.0.1", "KEY": AUTH_KEY}.get(a, a) for a in argv[2:]]
+            argv += ["--control-port", str(relay.ports["control"]), "--proxy-port", str(relay.ports["proxy"])]
+            arpc = TwistdProcess("arpc", argv + ["--data-dir", self.mktemp()]).start()
+            self.addCleanup(arpc.stop)
+            token = re.search(r"token=(\w+)", (await arpc.wait_for(r"Public URL: (\S+)")).group(1)).group(1)
+            response, body = await HTTPClient(self, persistent=False).request(
+                "POST", f"{relay.public}/echo/x", {"X-ARP-Token": token, "Origin": f"http://{public}"}, b"a=1"
+            )
+            headers = json.loads(body)["headers"]
+            self.assertEqual(headers["host"], [f"127.0.0.1:{backend}"])
+            self.assertEqual(headers["origin"], [f"http://127.0.0.1:{backend}"])
+            self.assertEqual(headers["x-forwarded-host"], [public])
+            await arpc.stop()
+
+    async def test_domain_form(self):
+        """``--domain`` with a TLS public endpoint as the README gives it (a throw-away wildcard
+        certificate, a free loopback port): a client is served at ``https://<id>.relay.example.com``."""
+        (line,) = self.block_with("twistd -n arps --domain relay.example.com")
+        paths = wildcard_cert(self.mktemp(), "relay.example.com")
+        port = free_port()
+        line = line.replace("ssl:443:", f"ssl:{port}:interface=127.0.0.1:")
+        line = line.replace("privateKey=key.pem", f"privateKey={paths['key']}")
+        line = line.replace("certKey=wildcard.pem", f"certKey={paths['cert']}")
+        argv = shlex.split(line)
+        self.assertEqual(argv[:3], ["twistd", "-n", "arps"])
+        extra = ["--auth-key", AUTH_KEY, "--data-dir", self.mktemp()]
+        extra += [f"--{n}-endpoint=tcp:0:interface=127.0.0.1" for n in ("control", "proxy", "admin")]
+        relay = TwistdProcess("arps", argv[2:] + extra).start()
+        self.addCleanup(relay.stop)
+        ports = {}
+        for name in ("control", "proxy"):
+            ports[name] = (await relay.wait_for(rf"{name} listening on \S+:(\d+)")).group(1)
+        args = ["arpc", "--server-addr", "127.0.0.1", "--control-port", ports["control"]]
+        args += ["--proxy-port", ports["proxy"], "--auth-key", AUTH_KEY, "--data-dir", self.mktemp()]
+        arpc = TwistdProcess("arpc", args + ["--local-port", str(listen_backend(self))]).start()
+        self.addCleanup(arpc.stop)
+        url = (await arpc.wait_for(r"Public URL: (\S+)")).group(1)
+        match = re.fullmatch(rf"https://([\w-]+)\.relay\.example\.com:{port}/\?token=(\w+)", url)
+        self.assertIsNotNone(match, url)
+        host = f"{match.group(1)}.relay.example.com"
+        status, sans = await threads.deferToThread(tls_get, port, host, f"/echo/x?token={match.group(2)}")
+        self.assertEqual(status, 200)
+        self.assertIn("*.relay.example.com", sans)
+
+
+def wildcard_cert(directory: str, domain: str) -> dict[str, str]:
+    """A self-signed certificate for ``*.domain`` and its key, as PEM files in ``directory``."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    os.makedirs(directory)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"*.{domain}")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(f"*.{domain}")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    paths = {"key": os.path.join(directory, "key.pem"), "cert": os.path.join(directory, "wildcard.pem")}
+    with open(paths["key"], "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))  # fmt: skip
+    with open(paths["cert"], "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    return paths
+
+
+def tls_get(port: int, host: str, path: str) -> tuple[int, list[str]]:
+    """GET ``path`` over TLS from 127.0.0.1:``port`` as ``host`` (SNI and Host); the status and the
+    DNS names of the certificate served (not verified: it is the test's own self-signed one)."""
+    import ssl
+
+    from cryptography import x509
+
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname=host) as sock:
+            der = sock.getpeercert(binary_form=True)
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode())
+            answer = b""
+            while b"\r\n" not in answer:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                answer += chunk
+    sans = x509.load_der_x509_certificate(der).extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    return int(answer.split(b" ", 2)[1]), sans.value.get_values_for_type(x509.DNSName)
