@@ -5,7 +5,9 @@ same browser) and one forward-mode web app whose page is hostile.  The page trie
 found: a credentialed ``fetch`` and a no-cors POST to a console's API, a form POST navigation, a
 WebSocket to a console's stream, a service worker, and cookie forcing from its server and its
 script.  Nothing may reach the consoles' clients (the relay counts every request it forwards to
-each), and both consoles must still work side by side afterwards.
+each), and both consoles must still work side by side afterwards.  The app's service worker is
+registered on its own port (its own origin) and controls nothing of the consoles'; on the relay's
+shared port, which every client shares, a worker is refused.
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ ATTACK = """<!doctype html><title>innocent app</title><script>
     setTimeout(() => done("timeout"), 5000);
   });
   await attempt("serviceWorker", async () => {
-    await navigator.serviceWorker.register("/sw.js", {scope: "/"}); return "registered"; });
+    const reg = await navigator.serviceWorker.register("/sw.js", {scope: "/"});
+    return "registered " + reg.scope; });
   await attempt("serverCookie", async () => (await fetch("/setcookie")).status);
   document.cookie = NAME + "=forced-by-script; path=/";
   document.cookie = NAME + "=forced-by-script; path=/api";
@@ -89,7 +92,11 @@ class HostileApp(resource.Resource):
             return b"ok"
         if request.path == b"/sw.js":
             request.setHeader(b"content-type", b"text/javascript")
-            return b"self.addEventListener('fetch', e => e.respondWith(new Response('hijacked')));"
+            # every page of its own origin but the form below (which the test loads next)
+            return (
+                b"self.addEventListener('fetch', e => { if (!e.request.url.endsWith('/form')) "
+                b"e.respondWith(new Response('hijacked')); });"
+            )
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
         return self.pages.get(request.path, b"<!doctype html><title>app</title>")
 
@@ -117,7 +124,8 @@ class IsolationBrowserTests(browser.BrowserTestCase):
     async def test_hostile_app_reaches_no_console_and_both_consoles_work(self):
         """A forward-mode app's page attacks the victim's two consoles (each open in the same
         browser): nothing reaches either client, its cookies are not forced, its service worker
-        is refused, and both consoles still work side by side."""
+        (registered on its own port) reaches neither console, and both consoles still work side
+        by side."""
         relay = await start_arps(self)
         consoles = []
         for _ in range(2):
@@ -190,8 +198,9 @@ class IsolationBrowserTests(browser.BrowserTestCase):
         self.assertNotEqual(results["fetchPost"], 200, results)
         self.assertNotEqual(results["fetchRead"], 200, results)
         self.assertEqual(results["webSocket"], "error", results)
-        self.assertTrue(results["serviceWorker"].startswith("error"), results)
-        self.assertNotIn(b"/sw.js", app.seen, "the service worker script reached the app")
+        # its own origin: allowed, scoped to the app's port; the consoles' pages loaded after it
+        # (b1_works, b2_works) were not its to answer
+        self.assertEqual(results["serviceWorker"], f"registered {origin_of(a.url)}/", results)
         # the form POST navigation is refused by the relay itself (the browser then loads only the
         # favicon of the error page it shows, a same-origin GET of that origin's own)
         self.assertIn(
@@ -282,3 +291,42 @@ class PlainHTTPHostNameTests(browser.BrowserTestCase):
         self.assertEqual(set(api), {403}, seen["statuses"])
         self.assertIn("frame-ancestors", seen["frame"])
         self.assertEqual(ws.recorded(), [])
+
+
+SHARED_WORKER = """<!doctype html><title>app on the shared port</title><script>
+(async () => {
+  try {
+    await navigator.serviceWorker.register("/sw.js" + location.search, {scope: "/"});
+    window.results = "registered";
+  } catch (e) { window.results = "error: " + e.name + ": " + e.message; }
+})();
+</script>"""
+
+
+class SharedPortWorkerTests(browser.BrowserTestCase):
+    """Where origins are shared (``--client-ports none``: every client's pages on the public port),
+    a service worker would see every client's pages in that browser: the relay refuses it."""
+
+    timeout = 120
+
+    async def test_forward_mode_apps_worker_refused_on_the_shared_port(self):
+        """A forward-mode app's page on the shared port registers ``/sw.js?token=<its id>``: the
+        relay answers 403, the script never reaches the app, and nothing is registered."""
+        relay = await start_arps(self, "--client-ports", "none")
+        app = HostileApp()
+        app.pages[b"/"] = SHARED_WORKER.encode()
+        a = await start_arpc(self, relay, local_port=listen_backend(self, server.Site(app)))
+        url = f"{relay.public}/?token={a.token}"
+
+        def drive(page):
+            page.goto(url)
+            page.wait_for_function("window.results !== undefined", timeout=30000)
+            registrations = page.evaluate("navigator.serviceWorker.getRegistrations().then(r => r.length)")
+            return page.url, page.evaluate("window.results"), registrations
+
+        where, result, registrations = await run_in_browser(drive)
+        self.assertTrue(where.startswith(relay.public), where)  # served on the shared port itself
+        self.assertTrue(result.startswith("error"), result)
+        self.assertIn("(403)", result)  # Chromium: "A bad HTTP response code (403) was received..."
+        self.assertEqual(registrations, 0)
+        self.assertNotIn(b"/sw.js", app.seen, "the service worker script reached the app")

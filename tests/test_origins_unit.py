@@ -249,15 +249,32 @@ class PortOriginTests(FrontFixture, unittest.TestCase):
         self.assertNotIn(a2, out)
         self.assertIn(b"Set-Cookie: " + a1 + b"=mine; HttpOnly\r\n", out)
 
-    def test_service_worker_scripts_refused(self):
-        """A service worker registered on a port would outlive the client (ports are reused): refused."""
+    def test_service_worker_scripts_on_the_own_port(self):
+        """A client's own port is its own origin: its service worker script reaches it (the
+        console's worker shows push notifications); what a worker on a reused port can do is in
+        SECURITY.rst."""
         t = self.tunnel()
         public, transport = self.own()
         public.dataReceived(
             b"GET /sw.js HTTP/1.1\r\nHost: relay\r\nService-Worker: script\r\nSec-Fetch-Site: same-origin\r\n"
             b"Cookie: " + C1 + b"=client1\r\n\r\n"
         )
-        self.assertTrue(transport.value().startswith(b"HTTP/1.1 403 "))
+        self.assertEqual(transport.value(), b"")
+        self.assertTrue(t.transport.value().startswith(b"GET /sw.js HTTP/1.1\r\n"))
+
+    def test_service_worker_scripts_refused_on_the_shared_port(self):
+        """The shared port is every client's origin: a worker registered there (with ?token= or
+        X-ARP-Token) would see every client's pages in that browser: refused, nothing forwarded."""
+        t = self.tunnel()
+        for request in (
+            b"GET /sw.js?token=client1 HTTP/1.1\r\nHost: relay\r\nService-Worker: script\r\n\r\n",
+            b"GET /sw.js HTTP/1.1\r\nHost: relay\r\nService-Worker: script\r\nX-ARP-Token: client1\r\n\r\n",
+        ):
+            public, transport = self.public()
+            public.dataReceived(request)
+            out = transport.value()
+            self.assertTrue(out.startswith(b"HTTP/1.1 403 "), out)
+            self.assertIn("shared address", body_of(out)["error"])
         self.assertEqual(t.transport.value(), b"")
 
     def test_shared_port_sends_page_loads_to_the_own_port(self):

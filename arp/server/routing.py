@@ -286,6 +286,14 @@ class Router:
         if bound is not None:
             return self._own_origin(head, bound, header, jar, by_host, peer)
         # the shared origin: API clients by ?token= or X-ARP-Token; no cookie routes here
+        if head.get(b"service-worker") is not None:
+            # a worker registered here would see every client's pages on this origin; a client's
+            # own origin (its port, or its host name under --domain) may have one (SECURITY.rst)
+            return Answer(
+                403,
+                "service workers are refused on the relay's shared address, which every client "
+                "shares; open the client's own address (the URL arpc printed)",
+            )
         tokens = take_query_tokens(head) if b"token=" in head.target else None
         token = tokens[0] if tokens else header
         if token is None:
@@ -342,12 +350,6 @@ class Router:
             )
         if not record.online:
             return self._offline(record)
-        if not by_host and head.get(b"service-worker") is not None:
-            return Answer(
-                403,
-                "service workers are refused on per-port client addresses (a port is handed to "
-                "another client later); the relay's operator can use --domain",
-            )
         if cid in tokens and is_navigation(head):  # take the token out of the address bar
             location = path_of(head.target)
             # host-only (no Domain): under --domain it reaches this client's host name alone
