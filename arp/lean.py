@@ -4,7 +4,8 @@ Twisted's endpoint and TCP modules import pyOpenSSL (and with it
 ``cryptography``) whenever it is installed, which costs arps and arpc about
 12 MB of memory each even when every endpoint is plain TCP.  When twistd runs
 ``arps`` or ``arpc`` and no argument names a TLS endpoint (``ssl:``, ``tls:``,
-``le:``), we mark pyOpenSSL as unavailable before anything imports it; Twisted
+``le:``) and arpc is not in command mode (whose Web Push and webhooks go to https
+services), we mark pyOpenSSL as unavailable before anything imports it; Twisted
 then runs without TLS support, which nothing in that process needs.
 """
 
@@ -23,6 +24,8 @@ def skip_tls_if_unused(argv: list[str] | None = None) -> bool:
         return False  # already loaded, or not a twistd run (tests import our modules too)
     if any(marker in arg for arg in argv for marker in _TLS_MARKERS):
         return False
+    if "--command-mode" in argv:
+        return False  # Web Push and --notify reach https services (arp/client/command/push.py)
     if any(arg.startswith("--redis") for arg in argv) or os.environ.get("ARP_REDIS"):
         return False  # txredisapi imports twisted.internet.ssl whether TLS is used or not
     sys.modules["OpenSSL"] = None  # type: ignore[assignment]

@@ -39,6 +39,13 @@ def _host_header(value: str) -> str:
     return host_header(value)
 
 
+def _push_contact(value: str) -> str:
+    if not value.startswith(("mailto:", "https://")) or len(value) > 200:
+        raise ValueError("must be a mailto: or https:// URL")
+    return value
+
+
+_push_contact.coerceDoc = ""  # type: ignore[attr-defined]
 _host_header.coerceDoc = ""  # type: ignore[attr-defined]
 _permission_mode.coerceDoc = (  # type: ignore[attr-defined]
     "One of plan, default, dontAsk, acceptEdits, auto, bypassPermissions."
@@ -137,6 +144,14 @@ class Options(options.TwistdOptions):
             "(default: ~/.local/share/arpc).",
         ],
         ["command-path", None, None, "Command mode: the Claude Code CLI (default: claude on PATH)."],
+        [
+            "push-contact",
+            None,
+            None,
+            "Command mode: the contact push services see in Web Push requests (VAPID 'sub'), a "
+            "mailto: or https: URL (default: mailto:arpc@localhost).",
+            _push_contact,
+        ],
         ["codex-path", None, None, "Command mode: the Codex CLI (default: codex on PATH)."],
         ["gemini-path", None, None, "Command mode: the Gemini CLI (default: gemini on PATH)."],
         [
@@ -184,6 +199,7 @@ class Options(options.TwistdOptions):
         self["acp-agent"] = []
         self["oneshot-agent"] = []
         self["notify"] = []
+        self["push-allow"] = []
         self["server-addrs"] = []
         self["server-addr"] = None
 
@@ -239,6 +255,16 @@ class Options(options.TwistdOptions):
             self["notify"].append(check_url(url))
         except ValueError as e:
             raise usage.UsageError(f"--notify {url!r}: {e}")
+
+    def opt_push_allow(self, prefix: str) -> None:
+        """Command mode: let Web Push endpoints starting with PREFIX through, even on a private
+        address or over http (a self-hosted push service; repeatable)."""
+        from arp.client.command.push import check_allow_prefix
+
+        try:
+            self["push-allow"].append(check_allow_prefix(prefix))
+        except ValueError as e:
+            raise usage.UsageError(f"--push-allow {prefix!r}: {e}")
 
     def postOptions(self) -> None:
         if not self["server-addr"] and not self["control-endpoint"]:
@@ -468,6 +494,8 @@ def _command_mode(
         oneshot=config["oneshot-agent"],
         acp_agents=config["acp-agent"],
         notify=config["notify"],
+        push_allow=config["push-allow"],
+        push_contact=config["push-contact"],
     )
     command.setServiceParent(top)
     if config["api-endpoint"]:

@@ -45,6 +45,7 @@ class ConsoleFiles(File):
         ".css": "text/css; charset=utf-8",
         ".png": "image/png",
         ".svg": "image/svg+xml",
+        ".webmanifest": "application/manifest+json",
     }
 
     def render(self, request: Request) -> bytes | int:
@@ -84,6 +85,8 @@ class CommandService(MultiService):
         oneshot: Sequence[str] = (),
         acp_agents: Sequence[Executor] = (),
         notify: Sequence[str] = (),
+        push_allow: Sequence[str] = (),
+        push_contact: str | None = None,
     ) -> None:
         super().__init__()
         self.access = AccessStore(  # type: ignore[arg-type]
@@ -113,6 +116,12 @@ class CommandService(MultiService):
         self.manager.setServiceParent(self)
         self.notifier = Notifier(reactor, list(notify), self.manager, link=self._session_link)
         self.notifier.setServiceParent(self)
+        from arp.client.command.push import DEFAULT_CONTACT, PushService
+
+        #: Web Push to the consoles' service workers (approvals, questions, finished sessions)
+        self.push = PushService(
+            reactor, Path(data_dir), self.access, self.manager, push_allow, push_contact or DEFAULT_CONTACT
+        )
         # history is read only for projects under --project-root, unless --history-anywhere
         given = [os.path.abspath(os.path.expanduser(p)) for p in project_roots]
         within = None if history_anywhere else ProjectScope([*given, *self.manager.project_roots])
@@ -123,6 +132,7 @@ class CommandService(MultiService):
             GeminiHistory(gemini_root(environ), within=within),
             cors_origins,
             self.guard,
+            self.push,
         )
         console = ConsoleFiles(str(CONSOLE_DIR))
         console.childNotFound = NotFound(self.root.cors, self.guard)  # a JSON 404, like the API's
@@ -154,6 +164,7 @@ class CommandService(MultiService):
     def stopService(self) -> object:
         """Write the tokens' last-used times, then stop the sessions."""
         self.access.close()
+        self.push.stop()
         return super().stopService()
 
     def tunnel_protocol(self, header: bytes, tunnels: set) -> SiteTunnel:

@@ -17,6 +17,9 @@
     /api/me                                  GET     (any valid token)
     /api/tokens                              GET, POST   (admin)
     /api/tokens/{id}                         DELETE      (admin)
+    /api/push/key                            GET     (view; the VAPID public key)
+    /api/push/subscriptions                  GET, POST   (view; a device's own, or all for admin)
+    /api/push/subscriptions/{id}             DELETE      (view; its own, or any for admin)
 
 Every route declares the scope it needs (``scopes`` on each resource); a request without a valid
 access token gets a JSON 401 naming why, one with too few scopes a 403 (:mod:`.access`). The token
@@ -760,6 +763,73 @@ class TokenDetail(JsonResource):
         return 200, revoked.view(self.guard.store.clock.seconds())
 
 
+# -- Web Push (arp/client/command/push.py) -----------------------------------------------------
+
+
+class PushKey(JsonResource):
+    """``GET /api/push/key``: the VAPID public key a browser subscribes with, and the events."""
+
+    isLeaf = True
+    scopes = {"GET": "view"}
+
+    def __init__(self, cors: Cors, guard: Guard, push: Any) -> None:
+        super().__init__(cors, guard)
+        self.push = push
+
+    def handle_GET(self, request: server.Request, grant: Grant) -> tuple[int, Any]:
+        from arp.client.command.push import EVENTS
+
+        return 200, {"publicKey": self.push.keys.public_key, "events": list(EVENTS)}
+
+
+class PushSubscriptions(JsonResource):
+    """``/api/push/subscriptions``: a device subscribes (201 ``{"id": ...}``), lists, unsubscribes."""
+
+    scopes = {"GET": "view", "POST": "view"}
+
+    def __init__(self, cors: Cors, guard: Guard, push: Any) -> None:
+        super().__init__(cors, guard)
+        self.push = push
+
+    def getChild(self, path: bytes, request: server.Request) -> Resource:
+        if request.postpath or not path.isalnum() or len(path) > 64:
+            return NotFound(self.cors, self.guard)
+        return PushSubscriptionDetail(self.cors, self.guard, self.push, path.decode("ascii"))
+
+    def handle_GET(self, request: server.Request, grant: Grant) -> tuple[int, Any]:
+        return 200, {"subscriptions": self.push.listing(grant)}
+
+    def handle_POST(self, request: server.Request, grant: Grant) -> Deferred:
+        d = self.push.subscribe(self.json_body(request), grant)
+
+        def made(result: tuple[bool, dict]) -> tuple[int, Any]:
+            created, view = result
+            if created:
+                request.setHeader(b"location", f"/api/push/subscriptions/{view['id']}".encode())
+            return (201 if created else 200), view
+
+        def refused(failure: Failure) -> None:
+            failure.trap(BadRequest)
+            raise ApiError(failure.value.status, failure.value.message)
+
+        return d.addCallbacks(made, refused)
+
+
+class PushSubscriptionDetail(JsonResource):
+    """``DELETE /api/push/subscriptions/{id}``."""
+
+    isLeaf = True
+    scopes = {"DELETE": "view"}
+
+    def __init__(self, cors: Cors, guard: Guard, push: Any, sub_id: str) -> None:
+        super().__init__(cors, guard)
+        self.push = push
+        self.sub_id = sub_id
+
+    def handle_DELETE(self, request: server.Request, grant: Grant) -> tuple[int, Any]:
+        return 200, self.push.unsubscribe(self.sub_id, grant)
+
+
 # -- the WebSocket stream ----------------------------------------------------------------------
 
 
@@ -963,8 +1033,9 @@ def build_root(
     gemini: GeminiHistory,
     cors_origins: list[str],
     guard: Guard,
+    push: Any = None,
 ) -> Root:
-    """The whole resource tree."""
+    """The whole resource tree (``/api/push`` with a :class:`~arp.client.command.push.PushService`)."""
     cors = Cors(cors_origins)
     root = Root(cors, guard)
     api = JsonResource(cors, guard)
@@ -977,9 +1048,15 @@ def build_root(
         agent.putChild(b"sessions", HistoryList(cors, guard, reader))
     claude_api = api.children[b"claude"]
     claude_api.putChild(b"projects", Projects(cors, guard, claude))
+    manager.histories.update(Claude=claude, Codex=codex, Gemini=gemini)  # where "resume" looks
     api.putChild(b"approvals", Approvals(cors, guard, manager))
     api.putChild(b"me", Me(cors, guard))
     api.putChild(b"tokens", Tokens(cors, guard))
+    if push is not None:
+        push_api = JsonResource(cors, guard)
+        api.putChild(b"push", push_api)
+        push_api.putChild(b"key", PushKey(cors, guard, push))
+        push_api.putChild(b"subscriptions", PushSubscriptions(cors, guard, push))
     return root
 
 
