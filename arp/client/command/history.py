@@ -384,6 +384,22 @@ class ClaudeHistory:
                 return path
         return None
 
+    def locate(self, session_id: str) -> dict[str, Any] | None:
+        """Where a session ran, as its transcript records it, wherever that is (None: no such
+        session): ``{"id", "projectPath", "title"}``, for continuing it (``"resume"``)."""
+        path = self.find(session_id)
+        if path is None:
+            return None
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        head = self._head(path, st)
+        if head["sidechain"]:
+            return None
+        title = head["firstPrompt"]
+        return {"id": session_id, "projectPath": head["cwd"], "title": _clip(title) if title else None}
+
     def messages(self, session_id: str, offset: int = 0, limit: int = 200) -> dict[str, Any] | None:
         """The visible messages of a session's main thread, in order (None if there is no such file)."""
         path = self.find(session_id)
@@ -591,6 +607,19 @@ class CodexHistory:
             return path
         return None
 
+    def locate(self, session_id: str) -> dict[str, Any] | None:
+        """Where a rollout ran, wherever that is (None: no such rollout): ``{"id", "projectPath",
+        "title"}``; the id is the one listings show (its ``session_meta``)."""
+        path = self.find(session_id)
+        if path is None:
+            return None
+        try:
+            head = self._head(path, path.stat())
+        except OSError:
+            return None
+        title = head["firstPrompt"]
+        return {"id": head["id"], "projectPath": head["cwd"], "title": _clip(title) if title else None}
+
     def messages(self, session_id: str, offset: int = 0, limit: int = 200) -> dict[str, Any] | None:
         """Messages, tool calls and their outputs in order (None if there is no such rollout)."""
         path = self.find(session_id)
@@ -788,6 +817,18 @@ class GeminiHistory:
                 }
             )
         return {"sessions": page, "total": len(files), "offset": offset, "limit": limit}
+
+    def locate(self, session_id: str) -> dict[str, Any] | None:
+        """Where a chat ran, wherever that is (None: no such chat): ``{"id", "projectPath", "title"}``."""
+        if not is_uuid(session_id):
+            return None
+        for path, st in self._files():
+            head = self._head(path, st)
+            if head["id"] == session_id:
+                title = head["firstPrompt"]
+                clipped = _clip(title) if title else None
+                return {"id": session_id, "projectPath": head["projectPath"], "title": clipped}
+        return None
 
     def messages(self, session_id: str, offset: int = 0, limit: int = 200) -> dict[str, Any] | None:
         """A chat's user and model messages with their tool calls (None if not found)."""

@@ -80,6 +80,7 @@ class Session:
         self.record = record
         self._events: list[dict[str, Any]] | None = None
         self._output: list[str] = []
+        self._turn_start = 0  # where the current turn's text starts in _output
         self._turn_text = False
         self.viewers: set[Viewer] = set()
         self.process: AgentProcess | None = None
@@ -118,6 +119,7 @@ class Session:
         if self._events is None:
             self._events = self.manager.store.events(self.id)
             self._output = []
+            self._turn_start = 0
             for event in self._events:
                 self._absorb(event, replay=True)
         return self._events
@@ -134,6 +136,7 @@ class Session:
             self._result_text = None
             if self._output and not self._output[-1].endswith("\n"):
                 self._output.append("\n")
+            self._turn_start = len(self._output)
         elif kind == "agent":
             d = digest(self.record["executor"], event.get("data"))
             if d.text:
@@ -404,10 +407,23 @@ class Session:
             "usage",
             "costUsd",
             "lastSeq",
+            "resumedFrom",
         )
         view = {k: r.get(k) for k in keys}
         view["turns"] = len(r["turns"])
+        view["lastMessage"] = self.last_message() if self._events is not None else r.get("lastMessage")
+        view["pendingApprovals"] = len(self.pending)
         return view
+
+    def last_message(self) -> str | None:
+        """The end of the agent's text so far, on one line (the Sessions list shows it)."""
+        self.events()
+        text = "".join(self._output[self._turn_start :]).rstrip()[-2000:]
+        if not text.strip():
+            return None
+        last = [p for p in text.split("\n\n") if p.strip()][-1]
+        last = " ".join(last.split())
+        return last if len(last) <= 200 else "…" + last[-199:]
 
     def detail(self, since: int = 0) -> dict[str, Any]:
         """The summary plus turns, events (after ``since``) and the text output."""
@@ -537,6 +553,7 @@ class Session:
         record["error"] = why
         record["updatedAt"] = now_iso()
         record.pop("pid", None)
+        record["lastMessage"] = self.last_message()
         if record["turns"]:
             record["turns"][-1].update(endedAt=record["updatedAt"], status=status, exitCode=code)
         self.emit("status", status=status, exitCode=code, error=why, **({"by": by} if by else {}))
@@ -578,6 +595,8 @@ class SessionManager(Service):
         self.approval_timeout = approval_timeout
         self.version = version
         self.listeners: list[Any] = []  # called with (event, session, approval record or None)
+        #: The agents' own history readers by executor name (``"resume"`` looks sessions up there).
+        self.histories: dict[str, Any] = {}
         self.approvals = ApprovalBook(Path(store.directory) / "approvals.json")
         self.store = store
         self.reactor = reactor
@@ -814,11 +833,17 @@ class SessionManager(Service):
         """Validate a new-session request and start the agent."""
         if not isinstance(body, dict):
             raise ApiError(400, "the body must be a JSON object")
-        executor = self.executor(body.get("executor", "Claude"))
-        if executor is None:
-            raise ApiError(400, "unknown executor: use " + ", ".join(self.executors))
-        prompt = self._prompt(body)
-        project = self._project_path(body)
+        resumed = None
+        if body.get("resume") is not None:
+            executor, resumed = self._resumable(body)
+            prompt = self._prompt(body)
+            project = resumed.pop("path")
+        else:
+            executor = self.executor(body.get("executor", "Claude"))
+            if executor is None:
+                raise ApiError(400, "unknown executor: use " + ", ".join(self.executors))
+            prompt = self._prompt(body)
+            project = self._project_path(body)
         model = self._model(body)
         mode = self._permission(body)
         binary = self._binary(executor)
@@ -844,11 +869,84 @@ class SessionManager(Service):
             "turns": [],
             "createdBy": actor,
         }
+        resume = None
+        if resumed is not None:
+            resume = resumed["id"]
+            record.update(agentSessionId=resume, agentSessionIds=[resume], resumedFrom=resumed)
         session = Session(self, record)
         session._events = []
         self.sessions[record["id"]] = session
-        session.start_turn(executor, binary, prompt, None, actor)
+        session.start_turn(executor, binary, prompt, resume, actor)
+        self._note_git_base(session)
         return session
+
+    def _resumable(self, body: dict[str, Any]) -> tuple[Executor, dict[str, Any]]:
+        """The executor and history record of ``"resume"``: the agent's session id as its history
+        lists it (404 if no history knows it, 403 if it ran outside ``--project-root``)."""
+        sid = body["resume"]
+        if not isinstance(sid, str) or not sid or len(sid) > 200:
+            raise ApiError(400, "resume must be the agent's session id, as its history lists it")
+        if "executor" in body:
+            named = self.executor(body.get("executor"))
+            if named is None:
+                raise ApiError(400, "unknown executor: use " + ", ".join(self.executors))
+            candidates = [named]
+        else:
+            candidates = [self.executors[n] for n in ("Claude", "Codex", "Gemini") if n in self.executors]
+        for executor in candidates:
+            reader = self.histories.get(executor.name)
+            info = reader.locate(sid) if reader is not None and executor.valid_session_id(sid) else None
+            if info is not None:
+                break
+        else:
+            names = " or ".join(e.name for e in candidates)
+            if len(candidates) == 1 and self.histories.get(candidates[0].name) is None:
+                raise ApiError(404, f"{names} sessions cannot be continued here: arpc reads no history of it")
+            raise ApiError(404, f"no {names} session {sid[:80]!r} in this machine's history")
+        recorded = info.get("projectPath")
+        if not isinstance(recorded, str) or not os.path.isabs(recorded) or "\x00" in recorded:
+            raise ApiError(409, "the agent's history does not say which directory the session ran in")
+        real = Path(os.path.realpath(recorded))
+        if not self._under_roots(real):
+            roots = ", ".join(str(r) for r in self.project_roots)
+            raise ApiError(403, f"the session ran in {recorded!r}, outside --project-root ({roots})")
+        if not real.is_dir():
+            raise ApiError(409, f"the session's directory {recorded!r} no longer exists")
+        given = body.get("projectPath", body.get("project_path"))
+        if given not in (None, "") and (
+            not isinstance(given, str) or os.path.realpath(os.path.expanduser(given)) != str(real)
+        ):
+            raise ApiError(400, f"projectPath: that session ran in {recorded!r}; leave projectPath out")
+        found = {"executor": executor.name, "id": info["id"], "title": info.get("title"), "path": str(real)}
+        return executor, found
+
+    def git_ceiling(self, path: str) -> str | None:
+        """The directory above the ``--project-root`` that holds ``path``: git looks for the
+        project's repository no higher than that root."""
+        real = Path(path)
+        for root in self.project_roots:
+            if real == root or root in real.parents:
+                return str(root.parent)
+        return None
+
+    def _note_git_base(self, session: Session) -> None:
+        """Remember the commit the project was at when the session started (``/changes`` diffs from it)."""
+        if not hasattr(self.reactor, "spawnProcess"):
+            return
+        from twisted.internet.defer import ensureDeferred
+
+        from arp.client.command.changes import git_head
+
+        def noted(commit: str | None) -> None:
+            if commit and not session.record.get("gitBase"):
+                session.record["gitBase"] = commit
+                self.store.save(session.record)
+
+        try:
+            d = ensureDeferred(git_head(self.reactor, session.cwd, self.git_ceiling(session.cwd)))
+        except Exception:
+            return
+        d.addCallbacks(noted, lambda f: self.log.debug("no git base for {id}: {f}", id=session.id, f=f))
 
     def follow_up(self, session_id: str, body: object, actor: dict | None = None) -> Session:
         """Continue a finished session's agent conversation with a new prompt."""
