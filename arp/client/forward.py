@@ -79,7 +79,9 @@ class LocalService:
 
     def check(self) -> Deferred:
         """Connect once and close at once; warn if nobody listens (fires with whether one does)."""
-        d = self.endpoint.connect(Factory.forProtocol(Protocol))
+        probe = Factory.forProtocol(Protocol)
+        probe.noisy = False
+        d = self.endpoint.connect(probe)
 
         def reached(protocol: Protocol) -> bool:
             protocol.transport.loseConnection()

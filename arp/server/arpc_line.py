@@ -94,14 +94,13 @@ class ArpcLine(Service):
         self.key = key
 
     @staticmethod
-    def _port(description: str, listening: object) -> int | None:
+    def _port(listening: object) -> int | None:
         address = getattr(listening, "getHost", lambda: None)()
         return getattr(address, "port", None)
 
     def startService(self) -> None:
         super().startService()
-        control = self._port(self.control[0], self.control[1]())
-        proxy = self._port(self.proxy[0], self.proxy[1]())
+        control, proxy = self._port(self.control[1]()), self._port(self.proxy[1]())
         if control is None or proxy is None:  # UNIX sockets, systemd: no port to tell arpc
             self.log.info("arpc command: (the control or proxy port is not a TCP port; give arpc endpoints)")
             return
