@@ -6,6 +6,7 @@
     /api/sessions                            GET, POST
     /api/sessions/{id}                       GET, DELETE
     /api/sessions/{id}/messages              POST
+    /api/sessions/{id}/changes               GET (view): the files the agent changed, with diffs
     /api/sessions/{id}/stream?since=N        WebSocket
     /api/sessions/{id}/approvals/{aid}       GET (view), POST (approve)
     /api/approvals[?status=&wait=&version=]  GET (view; wait= long-polls for a change)
@@ -517,6 +518,8 @@ class SessionDetail(JsonResource):
             return ApprovalDetail(self.cors, self.guard, self.manager, self.session_id, approval_id)
         if path == b"stream" and not request.postpath:
             return self.stream
+        if path == b"changes" and not request.postpath:
+            return Changes(self.cors, self.guard, self.manager, self.session_id)
         return NotFound(self.cors, self.guard)
 
     def handle_GET(self, request: server.Request, grant: Grant) -> tuple[int, Any]:
@@ -552,6 +555,32 @@ class FollowUp(JsonResource):
         body = session.summary()
         body["events"] = session.events_since(before)
         return 202, body
+
+
+class Changes(JsonResource):
+    """``GET /api/sessions/{id}/changes``: the files the session's agent changed, with diffs
+    (:mod:`.changes`: the git working tree, else the agent's own edit and write tool calls)."""
+
+    isLeaf = True
+    scopes = {"GET": "view"}
+
+    def __init__(self, cors: Cors, guard: Guard, manager: SessionManager, session_id: str) -> None:
+        super().__init__(cors, guard)
+        self.manager = manager
+        self.session_id = session_id
+
+    def handle_GET(self, request: server.Request, grant: Grant) -> Deferred:
+        from twisted.internet.defer import ensureDeferred
+
+        from arp.client.command.changes import session_changes
+
+        session = self.manager.get(self.session_id)
+        reactor = self.manager.reactor
+        base = session.record.get("gitBase")
+        ceiling = self.manager.git_ceiling(session.cwd)
+        d = ensureDeferred(session_changes(reactor, session.cwd, base, session.events(), ceiling))
+        d.addCallback(lambda body: (200, body))
+        return d
 
 
 class ApprovalDetail(JsonResource):
