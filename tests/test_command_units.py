@@ -133,6 +133,15 @@ class DigestTests(unittest.TestCase):
         old = digest("Codex", {"id": "0", "msg": {"type": "agent_message", "message": "old"}})
         self.assertEqual(old.text, "old")
 
+    def test_codex_app_server_usage(self):
+        """codex app-server 0.171 reports usage in ``thread/tokenUsage/updated`` (the thread's
+        total), not on ``turn/completed`` (as tests/agents recorded it)."""
+        total = {"totalTokens": 22, "inputTokens": 10, "outputTokens": 12}
+        params = {"threadId": "t", "turnId": "u", "tokenUsage": {"total": total, "last": total}}
+        d = digest("Codex", {"method": "thread/tokenUsage/updated", "params": params})
+        self.assertEqual(d.usage, total)
+        self.assertIsNone(digest("Codex", {"method": "thread/tokenUsage/updated", "params": {}}).usage)
+
     def test_gemini_events(self):
         """init, assistant deltas (not the echoed prompt), error results."""
         self.assertEqual(

@@ -320,6 +320,10 @@ def _codex_app(obj: dict) -> Digest:
             d.failed = True
             error = turn.get("error")
             d.error = str(error.get("message")) if isinstance(error, dict) else "turn failed"
+    elif method == "thread/tokenUsage/updated" and isinstance(params.get("tokenUsage"), dict):
+        # codex-cli 0.171 reports usage here (the thread's total so far), not on turn/completed
+        total = params["tokenUsage"].get("total")
+        d.usage = total if isinstance(total, dict) else None
     elif method == "error" and isinstance(params.get("error"), dict):
         d.error = str(params["error"].get("message"))
     return d
