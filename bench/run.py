@@ -731,17 +731,23 @@ def start_arps(
     nofile: int = 0,
     env: dict | None = None,
     python: str | None = None,
+    fixed: dict | None = None,
+    data: Path | None = None,
 ) -> tuple:
+    """Start arps on loopback; (child, ports).  ``fixed`` ports and ``data`` dir: a restart of
+    the same relay (the child remembers its data dir as ``.data``)."""
     args = [python or TWISTD[0], *TWISTD[1:], "arps"]
     # endpoint strings, as the README's recipes give them (an interface binding, the TLS recipe):
     # the listen backlog measured is the one users get, not the --*-port options' own
     for name in ("control", "proxy", "public"):
-        args += [f"--{name}-endpoint", "tcp:0:interface=127.0.0.1" + ARPS_ENDPOINT_EXTRA]
+        port = (fixed or {}).get(name, 0)
+        args += [f"--{name}-endpoint", f"tcp:{port}:interface=127.0.0.1" + ARPS_ENDPOINT_EXTRA]
     if _arps_has_option("admin-endpoint"):
         args += ["--admin-endpoint", "tcp:0:interface=127.0.0.1"]  # never a fixed port
-    data = Path(tempfile.mkdtemp(prefix="arps-", dir=workdir))
+    data = data or Path(tempfile.mkdtemp(prefix="arps-", dir=workdir))
     args += ["--auth-key", auth_key, "--data-dir", str(data), "--pool-size", "5", *extra]
     arps = procs.start("arps", args, nofile=nofile, env=env)
+    arps.data = data
     ports = {}
     for name in ("control", "proxy", "public"):
         ports[name] = int(arps.wait_for(rf"{name} listening on \S+:(\d+)", 30).group(1))
@@ -1181,6 +1187,8 @@ def scale_clients(procs: Processes, workdir: Path, backend: Backend, n: int, idl
         for cid in (ids[0], ids[-1]):
             r = curl(["--max-time", "10", f"http://127.0.0.1:{ports['public']}/1k?token={cid}"], timeout=15)
             checks.append(r["status"] == 200 and len(r["body"]) == SMALL)
+        back = relay_restart(procs, workdir, key, arps, ports, loader, ids, n, wide, nofile)
+        arps = back.pop("arps")
         return {
             "clients": n,
             "tunnels": n * 5,
@@ -1194,11 +1202,54 @@ def scale_clients(procs: Processes, workdir: Path, backend: Backend, n: int, idl
             "loader_rss_mb": (tree_stat(loader.pid) or {}).get("rss_mb"),
             "listen_overflows": listen_overflows() - overflows,
             "requests_ok": all(checks),
-            "ok": all(checks),
+            **back,
+            "ok": all(checks) and back["restart_ok"],
         }
     finally:
         procs.stop(loader)
         procs.stop(arps)
+
+
+def _error_text(e: Exception) -> str:
+    """An error for the results: its first line (what failed) and the end of the output."""
+    text = str(e)
+    return text if len(text) <= 1300 else text[:300] + " … " + text[-1000:]
+
+
+def relay_restart(
+    procs: Processes,
+    workdir: Path,
+    key: str,
+    arps: Child,
+    ports: dict,
+    loader: Child,
+    ids: list[str],
+    n: int,
+    extra: tuple,
+    nofile: int,
+) -> dict:
+    """arps killed with SIGKILL under ``n`` registered clients, started again on the same ports
+    and data dir: seconds until every client is registered again (counted from when the new
+    relay listens), the listen-queue overflows meanwhile, and one request through the last one."""
+    since = len(loader.output())
+    procs.stop(arps, sig=signal.SIGKILL)  # gone without a word, as in a crash
+    loader.wait_for(rf"PROGRESS (?!{n} )\d+ ", 10, since=since)  # the clients saw it go
+    overflows = listen_overflows()
+    since = len(loader.output())
+    t0 = time.monotonic()
+    arps, _ = start_arps(procs, workdir, key, *extra, nofile=nofile, fixed=ports, data=arps.data)
+    listening_s = time.monotonic() - t0
+    loader.wait_for(rf"PROGRESS {n} ", 60 + n * 0.05, since=since, also=(arps,))
+    back_s = time.monotonic() - t0 - listening_s
+    overflowed = listen_overflows() - overflows
+    r = curl(["--max-time", "10", f"http://127.0.0.1:{ports['public']}/1k?token={ids[-1]}"], timeout=15)
+    return {
+        "arps": arps,
+        "restart_listening_s": round(listening_s, 2),
+        "restart_all_back_s": round(back_s, 2),
+        "restart_listen_overflows": overflowed,
+        "restart_ok": r["status"] == 200 and len(r["body"]) == SMALL,
+    }
 
 
 def scale_websockets(procs: Processes, workdir: Path, count: int, hold_s: float) -> dict:
@@ -1219,7 +1270,13 @@ def scale_websockets(procs: Processes, workdir: Path, count: int, hold_s: float)
         ws_port = int(server.wait_for(r"LISTEN (\d+)", 15).group(1))
         key = "bench-" + os.urandom(12).hex()
         client_id = "benchws" + os.urandom(14).hex()
-        arps, ports = start_arps(procs, workdir, key, nofile=nofile)
+        # every WebSocket comes from 127.0.0.1: lift arps's per-address cap for this one-source test
+        one_source = (
+            ("--max-connections-per-address", str(count + 1000))
+            if _arps_has_option("max-connections-per-address")
+            else ()
+        )
+        arps, ports = start_arps(procs, workdir, key, *one_source, nofile=nofile)
         arpc = start_arpc(procs, workdir, key, ports, ws_port, client_id, nofile=nofile)
         time.sleep(1.0)
         s0, c0 = tree_stat(arps.pid), tree_stat(arpc.pid)
@@ -1482,18 +1539,21 @@ def markdown(results: dict) -> str:
             "Idle clients on one arps (pool size 5 each):",
             "",
             "| clients | tunnels | arps RSS, MB | per client, KB | ready in, s | arps CPU to register, s "
-            "| arps CPU idle, % | requests ok |",
-            "|---:|---:|---:|---:|---:|---:|---:|:---:|",
+            "| arps CPU idle, % | requests ok | listen overflows | all back after a SIGKILL restart, s "
+            "| overflows then |",
+            "|---:|---:|---:|---:|---:|---:|---:|:---:|---:|---:|---:|",
         ]
         for s in scale["clients"]:
             if "error" in s:
-                lines.append(f"| {s.get('clients')} | FAILED: {s['error'][:80]} | | | | | | |")
+                lines.append(f"| {s.get('clients')} | FAILED: {s['error'][:80]} | | | | | | | | | |")
                 continue
+            back = s.get("restart_all_back_s")
             lines.append(
                 f"| {s['clients']:,} | {s['tunnels']:,} | {s['arps_rss_mb']:.1f} "
                 f"| {s['arps_kb_per_client']:.1f} "
                 f"| {s['ready_s']:.1f} | {s['arps_cpu_registering_s']:.2f} | {s['arps_cpu_idle_pct']:.2f} "
-                f"| {'yes' if s['requests_ok'] else 'NO'} |"
+                f"| {'yes' if s['requests_ok'] else 'NO'} | {s.get('listen_overflows', '')} "
+                f"| {'' if back is None else f'{back:.2f}'} | {s.get('restart_listen_overflows', '')} |"
             )
         lines.append("")
     ws = scale.get("websockets")
@@ -1693,7 +1753,7 @@ def main() -> int:
                 try:
                     s = scale_clients(procs, workdir, backend, n, mode.idle_s)
                 except (RuntimeError, subprocess.TimeoutExpired) as e:
-                    s = {"clients": n, "error": str(e)[-1500:], "ok": False}
+                    s = {"clients": n, "error": _error_text(e), "ok": False}
                 note(f"   {s}")
                 clients.append(s)
             results["scale"]["clients"] = clients
@@ -1701,7 +1761,7 @@ def main() -> int:
             try:
                 ws = scale_websockets(procs, workdir, mode.websockets, 3.0 if mode.name == "full" else 0.5)
             except (RuntimeError, subprocess.TimeoutExpired) as e:
-                ws = {"websockets": mode.websockets, "error": str(e)[-1500:], "ok": False}
+                ws = {"websockets": mode.websockets, "error": _error_text(e), "ok": False}
             note(f"   {ws}")
             results["scale"]["websockets"] = ws
         backend.stop()
