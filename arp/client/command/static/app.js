@@ -14,6 +14,7 @@ import { api, onUnauthorized } from "./api.js";
 import { SessionStream } from "./stream.js";
 import { Transcript, h, historyMessage, pill, timeEl } from "./render.js";
 import { approvalCard, notify, onPending, watchPending } from "./approvals.js";
+import { pushPanel, registerWorker } from "./push.js";
 
 const view = document.getElementById("view");
 const banner = document.getElementById("banner");
@@ -448,7 +449,7 @@ async function approvalsView() {
     await Notification.requestPermission();
     nudge.hidden = Notification.permission !== "default";
   });
-  view.replaceChildren(title("Needs you", nudge), box, list, h("h2", {}, "Answered recently"), recent);
+  view.replaceChildren(title("Needs you", nudge), box, list, h("h2", {}, "Answered recently"), recent, pushPanel());
   const gen = routeGen;
   const paint = async () => {
     try {
@@ -656,6 +657,7 @@ async function devicesView() {
   );
   view.replaceChildren(
     title("Devices", h("span", { class: "muted" }, "who can reach this agent")),
+    pushPanel(),
     h("h2", {}, "Share a link"),
     form,
     made,
@@ -751,6 +753,7 @@ async function route() {
 }
 
 window.addEventListener("hashchange", route);
+registerWorker(); // on every page load; notification permission waits for the Notifications button
 setInterval(loadHealth, 15000);
 if (location.hash.startsWith("#/signin")) route();
 else

@@ -217,6 +217,7 @@ function nudge(records) {
 /** A browser notification while the console is in the background (if the user allowed them). */
 export function notify(title, body, hash, tag) {
   if (!document.hidden || typeof Notification === "undefined" || Notification.permission !== "granted") return;
+  if (localStorage.getItem("arp-push-subscription")) return; // Web Push on: sw.js notifies (push.js)
   try {
     const n = new Notification(title, { body: String(body || "").slice(0, 200), tag: tag || undefined });
     n.onclick = () => {
