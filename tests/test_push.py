@@ -268,7 +268,7 @@ class SubscriptionTests(unittest.TestCase):
         }  # fmt: skip
         for reason, data in cases.items():
             self.assertIn(reason, self.refused(data))
-        self.assertIn("not base64url", self.refused(dict(ok, keys={"p256dh": "!!", "auth": AUTH})))
+        self.assertIn("not a base64url string", self.refused(dict(ok, keys={"p256dh": "!!", "auth": AUTH})))
         self.assertEqual(self.push.subscriptions, {})
         self.assertFalse((self.dir / "push-subscriptions.json").exists())
 
@@ -322,6 +322,30 @@ class SubscriptionTests(unittest.TestCase):
         self.access.revoke(phone.id)
         self.assertEqual(self.push.listing(self.owner), [])
         self.assertEqual(self.push.subscriptions, {})
+
+    def test_delivery_connects_only_to_the_public_address_it_checked(self):
+        """On delivery the host is resolved again: a name that now resolves to a private address
+        (DNS rebinding) gets no connection at all; a public one is connected to by the address
+        that was checked, on 443, and over TLS."""
+        from twisted.internet.testing import MemoryReactorClock
+
+        table = {"push.example": ["142.250.1.1"]}
+        memory = MemoryReactorClock()
+        service = push.PushService(memory, self.dir, self.access, resolve=resolver(table))
+        self.successResultOf(
+            service.subscribe(self.device.subscription("https://push.example/x"), self.owner)
+        )
+        [entry] = service.subscriptions.values()
+        table["push.example"] = ["10.0.0.7"]
+        self.successResultOf(service.deliver(entry, b"{}", {"TTL": "60"}))
+        self.assertEqual(memory.tcpClients, [])
+        self.assertIn("push.example", service.failing)
+        table["push.example"] = ["142.250.1.1"]
+        service.deliver(entry, b"{}", {"TTL": "60"})
+        [(host, port, factory, _, _)] = memory.tcpClients
+        self.assertEqual((host, port), ("142.250.1.1", 443))
+        self.assertIn("TLS", type(factory._wrappedFactory).__name__)
+        memory.advance(push.REQUEST_TIMEOUT + 1)  # the delivery times out; nothing is left waiting
 
     def test_payload_has_no_secret_no_client_id_no_url(self):
         class Session:

@@ -48,7 +48,7 @@ def worker_of(page, origin: str):
     )
 
 
-def registration_id(page, origin: str) -> str:
+def registration_id(page, origin: str) -> tuple:
     """The worker's registration id, as the DevTools protocol names it."""
     cdp = page.context.new_cdp_session(page)
     found: dict = {}

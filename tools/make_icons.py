@@ -30,7 +30,12 @@ def png(width: int, height: int, rows: list[bytes]) -> bytes:
 
     raw = b"".join(b"\0" + row for row in rows)
     header = struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw, 9))
+        + chunk(b"IEND", b"")
+    )
 
 
 def segment_distance(p: tuple[float, float], a: tuple[float, float], b: tuple[float, float]) -> float:

@@ -389,6 +389,7 @@ class PushService:
         self.path = Path(data_dir) / "push-subscriptions.json"
         self.subscriptions: dict[str, dict[str, Any]] = {}
         self._load()
+        self.prune()  # e.g. after --revoke-all-tokens
         from arp.twisted_private import quiet_connection_pool
 
         pool = quiet_connection_pool(reactor, persistent=False)
