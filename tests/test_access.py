@@ -37,6 +37,7 @@ from arp.client.command.access import (
     with_access,
 )
 from arp.client.command.history import ClaudeHistory, CodexHistory, GeminiHistory
+from arp.client.command.push import PushService
 from arp.client.command.sessions import SessionManager
 from arp.client.command.store import SessionStore
 from arp.client.command.tunnel import SiteTunnel
@@ -383,6 +384,10 @@ ROUTES = [
     ("GET", "/api/tokens", None, "admin", 200),
     ("POST", "/api/tokens", {"name": "matrix", "scopes": ["view"], "expiresIn": 600}, "admin", 201),
     ("DELETE", "/api/tokens/000000000000", None, "admin", 404),
+    ("GET", "/api/push/key", None, "view", 200),
+    ("GET", "/api/push/subscriptions", None, "view", 200),
+    ("POST", "/api/push/subscriptions", {"endpoint": "http://push.example/x"}, "view", 400),
+    ("DELETE", "/api/push/subscriptions/0000000000000000", None, "view", 404),
 ]
 STREAM = ("GET", f"/api/sessions/{SID}/stream", None, "view", 404)  # an upgrade; 404: no such session
 SCOPE_TOKENS = ("view", "prompt", "approve", "admin")
@@ -405,8 +410,15 @@ class ApiFixture:
             manager = SessionManager(
                 store=SessionStore(data / "sessions"), reactor=reactor, binaries={}, project_roots=[ws.root]
             )
+        self.push = PushService(reactor, data, self.store)
         self.root = build_root(
-            manager, ClaudeHistory([]), CodexHistory(ws.codex), GeminiHistory(ws.gemini), [], self.guard
+            manager,
+            ClaudeHistory([]),
+            CodexHistory(ws.codex),
+            GeminiHistory(ws.gemini),
+            [],
+            self.guard,
+            self.push,
         )
         self.site = make_site(self.root)
         self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")

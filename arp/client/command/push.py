@@ -424,7 +424,7 @@ class PushService:
 
     def _grant_active(self, token_id: str) -> bool:
         grant = self.access.grants.get(token_id)
-        return grant is not None and grant.state(self.reactor.seconds()) == "active"
+        return grant is not None and grant.state(self.access.clock.seconds()) == "active"
 
     def prune(self) -> None:
         """Drop the subscriptions of revoked, expired or deleted tokens."""
