@@ -370,6 +370,7 @@ ROUTES = [
     ("GET", f"/api/sessions/{SID}", None, "view", 404),
     ("DELETE", f"/api/sessions/{SID}", None, "prompt", 404),
     ("POST", f"/api/sessions/{SID}/messages", {"prompt": "x"}, "prompt", 404),
+    ("GET", f"/api/sessions/{SID}/changes", None, "view", 404),
     ("GET", "/api/approvals", None, "view", 200),
     ("GET", f"/api/sessions/{SID}/approvals/{SID}", None, "view", 404),
     ("POST", f"/api/sessions/{SID}/approvals/{SID}", {"decision": "allow"}, "approve", 404),

@@ -233,3 +233,148 @@ class ChangesTests(_Base):
         self.assertEqual(code, 404, body)
         code, body = await api.post(f"/api/sessions/{done['id']}/changes", {})
         self.assertEqual(code, 405, body)
+
+
+class ToolEditsTests(unittest.TestCase):
+    """:func:`tool_changes` reads each agent's own edit calls (no process, no socket)."""
+
+    def _agent(self, data: dict) -> dict:
+        return {"kind": "agent", "data": data}
+
+    def test_codex_acp_and_failed_claude_edits(self):
+        """Codex app-server file changes (update with its diff, add, delete), an ACP diff with
+        its final status, and a Claude edit whose call failed (left out)."""
+        from arp.client.command.changes import tool_changes
+
+        cwd = os.path.abspath(self.mktemp())
+        os.makedirs(cwd)
+        events = [
+            self._agent(
+                {
+                    "method": "item/completed",
+                    "params": {
+                        "item": {
+                            "type": "fileChange",
+                            "status": "completed",
+                            "changes": [
+                                {
+                                    "path": f"{cwd}/a.py",
+                                    "kind": {"type": "update"},
+                                    "diff": "@@ -1 +1 @@\n-x\n+y\n",
+                                },
+                                {"path": f"{cwd}/new.txt", "kind": {"type": "add"}, "diff": "one\ntwo\n"},
+                                {"path": f"{cwd}/gone.txt", "kind": "delete"},
+                            ],
+                        }
+                    },
+                }
+            ),
+            self._agent(
+                {
+                    "method": "item/completed",
+                    "params": {
+                        "item": {"type": "fileChange", "status": "declined", "changes": [{"path": "no.txt"}]}
+                    },
+                }
+            ),
+            self._agent(
+                {
+                    "method": "session/update",
+                    "params": {
+                        "update": {
+                            "sessionUpdate": "tool_call",
+                            "toolCallId": "t1",
+                            "status": "pending",
+                            "content": [
+                                {
+                                    "type": "diff",
+                                    "path": f"{cwd}/acp.md",
+                                    "oldText": "a\nb\n",
+                                    "newText": "a\nc\n",
+                                }
+                            ],
+                        }
+                    },
+                }
+            ),
+            self._agent(
+                {
+                    "method": "session/update",
+                    "params": {
+                        "update": {
+                            "sessionUpdate": "tool_call_update",
+                            "toolCallId": "t1",
+                            "status": "completed",
+                        }
+                    },
+                }
+            ),
+            self._agent(
+                {
+                    "type": "assistant",
+                    "message": {
+                        "content": [
+                            {
+                                "type": "tool_use",
+                                "id": "e1",
+                                "name": "Edit",
+                                "input": {
+                                    "file_path": f"{cwd}/failed.py",
+                                    "old_string": "p",
+                                    "new_string": "q",
+                                },
+                            }
+                        ]
+                    },
+                }
+            ),
+            self._agent(
+                {
+                    "type": "user",
+                    "message": {"content": [{"type": "tool_result", "tool_use_id": "e1", "is_error": True}]},
+                }
+            ),
+        ]
+        body = tool_changes(events, cwd)
+        files = {f["path"]: f for f in body["files"]}
+        self.assertEqual(set(files), {"a.py", "new.txt", "gone.txt", "acp.md"})
+        self.assertEqual(
+            (files["a.py"]["status"], files["a.py"]["added"], files["a.py"]["removed"]), ("modified", 1, 1)
+        )
+        self.assertEqual((files["new.txt"]["status"], files["new.txt"]["added"]), ("added", 2))
+        self.assertEqual(files["gone.txt"]["status"], "deleted")
+        self.assertIn("-b\n+c\n", files["acp.md"]["diff"])
+        self.assertFalse(body["truncated"])
+
+    def test_a_huge_write_is_cut(self):
+        """A 3 MB Write: its diff is cut at 256 KiB (with a summary), the answer says truncated
+        only when its 2 MiB is spent."""
+        from arp.client.command.changes import MAX_FILE_DIFF, tool_changes
+
+        big = "x" * 99 + "\n"
+        events = [
+            self._agent(
+                {
+                    "type": "assistant",
+                    "message": {
+                        "content": [
+                            {
+                                "type": "tool_use",
+                                "id": f"w{i}",
+                                "name": "Write",
+                                "input": {"file_path": f"/p/f{i}", "content": big * 30000},
+                            }
+                            for i in range(10)
+                        ]
+                    },
+                }
+            )
+        ]
+        body = tool_changes(events, "/p")
+        first = body["files"][0]
+        self.assertTrue(first["truncated"])
+        self.assertLessEqual(len(first["diff"]), MAX_FILE_DIFF)
+        self.assertEqual(first["added"], 30000)  # counted before the cut
+        self.assertTrue(body["truncated"])
+        self.assertIsNone(body["files"][-1]["diff"])
+        self.assertLess(sum(len(f["diff"] or "") for f in body["files"]), 2 * 1024 * 1024 + 1)

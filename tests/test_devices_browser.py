@@ -37,6 +37,7 @@ class DevicesBrowserTests(browser.BrowserTestCase):
             seen["owner_row"] = page.locator("#devices .device").first.inner_text()
             page.locator("#device-name").fill("Alice's phone")
             page.locator('#device-scopes input[value="prompt"]').uncheck()
+            page.locator('#device-scopes input[value="approve"]').uncheck()  # checked by default
             page.locator("#device-expiry").select_option(label="1 day")
             page.locator("#create-link").click()
             page.locator("#link-qr").wait_for()

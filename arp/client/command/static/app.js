@@ -2,9 +2,11 @@
 //
 //   #/                      Claude projects (history)
 //   #/project/<path>        one project's history sessions
-//   #/history/<uuid>        one history session's messages
+//   #/history/<uuid>        one history session's messages (Claude; #/history/codex/<uuid>: Codex),
+//                           with "Continue here"
 //   #/sessions              sessions started through ARP
 //   #/session/<id>          one session: live output, cancel, follow-up
+//   #/changes/<id>          what a session changed: files and diffs
 //   #/new[?project=<path>]  start a session
 //   #/approvals             what the agents wait for you to answer (approvals and questions)
 //   #/devices               access tokens: list, revoke, share a link (QR code)   (admin)
@@ -15,6 +17,7 @@ import { SessionStream } from "./stream.js";
 import { Transcript, h, historyMessage, pill, timeEl } from "./render.js";
 import { approvalCard, notify, onPending, watchPending } from "./approvals.js";
 import { pushPanel, registerWorker } from "./push.js";
+import { changesView } from "./diff.js";
 
 const view = document.getElementById("view");
 const banner = document.getElementById("banner");
@@ -28,9 +31,9 @@ const MODELS = ["sonnet", "opus", "haiku", "gpt-5-codex", "gpt-5", "gemini-2.5-p
 const MODES = ["plan", "default", "acceptEdits", "auto", "bypassPermissions"];
 const FINAL = new Set(["completed", "failed", "cancelled", "interrupted"]);
 const SCOPES = [
-  ["view", "read sessions, history and live output"],
-  ["prompt", "start, continue and cancel sessions"],
-  ["approve", "answer the agent's questions"],
+  ["view", "read sessions, history, live output and what changed"],
+  ["prompt", "start, continue and cancel sessions (from any project under --project-root)"],
+  ["approve", "allow or deny what the agent asks to run, and answer its questions"],
   ["admin", "manage devices and links (implies everything)"],
 ];
 const EXPIRIES = [
@@ -53,6 +56,7 @@ let signedOut = null; // the reason the API gave for a 401, until the page is re
 onUnauthorized((reason) => {
   if (signedOut) return;
   signedOut = reason;
+  paintNav();
   if (!location.hash.startsWith("#/signin")) location.hash = `#/signin/${encodeURIComponent(reason)}`;
 });
 
@@ -69,8 +73,22 @@ function fail(box, error) {
   box.textContent = error && error.message ? error.message : String(error);
 }
 
+let baseTitle = "ARP console";
+let waitingCount = 0; // approvals and questions waiting for an answer: "(2)" in the tab's title
+
+function setTitle(text) {
+  baseTitle = text;
+  document.title = `${waitingCount ? `(${waitingCount}) ` : ""}${text}`;
+}
+
+onPending((pending) => {
+  waitingCount = pending.length;
+  setTitle(baseTitle);
+  if (navigator.setAppBadge) (waitingCount ? navigator.setAppBadge(waitingCount) : navigator.clearAppBadge()).catch(() => {});
+});
+
 function title(text, ...rest) {
-  document.title = `${text} · ARP console`;
+  setTitle(`${text} · ARP console`);
   return h("div", { class: "title" }, h("h1", {}, text), ...rest);
 }
 
@@ -88,12 +106,19 @@ async function loadMe() {
   } catch (e) {
     me = null;
   }
+  paintNav();
+}
+
+/** Show only the nav items this console's token can use (none once it was refused). */
+function paintNav() {
   document.getElementById("nav-devices").hidden = !can("admin");
   document.querySelector("[data-nav=new]").hidden = !can("prompt");
+  for (const name of ["projects", "sessions"]) document.querySelector(`[data-nav=${name}]`).hidden = !can("view");
 }
 
 /** Whether this console's token has ``scope`` (unknown: assume so, arpc decides anyway). */
 function can(scope) {
+  if (signedOut) return false;
   return !me || me.allows.includes(scope);
 }
 
@@ -125,19 +150,30 @@ async function projectsView() {
   setNav("projects");
   const box = errorBox("projects-error");
   const list = h("div", { class: "list", id: "projects" }, loading());
-  view.replaceChildren(title("Projects", h("span", { class: "muted" }, "Claude Code history on this machine")), box, list);
+  view.replaceChildren(title("Projects", h("span", { class: "muted" }, "Claude Code and Codex history on this machine")), box, list);
   try {
-    const data = await api("api/claude/projects");
-    if (!data.projects.length) {
-      list.replaceChildren(h("p", { class: "empty" }, "No Claude Code projects found on this machine yet."));
+    const [data, codex] = await Promise.all([api("api/claude/projects"), api("api/codex/sessions?limit=500").catch(() => ({ sessions: [] }))]);
+    const projects = new Map(data.projects.map((p) => [p.path, { ...p, agents: ["Claude"] }]));
+    for (const s of codex.sessions) {
+      if (!s.projectPath) continue;
+      const p = projects.get(s.projectPath) || { path: s.projectPath, sessionCount: 0, lastActivity: null, agents: [] };
+      p.sessionCount += 1;
+      if (!p.agents.includes("Codex")) p.agents.push("Codex");
+      if (!p.lastActivity || s.lastActivity > p.lastActivity) p.lastActivity = s.lastActivity;
+      projects.set(s.projectPath, p);
+    }
+    const all = [...projects.values()].filter((p) => p.path).sort((a, b) => String(b.lastActivity).localeCompare(String(a.lastActivity)));
+    if (!all.length) {
+      const start = can("prompt") ? h("a", { class: "button primary", href: "#/new", id: "start-first" }, "Start a session") : null;
+      list.replaceChildren(h("div", { class: "empty first-run" }, h("p", {}, "No Claude Code or Codex history on this machine yet."), start));
       return;
     }
     list.replaceChildren(
-      ...data.projects.map((p) =>
+      ...all.map((p) =>
         h(
           "a",
           { class: "row", href: `#/project/${encodeURIComponent(p.path)}`, "data-project": p.path },
-          h("div", { class: "main" }, h("div", { class: "path" }, p.path)),
+          h("div", { class: "main" }, h("div", { class: "path" }, p.path), h("div", { class: "sub" }, p.agents.join(" · "))),
           h("div", { class: "meta" }, `${p.sessionCount} session${p.sessionCount === 1 ? "" : "s"}`, " · ", timeEl(p.lastActivity)),
         ),
       ),
@@ -160,23 +196,26 @@ async function projectView(path) {
     list,
   );
   try {
-    const data = await api(`api/claude/sessions?project=${encodeURIComponent(path)}&limit=200`);
-    if (!data.sessions.length) {
+    const q = `project=${encodeURIComponent(path)}&limit=200`;
+    const [data, codex] = await Promise.all([api(`api/claude/sessions?${q}`), api(`api/codex/sessions?${q}`).catch(() => ({ sessions: [] }))]);
+    const sessions = [...data.sessions.map((s) => ({ ...s, agent: "Claude" })), ...codex.sessions.map((s) => ({ ...s, agent: "Codex" }))];
+    sessions.sort((a, b) => String(b.lastActivity).localeCompare(String(a.lastActivity)));
+    if (!sessions.length) {
       list.replaceChildren(h("p", { class: "empty" }, "No sessions in this project."));
       return;
     }
     list.replaceChildren(
-      ...data.sessions.map((s) =>
+      ...sessions.map((s) =>
         h(
           "a",
-          { class: "row", href: `#/history/${encodeURIComponent(s.id)}`, "data-history": s.id },
+          { class: "row", href: historyHash(s.agent, s.id), "data-history": s.id, "data-agent": s.agent },
           h(
             "div",
             { class: "main" },
             h("div", { class: "name" }, s.title || s.firstPrompt || s.id),
             s.firstPrompt && s.firstPrompt !== s.title ? h("div", { class: "sub" }, s.firstPrompt) : null,
           ),
-          h("div", { class: "meta" }, s.messageCount === null ? "" : `${s.messageCount} messages · `, timeEl(s.lastActivity)),
+          h("div", { class: "meta" }, h("span", { class: "agent-tag" }, s.agent), " ", s.messageCount === null ? "" : `${s.messageCount} messages · `, timeEl(s.lastActivity)),
         ),
       ),
     );
@@ -186,23 +225,70 @@ async function projectView(path) {
   }
 }
 
-async function historyView(id) {
+function historyHash(agent, id) {
+  return agent === "Claude" ? `#/history/${encodeURIComponent(id)}` : `#/history/${agent.toLowerCase()}/${encodeURIComponent(id)}`;
+}
+
+/** The form under a history session: a prompt, and "Continue here" resumes it through arpc. */
+function continueForm(agent, id) {
+  const prompt = h("textarea", { id: "continue-prompt", name: "prompt", rows: 3, placeholder: "What should the agent do next?" });
+  const go = h("button", { class: "primary", type: "submit", id: "continue" }, "Continue here");
+  const err = errorBox("continue-error");
+  const form = h(
+    "form",
+    { class: "follow-up continue", id: "continue-form" },
+    h("label", { for: "continue-prompt" }, `Continue this ${agent} session from here`),
+    prompt,
+    h("div", { class: "row-actions" }, go),
+    err,
+  );
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    go.disabled = true;
+    err.textContent = "";
+    try {
+      const s = await api("api/sessions", { method: "POST", body: { resume: id, executor: agent, prompt: prompt.value } });
+      location.hash = `#/session/${encodeURIComponent(s.id)}`;
+    } catch (e) {
+      go.disabled = false;
+      fail(err, e);
+    }
+  });
+  prompt.addEventListener("keydown", (ev) => {
+    if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey)) form.requestSubmit();
+  });
+  return form;
+}
+
+async function historyView(id, agent = "Claude") {
   setNav("projects");
   const box = errorBox("history-error");
   const crumbs = h("nav", { class: "crumbs" }, h("a", { href: "#/" }, "Projects"), " / ");
   const list = h("div", { class: "transcript", id: "messages" }, loading());
   const heading = title("Session");
+  const gen = routeGen;
   view.replaceChildren(crumbs, heading, box, list);
   try {
-    const data = await api(`api/claude/sessions/${encodeURIComponent(id)}?limit=2000`);
+    const data = await api(`api/${agent.toLowerCase()}/sessions/${encodeURIComponent(id)}?limit=2000`);
+    if (gen !== routeGen) return;
     if (data.projectPath) {
       crumbs.append(h("a", { href: `#/project/${encodeURIComponent(data.projectPath)}` }, data.projectPath), " /");
-      heading.append(h("a", { class: "button", href: `#/new?project=${encodeURIComponent(data.projectPath)}` }, "New session in this project"));
+      if (can("prompt")) {
+        const top = h("a", { class: "button primary", href: "#continue-form", id: "continue-top" }, "Continue here");
+        top.addEventListener("click", (ev) => {
+          ev.preventDefault(); // a hash link would leave the route
+          const field = document.getElementById("continue-prompt");
+          field.scrollIntoView({ block: "center" });
+          field.focus();
+        });
+        heading.append(top);
+      }
     }
-    heading.querySelector("h1").textContent = `Session ${id.slice(0, 8)}`;
+    heading.querySelector("h1").textContent = `${agent} session ${id.slice(0, 8)}`;
     const nodes = data.messages.flatMap(historyMessage);
     list.replaceChildren(...(nodes.length ? nodes : [h("p", { class: "empty" }, "This session has no messages.")]));
     if (data.total > data.messages.length) list.append(h("p", { class: "muted" }, `Showing ${data.messages.length} of ${data.total} messages.`));
+    if (data.projectPath && can("prompt")) view.append(continueForm(agent, id));
   } catch (e) {
     list.replaceChildren();
     fail(box, e);
@@ -211,11 +297,18 @@ async function historyView(id) {
 
 // -- ARP sessions -----------------------------------------------------------------------------
 
-function sessionRow(s) {
+function sessionRow(s, waiting = 0) {
+  const needs = waiting || s.pendingApprovals || 0;
   return h(
     "a",
-    { class: "row", href: `#/session/${encodeURIComponent(s.id)}`, "data-session": s.id },
-    h("div", { class: "main" }, h("div", { class: "name" }, s.prompt), h("div", { class: "sub" }, `${s.executor}${s.model ? " · " + s.model : ""} · ${s.projectPath}`)),
+    { class: `row${needs ? " needs" : ""}`, href: `#/session/${encodeURIComponent(s.id)}`, "data-session": s.id, "data-needs": needs || undefined },
+    h(
+      "div",
+      { class: "main" },
+      h("div", { class: "name" }, needs ? h("span", { class: "needs-mark" }, `Needs you${needs > 1 ? ` (${needs})` : ""}`) : null, s.prompt),
+      s.lastMessage ? h("div", { class: "last-message" }, s.lastMessage) : null,
+      h("div", { class: "sub" }, `${s.executor}${s.model ? " · " + s.model : ""}${s.resumedFrom ? " · continued" : ""} · ${s.projectPath}`),
+    ),
     h("div", { class: "meta" }, pill(s.status), " ", timeEl(s.updatedAt)),
   );
 }
@@ -224,21 +317,34 @@ async function sessionsView() {
   setNav("sessions");
   const box = errorBox("sessions-error");
   const list = h("div", { class: "list", id: "sessions" }, loading());
-  view.replaceChildren(title("Sessions", h("a", { class: "button primary", href: "#/new" }, "New session")), box, list);
+  const start = can("prompt") ? h("a", { class: "button primary", href: "#/new" }, "New session") : null;
+  view.replaceChildren(title("Sessions", start), box, list);
   let timer = null;
   let alive = true;
+  let waiting = [];
+  let data = null;
+  const paintList = () => {
+    const by = new Map();
+    for (const a of waiting) by.set(a.sessionId, (by.get(a.sessionId) || 0) + 1);
+    list.replaceChildren(
+      ...(data.sessions.length ? data.sessions.map((s) => sessionRow(s, by.get(s.id))) : [h("p", { class: "empty" }, "No sessions yet. Start one with New session.")]),
+    );
+  };
+  const off = onPending((pending) => {
+    waiting = pending;
+    if (data && alive) paintList();
+  });
   cleanup = () => {
     alive = false;
+    off();
     clearTimeout(timer);
   };
   const refresh = async () => {
     try {
-      const data = await api("api/sessions?limit=100");
+      data = await api("api/sessions?limit=100");
       if (!alive) return;
       box.textContent = "";
-      list.replaceChildren(
-        ...(data.sessions.length ? data.sessions.map(sessionRow) : [h("p", { class: "empty" }, "No sessions yet. Start one with New session.")]),
-      );
+      paintList();
     } catch (e) {
       if (alive) fail(box, e);
     }
@@ -256,13 +362,17 @@ async function sessionView(id) {
   const controls = h("span", { class: "controls", id: "controls" });
   const facts = h("dl", { class: "facts" });
   const transcript = h("div", { class: "transcript", id: "events" }, loading());
+  const earlier = h("section", { class: "earlier", id: "earlier", hidden: true });
   const actions = h("div", { class: "actions", id: "actions" });
   const actionError = errorBox("action-error");
+  const controlError = errorBox("control-error");
   view.replaceChildren(
     h("nav", { class: "crumbs" }, h("a", { href: "#/sessions" }, "Sessions"), " / "),
     h("div", { class: "title session-title" }, h1, status, controls),
+    controlError,
     facts,
     box,
+    earlier,
     transcript,
     actions,
   );
@@ -277,6 +387,7 @@ async function sessionView(id) {
   }
   if (gen !== routeGen) return; // the user went elsewhere meanwhile
   transcript.replaceChildren();
+  if (session.resumedFrom) showEarlier(earlier, session);
   const render = new Transcript(transcript, session.executor, { canAnswer: can("approve") });
   let lastSeq = 0;
   let stream = null;
@@ -307,18 +418,22 @@ async function sessionView(id) {
   };
 
   const paint = () => {
-    document.title = `${session.prompt.slice(0, 40)} · ARP console`;
+    setTitle(`${session.prompt.slice(0, 40)} · ARP console`);
     h1.textContent = session.prompt.split("\n")[0].slice(0, 120);
     status.replaceChildren(pill(session.status));
     const cost = session.costUsd !== null && session.costUsd !== undefined;
+    const changes = h("a", { href: `#/changes/${encodeURIComponent(id)}`, id: "changes-link" }, "Files and diffs");
+    const from = session.resumedFrom;
     const rows = [
+      from ? ["Continued", h("a", { href: historyHash(from.executor, from.id), id: "resumed-from" }, from.title || `${from.executor} session ${from.id.slice(0, 8)}`)] : null,
       ["Agent", `${session.executor}${session.model ? " · " + session.model : ""} · ${session.permissionMode}`],
       ["Project", h("a", { href: `#/project/${encodeURIComponent(session.projectPath)}` }, session.projectPath)],
       ["Started", timeEl(session.createdAt)],
       session.createdBy ? ["Started by", h("span", { id: "started-by" }, session.createdBy.name)] : null,
       ["Turns", String(Array.isArray(session.turns) ? session.turns.length : session.turns)],
       cost ? ["Cost", `$${Number(session.costUsd).toFixed(4)}`] : null,
-      session.error ? ["Error", h("span", { class: "error-text" }, session.error)] : null,
+      session.error && session.status !== "cancelled" ? ["Error", h("span", { class: "error-text" }, session.error)] : null,
+      ["Changes", changes],
     ];
     facts.replaceChildren(...rows.filter(Boolean).flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
     paintActions();
@@ -393,11 +508,12 @@ async function sessionView(id) {
     const remove = h("button", { class: "danger subtle", type: "button", id: "delete" }, "Delete");
     remove.addEventListener("click", async () => {
       if (!confirm("Delete this session's record? (The agent's own history files stay.)")) return;
+      controlError.textContent = "";
       try {
         await api(`api/sessions/${encodeURIComponent(id)}`, { method: "DELETE" });
         location.hash = "#/sessions";
       } catch (e) {
-        fail(actionError, e);
+        fail(controlError, e); // beside the Delete button that was tapped
       }
     });
     controls.replaceChildren(remove);
@@ -433,6 +549,60 @@ async function sessionView(id) {
   delete session.events;
   paint();
   if (session.status === "running") watch();
+}
+
+/** A continued session's earlier messages, from the agent's own history (before this session). */
+async function showEarlier(section, session) {
+  const from = session.resumedFrom;
+  try {
+    const data = await api(`api/${from.executor.toLowerCase()}/sessions/${encodeURIComponent(from.id)}?limit=2000`);
+    // the agent's history grows with this session's own turns: only what came before it
+    const before = data.messages.filter((m) => !m.timestamp || m.timestamp < session.createdAt);
+    const nodes = before.flatMap(historyMessage);
+    if (!nodes.length) return;
+    const SHOWN = 6;
+    const hidden = nodes.slice(0, Math.max(0, nodes.length - SHOWN));
+    const more = hidden.length ? h("button", { type: "button", class: "subtle", id: "earlier-more" }, `Show ${hidden.length} earlier`) : null;
+    const box = h("div", { class: "transcript earlier-messages" }, ...nodes.slice(-SHOWN));
+    if (more) {
+      more.addEventListener("click", () => {
+        box.prepend(...hidden);
+        more.remove();
+      });
+    }
+    section.replaceChildren(h("h2", {}, `Earlier in this conversation`, h("small", { class: "muted" }, ` · ${from.executor} history`)), more, box, h("div", { class: "earlier-end muted" }, "Continued here"));
+    section.hidden = false;
+  } catch (e) {
+    section.replaceChildren(h("p", { class: "muted" }, `The earlier messages could not be read: ${e.message}`));
+    section.hidden = false;
+  }
+}
+
+// -- what changed -----------------------------------------------------------------------------
+
+async function changesPage(id) {
+  setNav("sessions");
+  const box = errorBox("changes-error");
+  const list = h("div", { class: "changes", id: "changes" }, loading());
+  const crumbs = h("nav", { class: "crumbs" }, h("a", { href: "#/sessions" }, "Sessions"), " / ", h("a", { href: `#/session/${encodeURIComponent(id)}`, id: "back-to-session" }, "Session"), " /");
+  const reload = h("button", { type: "button", class: "subtle", id: "changes-reload" }, "Refresh");
+  view.replaceChildren(crumbs, title("What changed", reload), box, list);
+  const gen = routeGen;
+  const load = async () => {
+    box.textContent = "";
+    try {
+      const [session, data] = await Promise.all([api(`api/sessions/${encodeURIComponent(id)}`), api(`api/sessions/${encodeURIComponent(id)}/changes`)]);
+      if (gen !== routeGen) return;
+      crumbs.querySelector("#back-to-session").textContent = session.prompt.split("\n")[0].slice(0, 60);
+      list.replaceChildren(...changesView(data));
+    } catch (e) {
+      if (gen !== routeGen) return;
+      list.replaceChildren();
+      fail(box, e);
+    }
+  };
+  reload.addEventListener("click", load);
+  await load();
 }
 
 // -- what needs you ---------------------------------------------------------------------------
@@ -509,11 +679,12 @@ async function newView(query) {
   const form = h(
     "form",
     { class: "new-session", id: "new-session" },
-    h("div", { class: "grid" }, field("Agent", executor), field("Model", model, "optional, e.g. sonnet"), field("Permission mode", mode)),
-    field("Project directory", project, "pick a known project or type an absolute path under arpc's --project-root"),
     field("Prompt", prompt),
+    field("Project directory", project, "pick a known project or type an absolute path under arpc's --project-root"),
     h("div", { class: "row-actions" }, submit),
     box,
+    h("h2", { class: "form-sub" }, "Agent and options"),
+    h("div", { class: "grid" }, field("Agent", executor), field("Model", model, "optional, e.g. sonnet"), field("Permission mode", mode)),
   );
   view.replaceChildren(title("New session"), form, projects, h("datalist", { id: "models" }, MODELS.map((m) => h("option", { value: m }))));
   form.addEventListener("submit", async (ev) => {
@@ -598,6 +769,7 @@ function deviceRow(t, refresh, box) {
   const used = t.lastUsedAt ? h("span", {}, "last used ", timeEl(t.lastUsedAt), t.lastUsedFrom ? ` from ${t.lastUsedFrom}` : "") : "never used";
   const expires = t.expiresAt ? h("span", {}, t.status === "expired" ? "expired " : "expires ", timeEl(t.expiresAt)) : t.status === "active" ? "never expires" : null;
   const actions = h("div", { class: "meta" });
+  const rowError = h("div", { class: "error", role: "alert" });
   if (t.status === "active") {
     const revoke = h("button", { class: "danger subtle", type: "button", "data-revoke": t.id }, t.current ? "Revoke (this device)" : "Revoke");
     revoke.addEventListener("click", async () => {
@@ -609,7 +781,7 @@ function deviceRow(t, refresh, box) {
         await refresh();
       } catch (e) {
         revoke.disabled = false;
-        fail(box, e);
+        fail(rowError, e); // in the row whose button was tapped
       }
     });
     actions.append(revoke);
@@ -625,6 +797,7 @@ function deviceRow(t, refresh, box) {
       h("div", { class: "name" }, t.name, t.owner ? h("span", { class: "badge" }, "owner") : null, t.current ? h("span", { class: "badge here" }, "this device") : null),
       h("div", { class: "scopes" }, t.scopes.map((s) => h("span", { class: "scope", "data-scope": s }, s))),
       h("div", { class: "sub" }, bits.join(" · "), " · ", used, expires ? " · " : "", expires || ""),
+      rowError,
     ),
     actions,
   );
@@ -640,7 +813,7 @@ async function devicesView() {
     { class: "scopes-choice", id: "device-scopes" },
     h("legend", {}, "May"),
     SCOPES.map(([s, help]) =>
-      h("label", { class: "check" }, h("input", { type: "checkbox", value: s, checked: s === "view" || s === "prompt" }), h("b", {}, s), " ", h("small", { class: "muted" }, help)),
+      h("label", { class: "check" }, h("input", { type: "checkbox", value: s, checked: s !== "admin" }), h("b", {}, s), " ", h("small", { class: "muted" }, help)),
     ),
   );
   const expiry = h("select", { id: "device-expiry", name: "expiresIn" }, EXPIRIES.map(([label, secs]) => h("option", { value: secs, selected: secs === 7 * 86400 }, label)));
@@ -713,6 +886,7 @@ async function devicesView() {
       );
       form.reset();
       await refresh();
+      made.scrollIntoView({ block: "start" }); // the new link's QR, above the fold
     } catch (e) {
       fail(formError, e);
     } finally {
@@ -742,7 +916,10 @@ async function route() {
     if (parts[0] === "project" && arg) await projectView(decodeURIComponent(arg));
     else if (parts[0] === "devices") await devicesView();
     else if (parts[0] === "approvals") await approvalsView();
+    else if (parts[0] === "history" && parts.length === 3 && parts[1] === "codex") await historyView(decodeURIComponent(parts[2]), "Codex");
+    else if (parts[0] === "history" && parts.length === 3 && parts[1] === "gemini") await historyView(decodeURIComponent(parts[2]), "Gemini");
     else if (parts[0] === "history" && arg) await historyView(decodeURIComponent(arg));
+    else if (parts[0] === "changes" && arg) await changesPage(decodeURIComponent(arg));
     else if (parts[0] === "sessions") await sessionsView();
     else if (parts[0] === "session" && arg) await sessionView(decodeURIComponent(arg));
     else if (parts[0] === "new") await newView(new URLSearchParams(search || ""));

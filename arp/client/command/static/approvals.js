@@ -90,7 +90,8 @@ function paintCard(card, record, canAnswer, link) {
   const parts = [top, ...summaryView(record)];
   if (link) parts.push(h("a", { href: `#/session/${encodeURIComponent(record.sessionId)}`, class: "open-session" }, "Open the session →"));
   if (record.status !== "pending") {
-    const msg = record.decision && record.decision.message;
+    const said = record.decision && record.decision.message;
+    const msg = said && !(record.answeredBy && record.answeredBy.rule === said) ? said : null; // said once
     parts.push(h("div", { class: "outcome" }, `${VERB[record.status] || record.status}${who(record)} `, timeEl(record.answeredAt), msg ? h("div", { class: "muted" }, `“${msg}”`) : null));
     card.replaceChildren(...parts);
     return;
