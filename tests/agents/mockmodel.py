@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet import reactor as default_reactor
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web import resource, server
@@ -255,11 +256,20 @@ class MockModel(resource.Resource):
         self.clock = clock
         self.requests: list[Turn] = []
         self.streams: set[SSE] = set()
+        self.channels: set[Any] = set()  # open HTTP connections (``listen`` keeps them here)
 
-    def stop(self) -> None:
-        """End every stream still open (a slow one whose agent was cancelled, say)."""
+    def stop(self) -> Deferred[None]:
+        """End every stream and connection still open (a slow stream whose agent was cancelled,
+        a CLI's keep-alive connection); fires when they are closed."""
         for sse in list(self.streams):
             sse.abort()
+        lost = []
+        for channel in list(self.channels):
+            transport = getattr(getattr(channel, "_channel", channel), "transport", None)
+            if transport is not None:
+                transport.abortConnection()
+                lost.append(channel.lost)
+        return DeferredList(lost).addCallback(lambda _: None)
 
     # -- routing
 
@@ -578,11 +588,33 @@ class MockModel(resource.Resource):
         return server.NOT_DONE_YET
 
 
+class _Site(server.Site):
+    """A site that keeps its open connections in ``model.channels`` (each with a ``lost``
+    Deferred), so :meth:`MockModel.stop` can close them."""
+
+    def __init__(self, model: MockModel) -> None:
+        super().__init__(model)
+        self.model = model
+        self.displayTracebacks = False
+
+    def buildProtocol(self, addr: Any) -> Any:
+        channel = super().buildProtocol(addr)
+        channel.lost = Deferred()
+        original = channel.connectionLost
+
+        def connectionLost(reason: Any) -> None:
+            self.model.channels.discard(channel)
+            original(reason)
+            channel.lost.callback(None)
+
+        channel.connectionLost = connectionLost
+        self.model.channels.add(channel)
+        return channel
+
+
 def listen(model: MockModel, reactor: Any = default_reactor, port: int = 0) -> Any:
     """Serve ``model`` on 127.0.0.1 (``port`` 0: any free one); the listening port."""
-    site = server.Site(model)
-    site.displayTracebacks = False
-    return reactor.listenTCP(port, site, interface="127.0.0.1")
+    return reactor.listenTCP(port, _Site(model), interface="127.0.0.1")
 
 
 def main(argv: list[str]) -> None:

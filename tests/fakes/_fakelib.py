@@ -234,7 +234,8 @@ def acp_main(name, argv, exit_at_eof=True):
             listing["rawInput"] = {"dir_path": "."}
             update(params["sessionId"], {"sessionUpdate": "tool_call", **listing, "status": "pending"})
             done = {"toolCallId": "t1", "status": "completed"}
-            done["content"] = [{"type": "content", "content": {"type": "text", "text": "2 items"}}]
+            if name == "gemini":  # claude-code-acp and codex-acp send no content here
+                done["content"] = [{"type": "content", "content": {"type": "text", "text": "2 items"}}]
             update(params["sessionId"], {"sessionUpdate": "tool_call_update", **done})
             text = acp_turn(name, argv, prompt, params["sessionId"], told, pending_id, resume)
             if text is None:
