@@ -155,6 +155,15 @@ class PushBrowserTests(browser.BrowserTestCase):
             payload = pushed_plaintext(approval["id"])
             seen["payload"] = json.loads(payload)
             worker, seen["shown"] = notification(page, origin, payload)
+            # a tap (no action) opens the session in the open console
+            seen["tap"] = worker.evaluate(
+                """async (aid) => {
+                     const [n] = await registration.getNotifications({tag: "approval-" + aid});
+                     return await self.answerFromNotification(n, "");
+                   }""",
+                approval["id"],
+            )
+            page.wait_for_function(f"location.hash === '#/session/{sid}'")
             seen["answer"] = worker.evaluate(
                 """async (aid) => {
                      const [n] = await registration.getNotifications({tag: "approval-" + aid});
@@ -208,6 +217,7 @@ class PushBrowserTests(browser.BrowserTestCase):
         self.assertIn(str(ws.project), shown["body"])
         self.assertEqual(shown["actions"], ["allow", "deny"])
         self.assertEqual(shown["data"]["approvalId"], payload["approvalId"])
+        self.assertEqual(seen["tap"], {"opened": f"{origin}/#/session/{seen['payload']['sessionId']}"})
         self.assertEqual(seen["answer"], {"ok": True, "message": "Allowed"})
         self.assertEqual(seen["after"]["status"], "completed")
         self.assertEqual(seen["answered_by"]["status"], "allowed")

@@ -104,9 +104,13 @@ async function openSession(sessionId) {
   const target = new URL(sessionId ? `#/session/${encodeURIComponent(sessionId)}` : "#/sessions", SCOPE).href;
   const windows = await self.clients.matchAll({ type: "window", includeUncontrolled: true });
   for (const client of windows) {
-    if (client.url.startsWith(SCOPE) && "focus" in client) {
-      await client.focus();
-      client.postMessage({ type: "open", hash: new URL(target).hash });
+    if (client.url.startsWith(SCOPE)) {
+      client.postMessage({ type: "open", hash: new URL(target).hash }); // push.js follows it
+      try {
+        await client.focus();
+      } catch (e) {
+        /* focusing needs the tap's user activation */
+      }
       return { opened: target };
     }
   }
