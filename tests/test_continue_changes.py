@@ -378,3 +378,28 @@ class ToolEditsTests(unittest.TestCase):
         self.assertTrue(body["truncated"])
         self.assertIsNone(body["files"][-1]["diff"])
         self.assertLess(sum(len(f["diff"] or "") for f in body["files"]), 2 * 1024 * 1024 + 1)
+
+
+class AcpReplayTests(unittest.TestCase):
+    """An ACP agent replays the conversation it loads: that is not the new turn's output."""
+
+    def test_replay_during_session_load_is_not_recorded(self):
+        """Updates between session/load and its result are plumbing; the prompt's are events."""
+        from arp.client.command.channels import AcpChannel
+        from tests.test_approvals_units import FakeHost, FakeWriter
+
+        host, writer = FakeHost(), FakeWriter()
+        channel = AcpChannel(host, writer, "go on", "s-1", {"rank": 1, "mode": "default"})
+        channel.start()
+        channel.handle({"jsonrpc": "2.0", "id": 1, "result": {"agentCapabilities": {"loadSession": True}}})
+        self.assertEqual(writer.lines[-1]["method"], "session/load")
+        old = {"sessionUpdate": "agent_message_chunk", "content": {"type": "text", "text": "earlier"}}
+        self.assertTrue(
+            channel.handle({"jsonrpc": "2.0", "method": "session/update", "params": {"update": old}})
+        )
+        channel.handle({"jsonrpc": "2.0", "id": 2, "result": None})
+        self.assertEqual(writer.lines[-1]["method"], "session/prompt")
+        new = {"sessionUpdate": "agent_message_chunk", "content": {"type": "text", "text": "now"}}
+        self.assertFalse(
+            channel.handle({"jsonrpc": "2.0", "method": "session/update", "params": {"update": new}})
+        )

@@ -397,6 +397,7 @@ class AcpChannel(JsonRpcChannel):
         super().__init__(*args)
         self.acp_session: str | None = None
         self._calls: dict[str, dict[str, Any]] = {}  # tool calls by toolCallId, merged from updates
+        self._loading = False  # between session/load and its result
 
     def start(self) -> None:
         capabilities = {"fs": {"readTextFile": False, "writeTextFile": False}, "terminal": False}
@@ -406,11 +407,21 @@ class AcpChannel(JsonRpcChannel):
         params = {"cwd": self.host.cwd, "mcpServers": []}
         if self.resume:
             self.acp_session = self.resume
+            self._loading = True
             self.call("session/load", {**params, "sessionId": self.resume}, self._session)
         else:
             self.call("session/new", params, self._session)
 
+    def handle(self, obj: Any) -> bool:
+        replayed = isinstance(obj, dict) and obj.get("method") == "session/update" and "id" not in obj
+        if self._loading and replayed:
+            # session/load replays the whole conversation as updates: what the session shows
+            # already (or, continued from history, what the history shows), not this turn's output
+            return True
+        return super().handle(obj)
+
     def _session(self, result: dict) -> None:
+        self._loading = False
         if isinstance(result.get("sessionId"), str):
             self.acp_session = result["sessionId"]
         if self.acp_session is None:
