@@ -451,6 +451,25 @@ class DomainOriginTests(unittest.TestCase):
         )
         self.assertIn(b"\r\nLocation: https://" + self.host(self.record) + b":8443/p?token=client1\r\n", out)
 
+    def test_service_worker_on_the_host_name_not_on_the_relays_name(self):
+        """Under --domain a client's host name is its own origin: its worker script reaches it;
+        on the relay's own name (shared by every client) it is refused, token or not."""
+        from arp.server.tunnel import TunnelServerProtocol
+
+        t = TunnelServerProtocol(self.registry, self.clock)
+        t.makeConnection(StringTransport())
+        t.dataReceived(wire.tunnel_header("client1", self.record.tunnel_secret))
+        out = self.public(
+            b"GET /api?token=client1 HTTP/1.1\r\nHost: relay.test:8443\r\nService-Worker: script\r\n\r\n"
+        )
+        self.assertTrue(out.startswith(b"HTTP/1.1 403 "), out)
+        self.assertEqual(t.transport.value(), b"")
+        self.public(
+            b"GET /sw.js HTTP/1.1\r\nHost: " + self.host(self.record) + b"\r\nService-Worker: script\r\n"
+            b"Sec-Fetch-Site: same-origin\r\nCookie: " + C1 + b"=client1\r\n\r\n"
+        )
+        self.assertTrue(t.transport.value().startswith(b"GET /sw.js HTTP/1.1\r\n"), t.transport.value())
+
     def test_labels_released(self):
         """A removed client's label routes nothing any more."""
         host = self.host(self.record)
