@@ -162,6 +162,15 @@ class ChangesTests(_Base):
             f.write(b"\0\1\2")
         with open(os.path.join(project, "huge.log"), "wb") as f:
             f.truncate(1024**3)  # sparse: 1 GB that takes no disk
+        # what the agent could write into .git/config: git must run none of it
+        marker = os.path.join(self.ws.base, "ran")
+        git(project, "config", "filter.evil.clean", f"touch {marker}-clean; cat")
+        git(project, "config", "filter.evil.process", f"sh -c 'touch {marker}-process; exit 1'")
+        git(project, "config", "core.fsmonitor", f"touch {marker}-fsmonitor")
+        git(project, "config", "diff.evil.textconv", f"touch {marker}-textconv; cat")
+        git(project, "config", "diff.evil.command", f"touch {marker}-external")
+        with open(os.path.join(project, ".git", "info", "attributes"), "w") as f:
+            f.write("*.md filter=evil diff=evil\n")
         started = reactor.seconds()
         code, body = await api.get(f"/api/sessions/{done['id']}/changes")
         self.assertEqual(code, 200, body)
@@ -189,6 +198,7 @@ class ChangesTests(_Base):
         self.assertIsNone(huge["diff"])
         self.assertEqual(huge["size"], 1024**3)
         self.assertIn("large file", huge["summary"])
+        self.assertEqual([n for n in os.listdir(self.ws.base) if n.startswith("ran")], [])
         for f in body["files"]:
             self.assertIn(f["status"], ("added", "modified", "deleted", "renamed"))
         # a tracked file grown to 1 GB: git summarises it too (it never diffs it)

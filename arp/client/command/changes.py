@@ -272,11 +272,30 @@ def _new_file(path: Path, shown: str) -> tuple[dict[str, Any], str | None]:
     return {"size": len(data)}, head + "".join(f"+{line}\n" for line in lines)
 
 
-def _runner(reactor: Any, cwd: str, ceiling: str | None) -> Any:
+def _runner(reactor: Any, cwd: str, ceiling: str | None, config: list[str] | None = None) -> Any:
     def run(args: list[str], limit: int = GIT_OUTPUT) -> Deferred:
-        return run_git(reactor, cwd, args, limit=limit, ceiling=ceiling)
+        return run_git(reactor, cwd, [*(config or []), *args], limit=limit, ceiling=ceiling)
 
     return run
+
+
+def _filters_off(listing: bytes) -> list[str] | None:
+    """``-c`` options that switch off every filter driver ``git config --get-regexp`` named (a
+    driver's clean or process command runs when git diff reads the working tree); None when a
+    name cannot be given on a command line."""
+    names = set()
+    for key in _split_z(listing):
+        key = key.split("\n", 1)[0]
+        if key.startswith("filter.") and key.count(".") >= 2:
+            names.add(key[len("filter.") : key.rfind(".")])
+    if any("=" in n or "\n" in n or not n for n in names):
+        return None
+    return [
+        opt
+        for n in sorted(names)
+        for k in ("process", "clean", "smudge")
+        for opt in ("-c", f"filter.{n}.{k}=")
+    ]
 
 
 async def git_changes(
@@ -291,6 +310,15 @@ async def git_changes(
     code, out, _, _ = await run(["rev-parse", "--is-inside-work-tree"], limit=4096)
     if code != 0 or out.strip() != b"true":
         return None
+    # reading the configuration runs nothing; the filters it names would run on diff
+    _, listing, _, _ = await run(
+        ["config", "--null", "--name-only", "--get-regexp", r"^filter\."], limit=65536
+    )
+    off = _filters_off(listing)
+    if off is None:
+        log.warn("not running git diff in {cwd}: a filter driver's name cannot be switched off", cwd=cwd)
+        return None
+    run = _runner(reactor, cwd, ceiling, off)
     if base is None or not _SHA_RE.match(base):
         base = None
     if base is not None:
