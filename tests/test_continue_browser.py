@@ -146,6 +146,9 @@ class ContinueHereTests(_Base):
             page.locator('#status .pill[data-status="completed"]').wait_for()
             page.locator("#earlier .msg").first.wait_for()
             seen["codex_earlier"] = page.locator("#earlier").inner_text()
+            seen["earlier_texts"] = page.locator("#earlier").evaluate(
+                "el => [...el.childNodes].filter(n => n.nodeType === 3).map(n => n.textContent)"
+            )
             seen["codex_facts"] = page.locator(".facts").inner_text()
             seen["width"] = page.evaluate("document.documentElement.scrollWidth")
             page.evaluate("document.querySelector('#earlier .earlier-end').scrollIntoView({block: 'center'})")
@@ -170,6 +173,7 @@ class ContinueHereTests(_Base):
         self.assertEqual(self.ws.recorded_for("carry on from the phone")[0]["resume"], CLAUDE_ID)
         self.assertEqual(seen["codex_hash"], f"#/history/codex/{CODEX_ID}")
         self.assertIn("Fixed the typo in README.md.", seen["codex_earlier"])
+        self.assertEqual(seen["earlier_texts"], [])  # no stray text (a "null") among the parts
         self.assertIn("Codex", seen["codex_facts"])
         self.assertEqual(self.ws.recorded_for("now add a test")[-1]["resume"], CODEX_ID)
         self.assertLessEqual(seen["width"], PHONE["width"])

@@ -570,7 +570,8 @@ async function showEarlier(section, session) {
         more.remove();
       });
     }
-    section.replaceChildren(h("h2", {}, `Earlier in this conversation`, h("small", { class: "muted" }, ` · ${from.executor} history`)), more, box, h("div", { class: "earlier-end muted" }, "Continued here"));
+    const heading = h("h2", {}, "Earlier in this conversation", h("small", { class: "muted" }, ` · ${from.executor} history`));
+    section.replaceChildren(...[heading, more, box, h("div", { class: "earlier-end muted" }, "Continued here")].filter(Boolean));
     section.hidden = false;
   } catch (e) {
     section.replaceChildren(h("p", { class: "muted" }, `The earlier messages could not be read: ${e.message}`));

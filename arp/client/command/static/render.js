@@ -74,6 +74,7 @@ function toolSummary(name, input) {
       (k) => typeof input[k] === "string",
     );
     if (key) return `${name}: ${clip(input[key])}`;
+    if (Array.isArray(input.command)) return `${name}: ${clip(input.command.join(" "))}`; // Codex history
   }
   return String(name || "tool");
 }
