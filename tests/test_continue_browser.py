@@ -36,7 +36,6 @@ IN_DOCS = {
     "continued-phone-dark",
     "changes-phone-dark",
     "changes-plain-phone",
-    "first-run-phone",
     "sessions-phone-dark",
     "new-phone",
 }
