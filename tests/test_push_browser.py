@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 
+from twisted.internet.threads import deferToThread
 from twisted.web import server
 
 from tests import browser
@@ -273,3 +274,37 @@ class PushBrowserTests(browser.BrowserTestCase):
         self.assertEqual(
             {media for media, _ in themes}, {"(prefers-color-scheme: light)", "(prefers-color-scheme: dark)"}
         )
+
+    async def test_permission_asked_only_by_the_button(self):
+        """Loading the console asks nothing; the Notifications button asks for permission, and
+        where the browser cannot subscribe (headless Chromium has no push service) it says why
+        next to the button, with nothing registered at arpc."""
+        ws = Workspace(_ShortTemp(self))
+        relay = await start_arps(self)
+        arpc = await start_command_arpc(self, relay, ws)
+        client = Client(relay.public, arpc.token, arpc.access)
+
+        def drive(page):
+            PAGES.append(page)
+            page.add_init_script(
+                """window.__asked = 0;
+                   const ask = Notification.requestPermission.bind(Notification);
+                   Notification.requestPermission = (...a) => { window.__asked += 1; return ask(...a); };"""
+            )
+            page.goto(arpc.url)
+            page.wait_for_selector("text=Projects")
+            page.evaluate("location.hash = '#/devices'")
+            page.wait_for_selector("#push-enable")
+            before = page.evaluate("window.__asked")
+            off_visible = page.locator("#push-disable").is_visible()
+            page.click("#push-enable")
+            page.wait_for_function("document.getElementById('push-error').textContent !== ''")
+            return before, off_visible, page.evaluate("window.__asked"), page.inner_text("#push-error")
+
+        before, off_visible, after, error = await run_in_browser(drive, viewport=PHONE)
+        self.assertEqual(before, 0)
+        self.assertFalse(off_visible)
+        self.assertEqual(after, 1)
+        self.assertTrue(error.startswith("Notifications not turned on: "), error)
+        code, listed = await deferToThread(client.call, "GET", "/api/push/subscriptions")
+        self.assertEqual((code, listed), (200, {"subscriptions": []}))

@@ -102,7 +102,7 @@ export function pushPanel() {
     EVENTS.map(([e, label]) => h("label", { class: "check" }, h("input", { type: "checkbox", value: e, checked: true }), " ", label)),
   );
   const on = h("button", { type: "button", class: "primary", id: "push-enable" }, "Notifications");
-  const off = h("button", { type: "button", id: "push-disable", hidden: true }, "Turn off");
+  const off = h("button", { type: "button", id: "push-disable" }, "Turn off");
   const panel = h("section", { class: "push-panel", id: "push-panel" }, h("h2", {}, "Notifications on this device"), status, choices, h("div", { class: "row-actions" }, on, off), error);
   const paint = () => {
     const why = unsupported();
@@ -115,6 +115,7 @@ export function pushPanel() {
     on.textContent = subscribed ? "Update notifications" : "Notifications";
     on.disabled = !!why && !isIOS();
     off.hidden = !subscribed;
+    off.style.display = subscribed ? "" : "none"; // buttons are styled display: inline-block
   };
   on.addEventListener("click", async () => {
     error.textContent = "";
