@@ -24,7 +24,7 @@ from twisted.web import resource, server
 
 from arp.client.command import push
 from arp.client.command.access import AccessStore, BadRequest
-from tests.command_helpers import Api, Workspace, sleep, start_command_arpc
+from tests.command_helpers import Api, Workspace, open_stream, sleep, start_command_arpc, wait_events
 from tests.helpers import listen_backend, start_arps
 
 
@@ -517,11 +517,16 @@ class PushEndToEndTests(unittest.TestCase):
                 )
                 self.assertEqual(code, 201)
         sid, approval = await self._approval()
+        stream = await open_stream(self, self.relay, self.arpc.token, sid, since=0, access=self.arpc.access)
+        await wait_events(stream, lambda events: any(e.get("kind") == "approval" for e in events))
         await self.service.next("/hang/0")
         code, _ = await api.post(f"/api/sessions/{sid}/approvals/{approval['id']}", {"decision": "allow"})
         self.assertEqual(code, 200)
         done = await api.wait_status(sid, ("completed", "failed"))
         self.assertEqual(done["status"], "completed")
+        await stream.closed  # the stream carried the rest and ended with the session
+        statuses = [e.get("status") for e in stream.events if e.get("kind") == "status"]
+        self.assertEqual(statuses[-1:], ["completed"], [e.get("kind") for e in stream.events])
         self.assertTrue(any(not r.finished for r in self.service.hanging))
         code, listed = await api.get("/api/push/subscriptions")
         self.assertEqual(len(listed["subscriptions"]), 6)
