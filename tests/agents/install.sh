@@ -16,7 +16,7 @@ else
 fi
 for attempt in 1 2 3; do
     if install; then
-        dir=$([ "${ARP_AGENTS:-}" = latest ] && echo .latest || echo .)
+        dir=$([ "${ARP_AGENTS:-}" = latest ] && echo ./.latest || echo .)
         for pkg in $packages; do
             printf '%s %s\n' "$pkg" "$(node -p "require('$dir/node_modules/$pkg/package.json').version")"
         done
