@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from twisted.internet import defer, reactor
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.trial import unittest
 from twisted.web import resource, server
 
@@ -340,11 +341,14 @@ class SubscriptionTests(unittest.TestCase):
         self.successResultOf(service.deliver(entry, b"{}", {"TTL": "60"}))
         self.assertEqual(memory.tcpClients, [])
         self.assertIn("push.example", service.failing)
-        table["push.example"] = ["142.250.1.1"]
+        table["push.example"] = ["2a00:1450:4001::1", "142.250.1.1"]
         service.deliver(entry, b"{}", {"TTL": "60"})
         [(host, port, factory, _, _)] = memory.tcpClients
-        self.assertEqual((host, port), ("142.250.1.1", 443))
+        self.assertEqual((host, port), ("142.250.1.1", 443))  # IPv4 first
         self.assertIn("TLS", type(factory._wrappedFactory).__name__)
+        connector = memory.connectors[0]
+        factory.clientConnectionFailed(connector, Failure(ConnectionRefusedError()))
+        self.assertEqual(memory.tcpClients[1][:2], ("2a00:1450:4001::1", 443))  # then the next checked one
         memory.advance(push.REQUEST_TIMEOUT + 1)  # the delivery times out; nothing is left waiting
 
     def test_payload_has_no_secret_no_client_id_no_url(self):

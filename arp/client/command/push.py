@@ -144,14 +144,22 @@ class PublicOnlyEndpoint:
             bad = [a for a in addresses if not public_address(a)]
             if not addresses or bad:
                 raise PushRefused(f"{self.host} resolves to a private address ({', '.join(bad) or 'none'})")
-            address = addresses[0]
-            kind = TCP6ClientEndpoint if ":" in address else TCP4ClientEndpoint
-            endpoint: Any = kind(self.reactor, address, self.port, timeout=REQUEST_TIMEOUT)
-            if self.tls:
-                endpoint = wrapClientTLS(optionsForClientTLS(self.host), endpoint)
-            return endpoint.connect(factory)
+            # every address was checked; try them in turn (IPv4 first: many hosts have no IPv6 route)
+            ordered = sorted(addresses[:4], key=lambda a: ":" in a)
+            return self._try(ordered, factory)
 
         return self.resolve(self.reactor, self.host, self.port).addCallback(checked)
+
+    def _try(self, addresses: list[str], factory: Any) -> Deferred:
+        address, rest = addresses[0], addresses[1:]
+        kind = TCP6ClientEndpoint if ":" in address else TCP4ClientEndpoint
+        endpoint: Any = kind(self.reactor, address, self.port, timeout=REQUEST_TIMEOUT)
+        if self.tls:
+            endpoint = wrapClientTLS(optionsForClientTLS(self.host), endpoint)
+        d = endpoint.connect(factory)
+        if rest:
+            d.addErrback(lambda _: self._try(rest, factory))
+        return d
 
 
 class PublicOnlyEndpoints:
