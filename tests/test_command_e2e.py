@@ -65,6 +65,22 @@ class CommandModeTests(unittest.TestCase):
         run = self.ws.recorded_for("hello")[0]
         self.assertEqual(run["cwd"], str(self.ws.project))
         self.assertIn("--verbose", run["argv"])
+        # the answer as it is written: text deltas stream before the whole message
+        datas = [e["data"] for e in done["events"] if e["kind"] == "agent"]
+        deltas = [
+            d["event"]["delta"]["text"]
+            for d in datas
+            if d.get("type") == "stream_event" and d["event"].get("type") == "content_block_delta"
+        ]
+        self.assertEqual("".join(deltas), "Claude says: hello")
+        self.assertGreater(len(deltas), 1)
+        whole = next(
+            i
+            for i, d in enumerate(datas)
+            if d.get("type") == "assistant" and d["message"]["content"][0]["type"] == "text"
+        )
+        last_delta = max(i for i, d in enumerate(datas) if d.get("type") == "stream_event")
+        self.assertLess(last_delta, whole)
         self.assertEqual(run["argv"][run["argv"].index("--permission-mode") + 1], "acceptEdits")
 
         # the whole backlog, then the final status, then a close

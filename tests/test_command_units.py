@@ -205,6 +205,7 @@ class ExecutorTests(unittest.TestCase):
                 "--model=sonnet",
                 "--permission-mode",
                 "acceptEdits",
+                "--include-partial-messages",
                 f"--resume={CLAUDE_ID}",
                 "--",
                 "-rf",

@@ -15,6 +15,7 @@ from twisted.trial import unittest
 from tests import browser
 from tests.command_helpers import (
     CLAUDE_ID,
+    Api,
     Workspace,
     _jsonl,
     claude_line,
@@ -204,6 +205,10 @@ class ConsoleBrowserTests(browser.BrowserTestCase):
             page.locator("#start").click()
             page.locator("#events .msg.assistant", has_text="Claude says: hello console").wait_for()
             page.locator('#status .pill[data-status="completed"]').wait_for()
+            # streamed as it was written (text deltas), then the whole message: shown once
+            answer = page.locator("#events .msg.assistant", has_text="Claude says: hello console")
+            seen["answers"] = answer.count()
+            seen["streaming"] = page.locator("#events .msg.streaming").count()
             seen["session_url"] = page.url
             seen["session_parts"] = {
                 "tool": page.locator("#events details.tool-call summary").first.inner_text(),
@@ -228,6 +233,7 @@ class ConsoleBrowserTests(browser.BrowserTestCase):
             return seen
 
         seen = await run_in_browser(drive)
+        self.assertEqual((seen["answers"], seen["streaming"]), (1, 0))
         self.assertEqual(seen["url"], f"{self.origin}/")
         self.assertNotIn(token, seen["url"])
         self.assertNotIn("access", seen["url"])
@@ -257,7 +263,16 @@ class ConsoleBrowserTests(browser.BrowserTestCase):
         self.assertIn("completed", seen["session_parts"]["end"])
         self.assertEqual(seen["users"], ["hello console", "and more"])
         self.assertEqual(seen["seqs"], sorted(set(seen["seqs"])))
-        self.assertEqual(set(seen["seqs"]), set(range(1, max(seen["seqs"]) + 1)))
+        # every event is on the page but Claude's text deltas, which grew the answer's bubble, and
+        # the whole answer after them, which became that bubble (one per turn)
+        sid = seen["session_url"].rsplit("/", 1)[1]
+        api = Api(self, self.relay, self.arpc.token, self.arpc.access)
+        code, detail = await api.get(f"/api/sessions/{sid}")
+        self.assertEqual(code, 200)
+        missing = set(range(1, max(seen["seqs"]) + 1)) - set(seen["seqs"])
+        kinds = {e["seq"]: e.get("data", {}).get("type") for e in detail["events"] if e["seq"] in missing}
+        self.assertEqual(set(kinds.values()), {"stream_event", "assistant"}, kinds)
+        self.assertEqual(list(kinds.values()).count("assistant"), 2, kinds)
         self.assertEqual(len(seen["rows"]), 1)
         self.assertIn("hello console", seen["rows"][0])
         self.assertIn("completed", seen["rows"][0])

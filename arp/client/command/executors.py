@@ -107,7 +107,7 @@ class Executor:
         model_args = [f"--model={model}"] if model else []
         if self.name == "Claude":
             args = [binary, "-p", "--output-format", "stream-json", "--verbose", *model_args]
-            args += ["--permission-mode", mode]
+            args += ["--permission-mode", mode, "--include-partial-messages"]
             if resume:
                 args.append(f"--resume={resume}")
             return [*args, "--", prompt]
@@ -144,6 +144,7 @@ class Executor:
         if self.protocol == "claude":
             args = [binary, "-p", "--output-format", "stream-json", "--input-format", "stream-json"]
             args += ["--verbose", "--permission-prompt-tool", "stdio", *model_args, "--permission-mode", mode]
+            args.append("--include-partial-messages")  # the answer as it is written (stream_event)
             if resume:
                 args.append(f"--resume={resume}")
             return args

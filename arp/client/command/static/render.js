@@ -125,6 +125,7 @@ export class Transcript {
     this.executor = executor;
     this.canAnswer = canAnswer;
     this.delta = null; // the Gemini assistant bubble being extended
+    this.live = null; // Claude's assistant bubble growing with text deltas
     this.stderr = null; // the <pre> of the current run of stderr events
   }
 
@@ -142,14 +143,14 @@ export class Transcript {
   render(e) {
     switch (e.kind) {
       case "turn":
-        this.delta = null;
+        this.delta = this.live = null;
         return bubble("user", e.prompt, e.time, { "data-turn": e.turn });
       case "agent":
         return this.agent(e.data, e.time);
       case "raw":
         return h("pre", { class: "raw-line" }, e.text);
       case "approval":
-        this.delta = null;
+        this.delta = this.live = null;
         return approvalCard(e.approval, { canAnswer: this.canAnswer });
       case "approval_resolved":
         updateCards(e.approval);
@@ -162,7 +163,7 @@ export class Transcript {
         this.stderr = h("pre", {}, e.text);
         return h("details", { class: "fold stderr" }, h("summary", {}, h("span", { class: "tag" }, "stderr"), " ", timeEl(e.time)), this.stderr);
       case "status": {
-        this.delta = null;
+        this.delta = this.live = null;
         const bits = [pill(e.status)];
         if (e.exitCode !== null && e.exitCode !== undefined) bits.push(` exit code ${e.exitCode}`);
         if (e.error) bits.push(` — ${e.error}`);
@@ -182,6 +183,7 @@ export class Transcript {
   }
 
   claude(d, time) {
+    if (d.type === "stream_event") return this.claudeDelta(d, time);
     if (d.type === "system") {
       if (d.subtype === "init") return note(`Claude Code ${d.claude_code_version || ""} started · model ${d.model || "?"} · ${d.permissionMode || ""}`.trim(), "meta");
       return rawFold(`system ${d.subtype || ""}`, d);
@@ -192,7 +194,12 @@ export class Transcript {
       if (!Array.isArray(content)) return undefined;
       const nodes = [];
       for (const block of content) {
-        if (block.type === "text" && d.type === "assistant") nodes.push(bubble("assistant", block.text, time));
+        if (block.type === "text" && d.type === "assistant" && this.live && !d.parent_tool_use_id) {
+          // the whole message after its deltas: the live bubble becomes it, nothing is shown twice
+          this.live.md.innerHTML = markdown(block.text);
+          this.live.node.classList.remove("streaming");
+          this.live = null;
+        } else if (block.type === "text" && d.type === "assistant") nodes.push(bubble("assistant", block.text, time));
         else if (block.type === "thinking") nodes.push(thinking(block.thinking, time));
         else if (block.type === "tool_use" || block.type === "server_tool_use") nodes.push(toolCall(block.name, block.input, time));
         else if (block.type === "tool_result") {
@@ -210,6 +217,24 @@ export class Transcript {
       return note(`Result: ${d.subtype || "?"}${turns}${ms}${cost}`, d.is_error ? "meta error" : "meta");
     }
     return undefined;
+  }
+
+  /** Claude's ``--include-partial-messages`` text deltas: one live bubble that grows as the model
+   * writes, replaced by the whole message when it arrives; other stream events show nothing. */
+  claudeDelta(d, time) {
+    const ev = d.event || {};
+    if (d.parent_tool_use_id) return null; // a subagent's stream: its messages show as they end
+    if (ev.type === "message_start") this.live = null;
+    if (ev.type !== "content_block_delta" || !ev.delta || ev.delta.type !== "text_delta") return null;
+    if (this.live) {
+      this.live.text += ev.delta.text;
+      this.live.md.innerHTML = markdown(this.live.text);
+      return null;
+    }
+    const node = bubble("assistant", ev.delta.text, time);
+    node.classList.add("streaming");
+    this.live = { text: ev.delta.text, md: node.querySelector(".md"), node };
+    return node;
   }
 
   codex(d, time) {
