@@ -491,6 +491,46 @@ class ConsoleBrowserTests(browser.BrowserTestCase):
         self.assertTrue(seen["outside"].startswith("Bad input: projectPath '/etc'"), seen["outside"])
         self.assertIn("Unavailable: client is offline", seen["offline"])
 
+    async def test_follow_up_from_another_device_appears(self):
+        """A finished session is open on the phone; a follow-up is sent from another device (the
+        API): the open page shows the new turn and its answer without a reload (issue 20 #13)."""
+        url = await self._setup()
+        api = Api(self, self.relay, self.arpc.token, self.arpc.access)
+        new = {"executor": "Claude", "prompt": "first here", "projectPath": str(self.ws.project)}
+        code, session = await api.post("/api/sessions", new)
+        self.assertEqual(code, 201, session)
+        await api.wait_status(session["id"], ("completed",))
+        sid = session["id"]
+
+        def follow_up() -> None:
+            async def send() -> None:
+                code, body = await api.post(f"/api/sessions/{sid}/messages", {"prompt": "sent from the desk"})
+                assert code == 202, body
+
+            threads.blockingCallFromThread(reactor, lambda: defer.ensureDeferred(send()))
+
+        def drive(page):
+            loads = []
+            page.on("load", lambda _: loads.append(1))
+            page.goto(url)
+            page.locator("#projects .row").first.wait_for()
+            page.goto(f"{self.origin}/#/session/{sid}")
+            page.locator('#events .note.end[data-status="completed"]').wait_for()
+            before = len(loads)
+            follow_up()
+            page.locator("#events .msg.user", has_text="sent from the desk").wait_for(timeout=20000)
+            answer = page.locator("#events .msg.assistant", has_text="Claude says: sent from the desk")
+            answer.wait_for(timeout=20000)
+            page.locator('#events .note.end[data-status="completed"]').nth(1).wait_for(timeout=20000)
+            return {
+                "reloads": len(loads) - before,
+                "users": page.locator("#events .msg.user .md").all_inner_texts(),
+            }
+
+        seen = await run_in_browser(drive, viewport=PHONE)
+        self.assertEqual(seen["reloads"], 0)
+        self.assertEqual(seen["users"], ["first here", "sent from the desk"])
+
     async def test_codex_and_gemini_sessions_render(self):
         """Codex's items and Gemini's streamed deltas render as text, thinking and folded tools."""
         url = await self._setup()

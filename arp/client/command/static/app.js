@@ -392,8 +392,10 @@ async function sessionView(id) {
   let lastSeq = 0;
   let stream = null;
   let alive = true;
+  let idleCheck = null; // the timer that looks for turns started from another device
   cleanup = () => {
     alive = false;
+    clearInterval(idleCheck);
     if (stream) stream.dispose();
   };
 
@@ -448,10 +450,17 @@ async function sessionView(id) {
       Object.assign(session, fresh);
       for (const event of events) addEvent(event);
       paint();
+      // a turn started elsewhere (a follow-up from another device): follow it live here too
+      if (session.status === "running" && (!stream || stream.stopped)) watch();
     } catch (e) {
       if (alive) fail(box, e);
     }
   };
+  // while the session is not running, look every few seconds whether another device continued it
+  idleCheck = setInterval(() => {
+    if (!alive) clearInterval(idleCheck);
+    else if (session.status !== "running" && document.visibilityState === "visible") refresh();
+  }, 5000);
 
   const watch = () => {
     if (stream) stream.dispose();
