@@ -62,6 +62,20 @@ class RestartBrowserTests(browser.BrowserTestCase):
         with urllib.request.urlopen(request, timeout=15) as response:
             return response.status
 
+    def _watch_asking(self, page, client: Client, project: str) -> tuple[dict, dict]:
+        """In the browser thread: start a session whose agent asks, open its page, wait until the
+        card shows and the stream is live; (session, approval)."""
+        page.goto(self.arpc.url)
+        page.wait_for_selector("text=Projects")
+        new = {"executor": "Claude", "prompt": "ASK_BASH tidy up", "projectPath": project}
+        code, session = client.call("POST", "/api/sessions", new)
+        assert code == 201, session
+        [approval] = client.pending(session["id"])
+        page.goto(self.arpc.url.split("?")[0] + f"?token={client.token}#/session/{session['id']}")
+        page.locator(".approval-card[data-status=pending]").wait_for()
+        page.locator("#conn[data-state=live]").wait_for()
+        return session, approval
+
     async def test_relay_killed_and_restarted_under_a_watching_phone(self):
         """A phone watches a session waiting for an approval; arps is killed; the page says it is
         reconnecting; the approval is answered at the desk meanwhile; arps restarts; the page is
@@ -71,15 +85,7 @@ class RestartBrowserTests(browser.BrowserTestCase):
         project = str(self.ws.project)
 
         def drive(page):
-            page.goto(self.arpc.url)
-            page.wait_for_selector("text=Projects")
-            new = {"executor": "Claude", "prompt": "ASK_BASH tidy up", "projectPath": project}
-            code, session = client.call("POST", "/api/sessions", new)
-            assert code == 201, session
-            [approval] = client.pending(session["id"])
-            page.goto(self.arpc.url.split("?")[0] + f"?token={client.token}#/session/{session['id']}")
-            page.locator(".approval-card[data-status=pending]").wait_for()
-            page.locator("#conn[data-state=live]").wait_for()
+            session, approval = self._watch_asking(page, client, project)
             seen = {"reload": 0}
             page.on("load", lambda _: seen.__setitem__("reload", seen["reload"] + 1))
 
@@ -134,15 +140,7 @@ class RestartBrowserTests(browser.BrowserTestCase):
             self.arpc_again = await self._arpc()
 
         def drive(page):
-            page.goto(self.arpc.url)
-            page.wait_for_selector("text=Projects")
-            new = {"executor": "Claude", "prompt": "ASK_BASH tidy up", "projectPath": project}
-            code, session = client.call("POST", "/api/sessions", new)
-            assert code == 201, session
-            client.pending(session["id"])
-            page.goto(self.arpc.url.split("?")[0] + f"?token={client.token}#/session/{session['id']}")
-            page.locator(".approval-card[data-status=pending]").wait_for()
-            page.locator("#conn[data-state=live]").wait_for()
+            self._watch_asking(page, client, project)
             blocking(self.arpc.kill)
             page.wait_for_function("document.getElementById('conn').dataset.state !== 'live'")
             page.wait_for_function("/offline|reconnecting/.test(document.getElementById('conn').textContent)")
