@@ -15,6 +15,8 @@ from tests.helpers import AUTH_KEY, Relay, TwistdProcess, kill_pid, sleep
 REDIS_SERVER = shutil.which("redis-server")
 REDIS_CLI = shutil.which("redis-cli")
 HOSTS = ("127.0.0.1", "127.0.0.2", "127.0.0.3")
+#: The relay group's own key (``arps --relay-key``), which no tenant knows.
+RELAY_KEY = "relay-group-key-" + "5" * 16
 
 
 def need_redis() -> None:
@@ -169,13 +171,15 @@ async def start_relay(
     redis_url: str,
     *extra: str,
     auth_key: str = AUTH_KEY,
+    relay_key: str = RELAY_KEY,
 ) -> Relay:
     """An arps on ``host`` (same ports on every host) sharing state in ``redis_url``."""
     args = ["arps"]
     for name in ("control", "proxy", "public"):
         args += [f"--{name}-endpoint", f"tcp:{ports[name]}:interface={host}"]
     args += ["--admin-endpoint", f"tcp:0:interface={host}", "--auth-key", auth_key]
-    args += ["--data-dir", test.mktemp(), "--redis", redis_url, "--redis-timeout", "3", *extra]
+    args += ["--data-dir", test.mktemp(), "--redis", redis_url, "--redis-timeout", "3"]
+    args += ["--relay-key", relay_key, *extra]
     proc = TwistdProcess(f"arps@{host}", args).start()
     test.addCleanup(proc.stop)
     match = await proc.wait_for(r"admin listening on \S+:(\d+)")
@@ -198,8 +202,10 @@ async def start_client(
     data_dir: str | None = None,
     wait: int = 1,
     auth_key: str = AUTH_KEY,
+    timeout: float = 20.0,
 ) -> TwistdProcess:
-    """An arpc linked to every relay in ``hosts``; waits for ``wait`` registrations."""
+    """An arpc linked to every relay in ``hosts``; waits for ``wait`` registrations (at most
+    ``timeout`` seconds: relays that start on a new Redis settle for --redis-timeout first)."""
     args = [
         "arpc",
         "--server-addr",
@@ -220,7 +226,7 @@ async def start_client(
     ]
     proc = TwistdProcess("arpc", args).start()
     test.addCleanup(proc.stop)
-    await registered(proc, wait)
+    await registered(proc, wait, timeout)
     return proc
 
 

@@ -19,10 +19,10 @@ from twisted.internet import defer, reactor
 from twisted.internet.error import ConnectError
 from twisted.trial import unittest
 
-from arp.server.cluster import BadRedisURL, RedisURL, relay_header, relay_key
-from arp.server.registry import Registry, RelayConfig
+from arp.server.cluster import BadRedisURL, RedisURL, relay_header, relay_mac_key
 from tests.cluster_helpers import (
     HOSTS,
+    RELAY_KEY,
     RedisServer,
     eventually,
     free_port_on,
@@ -217,13 +217,17 @@ class Pinning(ClusterTestCase):
 class RedisOutage(ClusterTestCase):
     """Redis stopped and started under the relays."""
 
+    timeout = 180  # two settle windows of 30 s (a new Redis, then an emptied one)
+
     async def test_existing_clients_keep_working_new_ones_wait(self):
         """With Redis down, existing clients answer on every relay and a new registration is
         refused as temporary; once Redis is back the new client registers and is reachable
         through every relay."""
         await self.start(2, "--redis-timeout", "30")
         old = "01d" + "5" * 29
-        await start_client(self, list(HOSTS[:2]), self.ports, self.backend, "--client-id", old, wait=2)
+        await start_client(  # a new Redis: the relays settle for --redis-timeout (30 s) first
+            self, list(HOSTS[:2]), self.ports, self.backend, "--client-id", old, wait=2, timeout=60
+        )
         await self.redis.stop()
         for relay in self.relays:
             await relay.proc.wait_for("lost Redis at")
@@ -238,7 +242,7 @@ class RedisOutage(ClusterTestCase):
         self.assertEqual(wrong.exit_code, 2)
         self.assertIn("the relay refused our auth key", wrong.output)
         self.redis = await RedisServer(self, port=self.redis.port).start()
-        await registered(newcomer, 1, timeout=30)
+        await registered(newcomer, 1, timeout=60)  # after the settle window of the empty Redis
 
         async def everywhere() -> bool:
             codes = [await self.status(r, t) for r in self.relays for t in (old, new)]
@@ -311,7 +315,8 @@ class RawTCPPorts(ClusterTestCase):
             data_dir=x_dir,
             wait=0,
         )
-        await x2.wait_for("the relay cannot take us now: no free TCP port")  # not first + 2: it is x's port
+        # not first + 2: it is x's port
+        await x2.wait_for(r"the relay cannot take us now: (no free TCP port|TCP port \d+ is in use)")
         blocker.close()
         await x2.wait_for("Registered. Public address")
         self.assertEqual(tcp_ports(x2), {first + 1}, x2.output[-3000:])
@@ -385,7 +390,7 @@ class BadInput(ClusterTestCase):
     """Wrong Redis URLs, garbage in Redis, relay-to-relay connections without the credential."""
 
     async def run_arps(self, *args: str) -> TwistdProcess:
-        proc = spawn_arps(self, *args)
+        proc = spawn_arps(self, *args, "--relay-key", RELAY_KEY)
         timer = reactor.callLater(30, proc.signal, "KILL")
         await proc.ended
         if timer.active():
@@ -458,29 +463,37 @@ class BadInput(ClusterTestCase):
 
     async def test_relay_connection_without_the_credential_is_refused(self):
         """A connection to the proxy port posing as a relay: a wrong MAC is refused; a header
-        made with the shared key works once, and the same header replayed is refused."""
+        made with the relay key for this relay works once, and the same header replayed is
+        refused; one made with another key (the auth key among them) is refused."""
         await self.start(1)
         token = "5ec" + "a" * 29
         await start_client(self, [HOSTS[0]], self.ports, self.backend, "--client-id", token)
         relay = self.relays[0]
+        relay_id = re.search(r"as relay (\w+)", relay.proc.output).group(1)
         request = b"GET /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
         now = str(int(time.time())).encode()
-        forged = b"ARP-RELAY %s intruder %s %s %s\r\n" % (token.encode(), now, b"ab" * 16, b"00" * 32)
+        forged = b"ARP-RELAY %s intruder %s %s %s %s\r\n" % (
+            token.encode(),
+            relay_id.encode(),
+            now,
+            b"ab" * 16,
+            b"00" * 32,
+        )
         raw = await raw_exchange(relay.ports["proxy"], forged + request)
         self.assertEqual(raw, b"")
         await relay.proc.wait_for("refused relay connection from .*wrong relay credential")
-        registry = Registry(RelayConfig(), AUTH_KEY, reactor)
-        header = relay_header(relay_key(registry), token, "peer", time.time())
+        header = relay_header(relay_mac_key(RELAY_KEY), token, "peer", relay_id, time.time())
         raw = await raw_exchange(relay.ports["proxy"], header + request)
         self.assertEqual(status_of(raw), 200, raw)
         raw = await raw_exchange(relay.ports["proxy"], header + request)
         self.assertEqual(raw, b"")
         await relay.proc.wait_for("relay header replayed")
-        wrong = Registry(RelayConfig(), "another-key", reactor)
-        raw = await raw_exchange(
-            relay.ports["proxy"], relay_header(relay_key(wrong), token, "peer", time.time()) + request
-        )
-        self.assertEqual(raw, b"")
+        for key in ("another-relay-key-0000", AUTH_KEY):
+            raw = await raw_exchange(
+                relay.ports["proxy"],
+                relay_header(relay_mac_key(key), token, "peer", relay_id, time.time()) + request,
+            )
+            self.assertEqual(raw, b"")
 
 
 class RedisOverTLS(ClusterTestCase):
@@ -506,7 +519,8 @@ class RedisOverTLS(ClusterTestCase):
 
         await eventually(through_a)
         other = make_ca_and_cert(self.mktemp())
-        proc = spawn_arps(self, "--redis", f"rediss://127.0.0.1:{self.redis.port}/0?ca={os.path.abspath(other['ca'])}")
+        url = f"rediss://127.0.0.1:{self.redis.port}/0?ca={os.path.abspath(other['ca'])}"
+        proc = spawn_arps(self, "--redis", url, "--relay-key", RELAY_KEY)
         await proc.ended
         self.assertEqual(proc.exit_code, 1)
         self.assertRegex(

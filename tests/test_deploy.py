@@ -66,7 +66,7 @@ class Kubernetes(unittest.TestCase):
         pod = deployment["spec"]["template"]["spec"]
         container = pod["containers"][0]
         args = [a.replace("$(POD_IP)", "10.1.2.3") for a in container["args"]]
-        options = arps_options(args, {"ARP_AUTH_KEY": "k", "ARP_ADMIN_TOKEN": "t"})
+        options = arps_options(args, {"ARP_AUTH_KEY": "k", "ARP_ADMIN_TOKEN": "t", "ARP_RELAY_KEY": "r" * 16})
         self.assertEqual(options["redis-url"].host, "arp-redis")
         self.assertEqual(options["advertise"], "10.1.2.3:17002")
         self.assertEqual(container["readinessProbe"]["httpGet"], {"path": "/healthz", "port": "admin"})
@@ -88,6 +88,7 @@ class Compose(unittest.TestCase):
         for name in ("relay1", "relay2"):
             relay = services[name]
             env = {k: "x" for k in ("ARP_AUTH_KEY", "ARP_ADMIN_TOKEN")}
+            env["ARP_RELAY_KEY"] = "r" * 16
             env["ARP_REDIS"] = relay["environment"]["ARP_REDIS"]
             options = arps_options(relay["command"], env)
             self.assertEqual(options["redis-url"].host, "redis")
@@ -119,8 +120,11 @@ class Compose(unittest.TestCase):
                 timeout=120,
             )
 
-        done = config(ARP_AUTH_KEY="k", ARP_ADMIN_TOKEN="t")
+        done = config(ARP_AUTH_KEY="k", ARP_ADMIN_TOKEN="t", ARP_RELAY_KEY="r" * 16)
         self.assertEqual(done.returncode, 0, done.stderr)
+        refused = config(ARP_AUTH_KEY="k", ARP_ADMIN_TOKEN="t")
+        self.assertNotEqual(refused.returncode, 0)
+        self.assertIn("ARP_RELAY_KEY", refused.stderr)
         refused = config(ARP_ADMIN_TOKEN="t")
         self.assertNotEqual(refused.returncode, 0)
         self.assertIn("ARP_AUTH_KEY", refused.stderr)

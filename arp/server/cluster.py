@@ -10,19 +10,30 @@ What lives in Redis (all keys under ``arp:``):
   rewrites every ``timeout / 3`` seconds with an expiry of ``timeout``: a relay whose
   key is gone is dead, and the living ones take it out of every holders set.
 - ``arp:relays``: the set of relay ids ever seen (the dead are removed).
+- ``arp:epoch``: a random value the first relay to reach an empty Redis writes; each relay
+  remembers it, so a Redis that lost its data (restarted without persistence, flushed,
+  replaced) or restarted at all (its ``run_id`` changed) is noticed, and a new epoch begins.
+- ``arp:settle``: set with the new epoch, for ``timeout`` seconds (the settle window): while it
+  exists no id without a pin is pinned by a registration (:class:`Unavailable`, arpc retries);
+  only the relays re-pin the ids they hold (``kept`` pins).  A relay that had a control link
+  before the loss wins over a pin a registration made after it (the other relays drop theirs,
+  ``pin`` event), so an imposter can never take a live id across a Redis restart.
 - ``arp:tcp-port:<port>``: the client id a raw TCP port is reserved for (on every relay),
   kept as long as the id (its number is also the ``port`` field of ``arp:id:<id>``).
 - the channel ``arp:events``: ``up <id> <relay> <mode>``, ``leave <id> <relay>``,
-  ``down <id> <relay> <retention ms>``, ``port <id> <relay> <port>``, so that every
+  ``down <id> <relay> <retention ms>``, ``port <id> <relay> <port>``,
+  ``pin <id> <relay> <identity hex>`` (the id is that identity's again), so that every
   relay keeps the table above in memory.  **Nothing on the request path talks to
   Redis**: routing reads that memory.
 
 A request reaching a relay where the client has no control link is carried to a
 relay that has one, over a connection to that relay's proxy port that starts with
-an ``ARP-RELAY`` header: the client id, the sending relay, a time, a nonce and
-their MAC under a key derived from the shared auth key (the key itself is never
-sent; a nonce is accepted once).  The receiving relay splices it onto one of the
-client's tunnels.
+an ``ARP-RELAY`` header: the client id, the sending relay, the receiving relay, a time,
+a nonce and their MAC under the relay group's own key (``arps --relay-key``, never a
+tenant's auth key, never sent).  A header is good at the one relay it names, once (its
+nonce is remembered); any refusal is the same cut connection, whether the id is known
+or not, and an address that sends too many bad headers is refused for a while.  The
+receiving relay splices it onto one of the client's tunnels.
 
 Failure rules: Redis unreachable -> registrations are refused with
 :class:`Unavailable` (arpc retries), the clients already here keep working; after
@@ -36,6 +47,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -54,6 +66,7 @@ from arp import wire
 from arp.control import ClientIdInUse, Unavailable
 from arp.server.pool import TunnelPool
 from arp.server.registry import ClientRecord, Registry
+from arp.server.routing import GuessLimiter
 from arp.server.tunnel import TunnelOwner, TunnelServerProtocol
 from arp.splice import Splice, tune
 
@@ -67,20 +80,86 @@ MAX_NONCES = 100_000
 #: Seconds a Redis command may take before the connection counts as broken.
 REDIS_REPLY_TIMEOUT = 5.0
 
+EPOCH = "arp:epoch"
+SETTLE = "arp:settle"
+#: Bad relay-to-relay headers one address may send per :data:`RELAY_GUESS_WINDOW` seconds.
+RELAY_GUESS_LIMIT = 20
+RELAY_GUESS_WINDOW = 60.0
+
+# A registration's claim.  KEYS: id, holders, events, epoch, settle.  ARGV: identity, tenant,
+# mode, relay, client id.  -1: not ARP's key; 0: pinned to another identity; -2: settling
+# (no new pins yet); -3: no epoch (Redis lost its data and no relay has noticed yet); 1: ours.
 _CLAIM = """
 local t = redis.call('TYPE', KEYS[1]).ok
 if t ~= 'hash' and t ~= 'none' then return -1 end
 local cur = redis.call('HGET', KEYS[1], 'identity')
 if cur and cur ~= ARGV[1] then return 0 end
+local epoch = redis.call('GET', KEYS[4])
+if not epoch then return -3 end
+if not cur and redis.call('EXISTS', KEYS[5]) == 1 then return -2 end
 local h = redis.call('TYPE', KEYS[2]).ok
 if h ~= 'set' and h ~= 'none' then redis.call('DEL', KEYS[2]) end
 redis.call('HSET', KEYS[1], 'identity', ARGV[1], 'tenant', ARGV[2], 'mode', ARGV[3])
+if redis.call('HGET', KEYS[1], 'epoch') ~= epoch then
+  redis.call('HSET', KEYS[1], 'epoch', epoch)
+  redis.call('HDEL', KEYS[1], 'kept')
+end
 redis.call('PERSIST', KEYS[1])
 local p = redis.call('HGET', KEYS[1], 'port')
 if p then redis.call('PERSIST', 'arp:tcp-port:' .. p) end
 redis.call('SADD', KEYS[2], ARGV[4])
 redis.call('PUBLISH', KEYS[3], 'up ' .. ARGV[5] .. ' ' .. ARGV[4] .. ' ' .. ARGV[3])
 return 1
+"""
+
+# A relay re-pins an id it holds (a control link, or retained for ARGV[7] ms more), after a
+# reconnection.  KEYS: id, holders, events, epoch.  ARGV: identity, tenant, mode, relay,
+# client id, '1' if Redis lost its data since the link began (then a pin another identity got
+# after the loss gives way: it cannot be the owner's), ms left of retention ('0': live).
+# -1: not ARP's key; 0: held by another identity; 1: pinned; 2: pinned, another pin replaced.
+_REPIN = """
+local t = redis.call('TYPE', KEYS[1]).ok
+if t ~= 'hash' and t ~= 'none' then return -1 end
+local epoch = redis.call('GET', KEYS[4]) or ''
+local cur = redis.call('HGET', KEYS[1], 'identity')
+local result = 1
+if cur and cur ~= ARGV[1] then
+  local kept = redis.call('HGET', KEYS[1], 'kept') == '1' and redis.call('HGET', KEYS[1], 'epoch') == epoch
+  if ARGV[6] ~= '1' or ARGV[7] ~= '0' or kept then return 0 end
+  redis.call('DEL', KEYS[1], KEYS[2])
+  cur = false
+  result = 2
+end
+if ARGV[7] ~= '0' then
+  if cur then return 1 end
+  redis.call('HSET', KEYS[1], 'identity', ARGV[1], 'tenant', ARGV[2], 'mode', ARGV[3],
+             'epoch', epoch, 'kept', '1')
+  redis.call('PEXPIRE', KEYS[1], ARGV[7])
+  redis.call('PUBLISH', KEYS[3], 'down ' .. ARGV[5] .. ' ' .. ARGV[4] .. ' ' .. ARGV[7])
+  return 1
+end
+local h = redis.call('TYPE', KEYS[2]).ok
+if h ~= 'set' and h ~= 'none' then redis.call('DEL', KEYS[2]) end
+redis.call('HSET', KEYS[1], 'identity', ARGV[1], 'tenant', ARGV[2], 'mode', ARGV[3],
+           'epoch', epoch, 'kept', '1')
+redis.call('PERSIST', KEYS[1])
+local p = redis.call('HGET', KEYS[1], 'port')
+if p then redis.call('PERSIST', 'arp:tcp-port:' .. p) end
+redis.call('SADD', KEYS[2], ARGV[4])
+if result == 2 then redis.call('PUBLISH', KEYS[3], 'pin ' .. ARGV[5] .. ' ' .. ARGV[4] .. ' ' .. ARGV[1]) end
+redis.call('PUBLISH', KEYS[3], 'up ' .. ARGV[5] .. ' ' .. ARGV[4] .. ' ' .. ARGV[3])
+return result
+"""
+
+# The epoch.  KEYS: epoch, settle.  ARGV: the epoch the relay knew ('' if none), a new one, '1'
+# if Redis restarted since (its run_id changed), the settle window in ms.  Returns {epoch, 1 if
+# this call began it}.  A missing epoch, or the known one after a restart, begins a new one.
+_EPOCH = """
+local e = redis.call('GET', KEYS[1])
+if e and not (ARGV[3] == '1' and e == ARGV[1]) then return {e, 0} end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[4])
+return {ARGV[2], 1}
 """
 
 _RELEASE = """
@@ -199,22 +278,20 @@ class RedisURL:
         return f"{scheme}://{self.host}:{self.port}/{self.db}"
 
 
-def relay_key(registry: Registry) -> bytes:
-    """The relays' shared key for relay-to-relay headers, derived from the auth key
-    (the ``default`` tenant's, else the first tenant's by name)."""
-    name = "default" if "default" in registry.keys else sorted(registry.keys)[0]
-    return wire._mac(registry.keys[name], b"arp-relay-to-relay")
+def relay_mac_key(text: str) -> bytes:
+    """The MAC key of relay-to-relay headers, from the relay group's own secret
+    (``arps --relay-key``): never a tenant's auth key, so no arpc can make a header."""
+    return wire._mac(wire.key_bytes(text), b"arp-relay-key")
 
 
-def relay_header(key: bytes, client_id: str, relay_id: str, now: float) -> bytes:
-    """The first line one relay writes on a connection to another's proxy port."""
+def relay_header(key: bytes, client_id: str, relay_id: str, to_relay: str, now: float) -> bytes:
+    """The first line relay ``relay_id`` writes on a connection to relay ``to_relay``'s proxy
+    port; good there only, and once."""
     stamp = str(int(now)).encode()
     nonce = os.urandom(16).hex().encode()
-    mac = wire._mac(key, b"arp-relay-tunnel", client_id.encode(), relay_id.encode(), stamp, nonce)
-    return (
-        b" ".join([RELAY_MAGIC, client_id.encode(), relay_id.encode(), stamp, nonce, mac.hex().encode()])
-        + b"\r\n"
-    )
+    parts = [client_id.encode(), relay_id.encode(), to_relay.encode(), stamp, nonce]
+    mac = wire._mac(key, b"arp-relay-tunnel/2", *parts)
+    return b" ".join([RELAY_MAGIC, *parts, mac.hex().encode()]) + b"\r\n"
 
 
 def _redis_protocol(url: RedisURL, subscriber: bool, on_message: object = None) -> type:
@@ -319,8 +396,10 @@ class Cluster(Service):
         advertise: str | None = None,
         proxy_address: object = None,
         exit_on_start_failure: bool = True,
+        relay_key: str,
     ) -> None:
-        """``proxy_address()``: (host, port) of our proxy port, advertised unless ``advertise``."""
+        """``proxy_address()``: (host, port) of our proxy port, advertised unless ``advertise``;
+        ``relay_key``: the relay group's own secret for relay-to-relay headers (``--relay-key``)."""
         self.registry = registry
         self.url = url
         self.clock = clock
@@ -329,7 +408,16 @@ class Cluster(Service):
         self.proxy_address = proxy_address
         self.exit_on_start_failure = exit_on_start_failure
         self.relay_id = wire.random_hex(6)
-        self.key = relay_key(registry)
+        if not relay_key:
+            raise ValueError("relays sharing state need a relay key of their own (--relay-key)")
+        self.key = relay_mac_key(relay_key)
+        #: the epoch of Redis's state we know (see ``arp:epoch``), and Redis's run_id
+        self.epoch: str | None = None
+        self.run_id: str | None = None
+        self._settle_call: object = None  # logs the end of a settle window we began
+        #: bad relay-to-relay headers per source address (the same limit as public guesses)
+        self.relay_guesses = GuessLimiter(RELAY_GUESS_LIMIT, RELAY_GUESS_WINDOW, clock)
+        self._blocked_logged: dict[str, float] = {}
         self.advertise = ""
         self.redis: object | None = None  # the command connection when it is usable
         self.available = False
@@ -417,6 +505,8 @@ class Cluster(Service):
         super().stopService()
         if self._tick.running:
             self._tick.stop()
+        if self._settle_call is not None and self._settle_call.active():
+            self._settle_call.cancel()
         waits = []
         redis = self.redis
         if redis is not None and self.available:
@@ -522,21 +612,124 @@ class Cluster(Service):
 
     @inlineCallbacks
     def _resync(self) -> object:
-        """Claim every client we hold, announce ourselves, reload the table."""
+        """Claim every client we hold, announce ourselves, reload the table.  After Redis lost
+        its data (a new epoch), also pin the ids we keep within retention and our TCP ports."""
+        lost = yield self._check_epoch()
         yield self._announce()
-        for record in list(self.registry.clients.values()):
-            if not record.online:
-                continue
-            result = yield self._claim(record.client_id, record.identity, record.tenant, record.mode)
+        live = [r for r in self.registry.clients.values() if r.online]
+        if lost:
+            self.log.warn(
+                "Redis lost the relays' shared state (a new epoch began): pinning the {n} clients "
+                "linked here again",
+                n=len(live),
+            )
+        for record in live:
+            result = yield self._repin(record, lost, 0)
+            if self.registry.clients.get(record.client_id) is not record or not record.online:
+                continue  # gone while Redis answered
             if result == 0:
                 self.log.warn(
                     "client {client_id} is pinned to another identity in Redis now; dropping it here",
                     client_id=wire.redact(record.client_id),
                 )
                 self.registry.disconnect(record.client_id, "the id is held by another instance")
+            elif result == 2:
+                self.log.warn(
+                    "client {client_id}: a registration after Redis lost its data had pinned the id "
+                    "to another identity; it is this live client's again (the others drop theirs)",
+                    client_id=wire.redact(record.client_id),
+                )
+            if lost and record.mode == "tcp" and record.remote_port and record.online:
+                try:
+                    yield self.reserve_port(record.client_id, record.remote_port)
+                except Unavailable as e:
+                    self.log.warn(
+                        "TCP port {port} of {client_id}: {why}",
+                        port=record.remote_port,
+                        client_id=wire.redact(record.client_id),
+                        why=str(e),
+                    )
+        if lost:
+            now = self.clock.seconds()
+            for record in list(self.registry.clients.values()):
+                expiry = record.expiry
+                if record.online or expiry is None or not expiry.active():
+                    continue
+                left = int((expiry.getTime() - now) * 1000)
+                if left > 0:
+                    yield self._repin(record, False, left)
         yield self._load()
         self.available = True
         self.lost_since = None
+
+    def _repin(self, record: ClientRecord, lost: bool, retained_ms: int) -> Deferred:
+        return self._eval(
+            _REPIN,
+            record.client_id,
+            record.identity.hex(),
+            record.tenant,
+            record.mode,
+            self.relay_id,
+            keys=(EPOCH,),
+            extra=("1" if lost else "0", retained_ms),
+        )
+
+    @inlineCallbacks
+    def _check_epoch(self) -> object:
+        """Learn Redis's epoch (beginning one, with a settle window, if Redis has none or has
+        restarted); True if it is not the one we knew: Redis lost the state we shared."""
+        run_id = None
+        try:
+            info = yield self._cmd("INFO", "server")
+            match = re.search(r"^run_id:(\w+)", info if isinstance(info, str) else "", re.M)
+            run_id = match.group(1) if match else None
+        except Exception:  # INFO may be refused (ACLs): the epoch key alone tells a loss of data
+            pass
+        restarted = self.run_id is not None and run_id is not None and run_id != self.run_id
+        settle_ms = int(self.timeout * 1000)
+        reply = yield self._cmd(
+            "EVAL",
+            _EPOCH,
+            2,
+            EPOCH,
+            SETTLE,
+            self.epoch or "",
+            wire.random_hex(8),
+            "1" if restarted else "0",
+            settle_ms,
+        )
+        epoch, began = str(reply[0]), str(reply[1]) == "1"
+        lost = self.epoch is not None and epoch != self.epoch
+        self.epoch = epoch
+        if run_id is not None:
+            self.run_id = run_id
+        if began:
+            self.log.warn(
+                "Redis at {url} holds no shared state of ours ({why}): settling for {seconds:g}s, in "
+                "which the relays pin again the ids they hold and new client ids wait",
+                url=self.url.safe(),
+                why="it restarted" if restarted else "new, or it lost its data",
+                seconds=self.timeout,
+            )
+            if self._settle_call is not None and self._settle_call.active():
+                self._settle_call.cancel()
+            self._settle_call = self.clock.callLater(self.timeout, self._settled, epoch)
+        return lost
+
+    def _settled(self, epoch: str) -> None:
+        if self.epoch == epoch and self.running:
+            self.log.info("settle window over: new client ids are pinned again")
+
+    def _data_lost(self, why: str) -> None:
+        """Redis's epoch is not ours while we are connected (flushed, or a replica took over):
+        reconnect, which claims our clients again in the new epoch."""
+        redis = self.redis
+        if redis is None:
+            return
+        self.log.warn(
+            "Redis at {url}: {why}; reconnecting to pin our clients again", url=self.url.safe(), why=why
+        )
+        redis.transport.abortConnection()
 
     @inlineCallbacks
     def _load(self) -> object:
@@ -631,9 +824,11 @@ class Cluster(Service):
                 yield self._eval(_RELEASE, client_id, relay_id, retention)
         yield self._cmd("SREM", f"{PREFIX}relays", relay_id)
 
-    def _eval(self, script: str, client_id: str, *args: object) -> Deferred:
-        keys = [f"{PREFIX}id:{client_id}", f"{PREFIX}holders:{client_id}", EVENTS]
-        return self._cmd("EVAL", script, len(keys), *keys, *args, client_id)
+    def _eval(
+        self, script: str, client_id: str, *args: object, keys: tuple = (), extra: tuple = ()
+    ) -> Deferred:
+        names = [f"{PREFIX}id:{client_id}", f"{PREFIX}holders:{client_id}", EVENTS, *keys]
+        return self._cmd("EVAL", script, len(names), *names, *args, client_id, *extra)
 
     def _announce(self) -> Deferred:
         stats = self._stats()
@@ -672,7 +867,12 @@ class Cluster(Service):
                 self._give_up_ids()
             return
         d = self._announce().addCallback(lambda _: self._read_relays())
+        d.addCallback(lambda _: self._cmd("GET", EPOCH)).addCallback(self._epoch_seen)
         d.addErrback(lambda f: self.log.warn("Redis refresh failed: {why}", why=f.getErrorMessage()))
+
+    def _epoch_seen(self, epoch: object) -> None:
+        if self.available and self.epoch is not None and epoch != self.epoch:
+            self._data_lost("its shared state is gone (no epoch)" if epoch is None else "a new epoch began")
 
     def _give_up_ids(self) -> None:
         online = [r for r in self.registry.clients.values() if r.online]
@@ -693,7 +893,8 @@ class Cluster(Service):
     # -- registration -------------------------------------------------------------------
 
     def _claim(self, client_id: str, identity: bytes, tenant: str, mode: str) -> Deferred:
-        return self._eval(_CLAIM, client_id, identity.hex(), tenant, mode, self.relay_id)
+        args = (identity.hex(), tenant, mode, self.relay_id)
+        return self._eval(_CLAIM, client_id, *args, keys=(EPOCH, SETTLE))
 
     @inlineCallbacks
     def claim(self, client_id: str, identity: bytes, tenant: str, mode: str) -> object:
@@ -715,6 +916,19 @@ class Cluster(Service):
                 "Redis key {key!r} is not ARP's (wrong type); refusing its id", key=f"{PREFIX}id:{client_id}"
             )
             raise Unavailable("the shared state holds something else under this client id")
+        if result == -2:
+            self.log.info(
+                "registration for {client_id} waits: the relays are settling (Redis is new or lost its data)",
+                client_id=wire.redact(client_id),
+            )
+            raise Unavailable(
+                "the relays are settling (their shared state in Redis is new or was lost); try again shortly"
+            )
+        if result == -3:
+            self._data_lost("its shared state is gone (no epoch)")
+            raise Unavailable(
+                "the relays are settling (their shared state in Redis is new or was lost); try again shortly"
+            )
         if result == 0:
             self.log.warn(
                 "refused registration for {client_id}: another relay has the id pinned to another identity",
@@ -791,6 +1005,11 @@ class Cluster(Service):
             if len(parts) > 3 and parts[3].isdigit():
                 self.ports[int(parts[3])] = (client_id, None)
             return
+        if kind == "pin":  # after Redis lost its data, the id went back to the link it had before
+            self.holders.pop(client_id, None)  # the "up" that follows names the relay holding it
+            self._pinned_elsewhere(client_id, parts[3] if len(parts) > 3 else "")
+            self.route_changed(client_id)
+            return
         if kind == "up":
             self.holders.setdefault(client_id, set()).add(relay_id)
             self.modes[client_id] = parts[3] if len(parts) > 3 and parts[3] in ("http", "tcp") else "http"
@@ -816,6 +1035,22 @@ class Cluster(Service):
             )
             return
         self.route_changed(client_id)
+
+    def _pinned_elsewhere(self, client_id: str, identity_hex: str) -> None:
+        """Another relay holds ``client_id`` for ``identity_hex`` since before Redis lost its
+        data: a registration of another identity here came after the loss; drop it."""
+        record = self.registry.clients.get(client_id)
+        if record is None or record.identity.hex() == identity_hex:
+            return
+        self.log.warn(
+            "client {client_id} ({identity}) registered here after Redis lost its data; another "
+            "relay had the id linked before: dropping ours",
+            client_id=wire.redact(client_id),
+            identity=wire.fingerprint(record.identity),
+        )
+        self.registry.disconnect(
+            client_id, "this client id is registered by another arpc instance (since before a Redis restart)"
+        )
 
     # -- routing (memory only) -------------------------------------------------------
 
@@ -888,7 +1123,7 @@ class Cluster(Service):
             self._rr += 1
             relay = self.relays[held[self._rr % len(held)]]
             host, _, port = relay["advertise"].rpartition(":")
-            header = relay_header(self.key, record.client_id, self.relay_id, time.time())
+            header = relay_header(self.key, record.client_id, self.relay_id, relay["id"], time.time())
             endpoint = HostnameEndpoint(reactor, host.strip("[]"), int(port), timeout=5)
             factory = Factory.forProtocol(lambda h=header: RelayTunnel(self, record, h))
             factory.noisy = False
@@ -921,18 +1156,26 @@ class Cluster(Service):
 
     def accept_relay(self, proto: TunnelServerProtocol, line: bytes, rest: bytes) -> None:
         """A connection to our proxy port from another relay: check its header, then splice
-        it onto one of the client's tunnels."""
-        why = self._check_relay_header(line)
+        it onto one of the client's tunnels.  Every refusal is the same cut connection (a
+        known id, an unknown one, a bad or replayed header), and an address that sends too
+        many bad headers is refused for a while whatever it sends."""
+        peer = proto.transport.getPeer()
+        host = str(getattr(peer, "host", peer))
+        if self.relay_guesses.blocked(host):
+            self._log_blocked(host)
+            proto.transport.abortConnection()
+            return
+        why, guess = self._check_relay_header(line)
         if why:
-            proto.log.warn(
-                "refused relay connection from {peer}: {why}", peer=proto.transport.getPeer(), why=why
-            )
+            if guess:  # not a relay (a relay's header may be stale: its peer restarted meanwhile)
+                self.relay_guesses.miss(host)
+            proto.log.warn("refused relay connection from {peer}: {why}", peer=peer, why=why)
             proto.transport.abortConnection()
             return
         client_id = line.split(b" ")[1].decode()
         record = self.registry.clients.get(client_id)
         if record is None or not record.online or record.mode != "http":
-            proto.transport.loseConnection()  # gone meanwhile: the other relay answers 502/retries
+            proto.transport.abortConnection()  # gone meanwhile: the other relay answers 502/retries
             return
         proto.transport.pauseProducing()
         pending = [rest] if rest else []
@@ -956,31 +1199,50 @@ class Cluster(Service):
 
         d.addCallbacks(got, failed)
 
-    def _check_relay_header(self, line: bytes) -> str:
+    def _log_blocked(self, host: str) -> None:
+        now = self.clock.seconds()
+        if self._blocked_logged.get(host, -RELAY_GUESS_WINDOW) > now - RELAY_GUESS_WINDOW:
+            return
+        if len(self._blocked_logged) > 1000:
+            self._blocked_logged.clear()
+        self._blocked_logged[host] = now
+        self.log.warn(
+            "refusing relay connections from {host} for a while: over {limit} bad relay headers in "
+            "{window:g}s",
+            host=host,
+            limit=RELAY_GUESS_LIMIT,
+            window=RELAY_GUESS_WINDOW,
+        )
+
+    def _check_relay_header(self, line: bytes) -> tuple[str, bool]:
+        """Why the header ``line`` is refused, or "" if it is good (its nonce is then spent), and
+        whether the refusal counts as a guess (a header no holder of the relay key made)."""
         import hmac
 
         parts = line.split(b" ")
-        if len(parts) != 6 or parts[0] != RELAY_MAGIC:
-            return "malformed relay header"
-        _, client_id, relay_id, stamp, nonce, mac = parts
+        if len(parts) != 7 or parts[0] != RELAY_MAGIC:
+            return "malformed relay header", True
+        _, client_id, relay_id, to_relay, stamp, nonce, mac = parts
         try:
             if not wire.CLIENT_ID_RE.match(client_id.decode("ascii")):
-                return "malformed client id"
+                return "malformed client id", True
             when = int(stamp)
             given = bytes.fromhex(mac.decode("ascii"))
         except ValueError:
-            return "malformed relay header"
-        expected = wire._mac(self.key, b"arp-relay-tunnel", client_id, relay_id, stamp, nonce)
+            return "malformed relay header", True
+        expected = wire._mac(self.key, b"arp-relay-tunnel/2", client_id, relay_id, to_relay, stamp, nonce)
         if not hmac.compare_digest(expected, given):
-            return "wrong relay credential (the relays must share the auth key)"
+            return "wrong relay credential (the relays must share --relay-key)", True
+        if to_relay != self.relay_id.encode():
+            return "relay header made for another relay", False
         if abs(time.time() - when) > RELAY_CLOCK_SKEW:
-            return "relay header too old or from the future (are the relays' clocks in sync?)"
+            return "relay header too old or from the future (are the relays' clocks in sync?)", False
         if nonce in self.nonces:
-            return "relay header replayed"
+            return "relay header replayed", False
         if len(self.nonces) >= MAX_NONCES:
-            return "too many relay connections at once"
+            return "too many relay connections at once", False
         self.nonces[nonce] = self.clock.seconds()
-        return ""
+        return "", False
 
     # -- the admin view -----------------------------------------------------------------
 
