@@ -383,13 +383,14 @@ def makeService(config: Options) -> MultiService:
 
         backend = backend_endpoint(reactor, local_addr, local_port)
         reactor.callWhenRunning(backend.check)  # "nothing listens on ..." at start
-        host = config["host-header"]
-        if host == "rewrite":
-            host = backend.address
-        host = host.encode() if host else None
+        # its own name: the relay loop below rebinds ``host`` (the closure reads it at each tunnel)
+        host_header = config["host-header"]
+        if host_header == "rewrite":
+            host_header = backend.address
+        rewrite_to = host_header.encode() if host_header else None
 
         def tunnel_protocol(header: bytes, tunnels: set) -> ForwardTunnel:
-            return ForwardTunnel(header, backend, raw_tcp, tunnels, reactor, host)
+            return ForwardTunnel(header, backend, raw_tcp, tunnels, reactor, rewrite_to)
 
         log.info(
             "arpc {version} starting: client id {client_id}, forwarding to {addr}:{port}{tcp}",
