@@ -617,7 +617,25 @@ class ApprovalTests(unittest.TestCase):
         self.assertTrue(taps)
 
 
-class ApprovalOverTLSTests(ApprovalTests):
-    """The same with TLS on every hop (control, proxy and public ports)."""
+class ApprovalOverTLSTests(unittest.TestCase):
+    """Approvals with TLS on every hop (control, proxy and public ports): allow and deny, the long
+    poll, a question, every protocol (Claude, Codex, ACP), a cancel with approvals pending, and a
+    console that reconnects over wss while arpc restarts.  (The others run over plain TCP only:
+    what they check does not depend on the transport, and CI time is shared.)"""
 
+    timeout = ApprovalTests.timeout
     tls = True
+    _setup = ApprovalTests._setup
+    _new = ApprovalTests._new
+    _asked = ApprovalTests._asked
+    _answer = ApprovalTests._answer
+    test_claude_allow_deny_and_the_record = ApprovalTests.test_claude_allow_deny_and_the_record
+    test_long_poll_other_sessions_and_oneshot_fallback = (
+        ApprovalTests.test_long_poll_other_sessions_and_oneshot_fallback
+    )
+    test_question_answered = ApprovalTests.test_question_answered
+    test_codex_gemini_and_any_acp_agent = ApprovalTests.test_codex_gemini_and_any_acp_agent
+    test_cancel_session_cancels_its_approvals = ApprovalTests.test_cancel_session_cancels_its_approvals
+    test_restart_with_a_pending_approval_and_a_reconnecting_console = (
+        ApprovalTests.test_restart_with_a_pending_approval_and_a_reconnecting_console
+    )
