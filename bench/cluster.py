@@ -131,6 +131,7 @@ def main() -> None:
         redis.wait_for("Ready to accept connections", 15)
         url = f"redis://127.0.0.1:{redis_port}/0"
         key = "bench-" + os.urandom(12).hex()
+        relay_key = "bench-relays-" + os.urandom(12).hex()  # the relay group's own key
         nofile = max(run.NOFILE_WANT, args.clients * 8 + 1000)
         ports = {name: free_port_on(HOSTS) for name in ("control", "proxy", "public")}
         relays = []
@@ -146,6 +147,8 @@ def main() -> None:
                 "none",
                 "--redis",
                 url,
+                "--relay-key",
+                relay_key,
                 "--redis-timeout",
                 "600",  # no heartbeat during the measurements: every Redis command seen is the load's
                 "--pool-size",
@@ -156,6 +159,11 @@ def main() -> None:
             relay = procs.start(f"arps-{host}", argv, nofile=nofile)
             relay.wait_for("sharing state in Redis", 30)
             relays.append(relay)
+        # a new Redis looks like one that lost its data: the relays settle first (at most 30 s),
+        # then registrations cost what they cost, one round trip each
+        for relay in relays:
+            if "settling for" in relay.output():
+                relay.wait_for("settle window over", 60)
 
         # 1. registrations
         before = commandstats(redis_port)

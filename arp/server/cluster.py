@@ -82,6 +82,8 @@ REDIS_REPLY_TIMEOUT = 5.0
 
 EPOCH = "arp:epoch"
 SETTLE = "arp:settle"
+#: The longest settle window, whatever ``--redis-timeout`` is (seconds).
+MAX_SETTLE = 30.0
 #: Bad relay-to-relay headers one address may send per :data:`RELAY_GUESS_WINDOW` seconds.
 RELAY_GUESS_LIMIT = 20
 RELAY_GUESS_WINDOW = 60.0
@@ -686,7 +688,8 @@ class Cluster(Service):
         except Exception:  # INFO may be refused (ACLs): the epoch key alone tells a loss of data
             pass
         restarted = self.run_id is not None and run_id is not None and run_id != self.run_id
-        settle_ms = int(self.timeout * 1000)
+        settle = self.settle_window
+        settle_ms = int(settle * 1000)
         reply = yield self._cmd(
             "EVAL",
             _EPOCH,
@@ -709,12 +712,19 @@ class Cluster(Service):
                 "which the relays pin again the ids they hold and new client ids wait",
                 url=self.url.safe(),
                 why="it restarted" if restarted else "new, or it lost its data",
-                seconds=self.timeout,
+                seconds=settle,
             )
             if self._settle_call is not None and self._settle_call.active():
                 self._settle_call.cancel()
-            self._settle_call = self.clock.callLater(self.timeout, self._settled, epoch)
+            self._settle_call = self.clock.callLater(settle, self._settled, epoch)
         return lost
+
+    @property
+    def settle_window(self) -> float:
+        """Seconds new client ids wait after Redis lost its data: ``--redis-timeout``, at most
+        :data:`MAX_SETTLE` (a long timeout, to keep Redis quiet, need not hold up registrations
+        for as long: a relay with a live link wins over a later pin anyway)."""
+        return min(self.timeout, MAX_SETTLE)
 
     def _settled(self, epoch: str) -> None:
         if self.epoch == epoch and self.running:
