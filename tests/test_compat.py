@@ -26,7 +26,10 @@ def python_files() -> list[Path]:
     files: list[Path] = []
     for top in SOURCES:
         for path in sorted((ROOT / top).rglob("*")):
-            if "_trial_temp" in path.parts or "__pycache__" in path.parts or not path.is_file():
+            skipped = ("__pycache__", "node_modules")  # node_modules: the agent CLIs npm installed
+            if any(part.startswith("_trial_temp") or part in skipped for part in path.parts):
+                continue
+            if not path.is_file():
                 continue
             if path == SHIM:
                 continue
