@@ -189,7 +189,12 @@ def registration_hint(
     (of this version) aborts a TLS handshake at once.  A connection arpc itself
     aborted (the relay stayed silent) says nothing about TLS.
     """
-    if not isinstance(failure, ConnectionClosed) or isinstance(failure, ConnectionAborted):
+    from twisted.protocols.amp import TooLong
+
+    # a TLS relay either closes a plain connection or answers it with a TLS alert, which AMP
+    # reads as a box of an impossible length
+    garbled = isinstance(failure, TooLong) and not tls_used
+    if not garbled and (not isinstance(failure, ConnectionClosed) or isinstance(failure, ConnectionAborted)):
         return None
     where = endpoint_address(control) or "the relay's control port"
     if tls_used and not handshake_done:

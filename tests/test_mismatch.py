@@ -400,6 +400,12 @@ class ArpcWordsTests(unittest.SynchronousTestCase):
         self.assertIsNone(registration_hint(done, "tls:relay:17001", True, True))
         self.assertIsNone(registration_hint(ConnectionRefusedError(), "tcp:relay:17001", False, False))
         self.assertIsNone(registration_hint(ConnectionAborted(), "tcp:relay:17001", False, False))  # silent
+        # a TLS relay that answers plain bytes with an alert: AMP reads a box of impossible length
+        from twisted.protocols.amp import TooLong
+
+        garbled = TooLong(True, True, b"\x15\x03", 0)
+        hint = registration_hint(garbled, "tcp:relay:17001", False, False)
+        self.assertIn("the relay may expect TLS on relay:17001", hint)
 
     def test_proxy_mismatch(self):
         """Refused only when the relay's proxy transport differs from arpc's and the control

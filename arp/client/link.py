@@ -63,6 +63,14 @@ FAST_RETRY_WINDOW = 300.0
 LEAVE_TIMEOUT = 2.0
 
 
+def _words(error: BaseException) -> str:
+    """An exception in words, even one whose ``str`` fails (Twisted's ``amp.TooLong``)."""
+    try:
+        return str(error) or repr(error)
+    except Exception:
+        return type(error).__name__
+
+
 class RegistrationRefused(Exception):
     """The relay refused this client for a reason that retrying cannot fix."""
 
@@ -324,7 +332,7 @@ class RelayLink(MultiService):
                 if why is None and hello is None:  # closed before any answer: plain TCP against TLS?
                     secure = ISSLTransport.providedBy(proto.transport)
                     why = registration_hint(e, self.endpoint.description, secure, proto.handshake_done)
-                why = why or str(e) or repr(e)
+                why = why or _words(e)
                 self.log.warn("could not register with the relay: {why}", why=why)
             raise
         mismatch = proxy_mismatch(
