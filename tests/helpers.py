@@ -8,6 +8,7 @@ import re
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from hashlib import sha256
 from urllib.parse import parse_qs, urlsplit
 
@@ -335,12 +336,13 @@ def free_port() -> int:
     raise AssertionError("no free port found in 10000-16999")
 
 
-def free_ports(*names: str) -> dict[str, int]:
-    """Different free ports for ``names`` (two draws of :func:`free_port` can be the same port)."""
+def free_ports(*names: str, draw: Callable[[], int] | None = None) -> dict[str, int]:
+    """Different free ports for ``names`` (two draws of :func:`free_port`, or of ``draw``, can be
+    the same port)."""
     ports: dict[str, int] = {}
     for name in names:
         for _ in range(100):
-            port = free_port()
+            port = (draw or free_port)()
             if port not in ports.values():
                 ports[name] = port
                 break

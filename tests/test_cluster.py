@@ -36,6 +36,7 @@ from tests.helpers import (
     AUTH_KEY,
     HTTPClient,
     TwistdProcess,
+    free_ports,
     listen_backend,
     raw_exchange,
     spawn_arps,
@@ -44,15 +45,8 @@ from tests.helpers import (
 
 
 def _ports() -> dict[str, int]:
-    """Three different free ports (each drawn at random: two draws can be the same port)."""
-    ports: dict[str, int] = {}
-    for name in ("control", "proxy", "public"):
-        for _ in range(100):
-            port = free_port_on()
-            if port not in ports.values():
-                ports[name] = port
-                break
-    return ports
+    """Three different ports free on every relay address."""
+    return free_ports("control", "proxy", "public", draw=free_port_on)
 
 
 class ClusterTestCase(unittest.TestCase):

@@ -31,7 +31,7 @@ from tests.cluster_helpers import (
     start_client,
     start_relay,
 )
-from tests.helpers import AUTH_KEY, HTTPClient, listen_backend, status_of
+from tests.helpers import AUTH_KEY, HTTPClient, free_ports, listen_backend, status_of
 
 REQUEST = b"GET /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
 
@@ -44,14 +44,8 @@ class _Imposter(resource.Resource):
 
 
 def _ports() -> dict[str, int]:
-    ports: dict[str, int] = {}
-    for name in ("control", "proxy", "public"):
-        for _ in range(100):
-            port = free_port_on()
-            if port not in ports.values():
-                ports[name] = port
-                break
-    return ports
+    """Three different ports free on every relay address."""
+    return free_ports("control", "proxy", "public", draw=free_port_on)
 
 
 def relay_id_of(relay) -> str:
