@@ -202,7 +202,6 @@ class RelayLink(MultiService):
         self.grace = grace
         self.on_fatal = on_fatal
         self.retry_delay = backoffPolicy(0.5, max_backoff)
-        self.max_backoff = max_backoff
         self.lost_at: float | None = None  # when a registration was last lost (fast retries after it)
         self.failures = 0
         self.tunnel_secret = ""

@@ -230,9 +230,9 @@ class PortOrigins(Origins):
     def open_for(self, record: object) -> None:
         if record.origin_listener is not None:
             return
-        tenant = getattr(record, "tenant", "")
         if self.tenant_quota:
-            held = sum(1 for other in self.used.values() if getattr(other, "tenant", "") == tenant)
+            tenant = record.tenant
+            held = sum(1 for other in self.used.values() if other.tenant == tenant)
             if held >= self.tenant_quota:
                 self.log.warn(
                     "client {client_id} refused a public port: tenant {tenant} holds {held} of "

@@ -426,7 +426,7 @@ class Router:
     def _offline(record: object) -> Answer:
         """503 for a client that is away: stopped by its owner, or reconnecting (after a network
         loss, or after this relay restarted); its id stays reserved for it either way."""
-        stopped = getattr(record, "stopped_at", None)
+        stopped = record.stopped_at
         if stopped is not None:
             return Answer(
                 503,
@@ -434,7 +434,7 @@ class Router:
                 [(b"Retry-After", b"60")],
                 extra={"retry_after": 60, "reason": "stopped", "stoppedAt": stopped},
             )
-        if getattr(record, "restored", False):
+        if record.restored:
             message = "the relay restarted; this client is reconnecting: try again in a few seconds"
         else:
             message = "client is offline and reconnecting; its registration is kept while it does"
